@@ -109,7 +109,7 @@ def _build_kubernetes(dest: Path, work: Path) -> None:
     )
     _write_wrapper(work, "kubernetes", body)
     _log(f"building {', '.join(KUBE_COMMANDS)} {KUBERNETES_VERSION} (first time only; 10-25 minutes on 2 cores)")
-    tmp = dest.with_suffix(".partial")
+    tmp = dest.parent / (dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     packages = [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS]
@@ -125,7 +125,7 @@ def _build_kubernetes(dest: Path, work: Path) -> None:
 def _build_etcd(dest: Path, work: Path) -> None:
     _write_wrapper(work, "etcd", f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n")
     _log(f"building etcd {ETCD_VERSION} (first time only)")
-    tmp = dest.with_suffix(".partial")
+    tmp = dest.parent / (dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "etcd"), "go.etcd.io/etcd/server/v3"],
@@ -136,7 +136,7 @@ def _build_etcd(dest: Path, work: Path) -> None:
 def _build_kwok(dest: Path, work: Path) -> None:
     _write_wrapper(work, "kwok", f"require sigs.k8s.io/kwok {KWOK_VERSION}\n")
     _log(f"building kwok {KWOK_VERSION} (first time only)")
-    tmp = dest.with_suffix(".partial")
+    tmp = dest.parent / (dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "kwok"), "sigs.k8s.io/kwok/cmd/kwok"],

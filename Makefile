@@ -1,0 +1,49 @@
+# The README's commands. Everything installs itself: the venv and packages here, the control-plane binaries into
+# ~/.cache/sdtask on first use (needs Go 1.26 once).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck crds crds-check unit integration dev demo bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+crds: $(STAMP)
+	$(BIN)/python -m sdtask.api.crdgen crds
+
+crds-check: $(STAMP)
+	$(BIN)/python -m sdtask.api.crdgen --check crds
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration tests/e2e -q
+
+# The test command: lint, types, CRD drift, then every test (unit, integration and end-to-end on the local stack).
+test: lint typecheck crds-check
+	$(BIN)/pytest -q -p no:cacheprovider
+
+dev: $(STAMP)
+	$(BIN)/sdtask dev --state-dir .dev
+
+demo: $(STAMP)
+	$(BIN)/sdtask demo --out demo-output
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .dev demo-output .mypy_cache .ruff_cache .pytest_cache

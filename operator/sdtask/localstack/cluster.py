@@ -1,0 +1,210 @@
+"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, controller-manager, scheduler and kwok.
+
+The envtest recipe plus the controllers that make Deployments real: ReplicaSets, scheduling onto GPU nodes, garbage
+collection, and kwok playing the kubelets.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sdtask.localstack import certs
+from sdtask.localstack.binaries import Binaries
+from sdtask.localstack.processes import ManagedProcess, StackError, ensure_port_free, free_port
+
+START_TIMEOUT = 90.0
+
+# The kwok stages that make nodes Ready and keep their leases, and move pods through Running and deletion.
+KWOK_STAGE_FILES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+
+
+@dataclass
+class ClusterPorts:
+    etcd_client: int = 0
+    apiserver: int = 0
+    controller_manager: int = 0
+    scheduler: int = 0
+
+    def resolved(self) -> ClusterPorts:
+        """Ports left at 0 get a free one; given ports are checked so a taken one fails before anything starts."""
+        chosen = ClusterPorts()
+        for name, component in _PORT_OWNERS.items():
+            port = getattr(self, name)
+            if port:
+                ensure_port_free(component, port)
+            setattr(chosen, name, port or free_port())
+        return chosen
+
+
+_PORT_OWNERS = {
+    "etcd_client": "etcd",
+    "apiserver": "kube-apiserver",
+    "controller_manager": "kube-controller-manager",
+    "scheduler": "kube-scheduler",
+}
+
+
+def _https_ok(url: str, context: ssl.SSLContext) -> bool:
+    with urllib.request.urlopen(url, context=context, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def write_kubeconfig(path: Path, server: str, tls: certs.ClusterCertificates) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "sdtask-local", "cluster": {"server": server, "certificate-authority": str(tls.ca_cert)}}],
+        "users": [{"name": "sdtask-admin",
+                   "user": {"client-certificate": str(tls.admin_cert), "client-key": str(tls.admin_key)}}],
+        "contexts": [{"name": "sdtask-local", "context": {"cluster": "sdtask-local", "user": "sdtask-admin"}}],
+        "current-context": "sdtask-local",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+class LocalControlPlane:
+    def __init__(self, binaries: Binaries, workdir: Path, ports: ClusterPorts | None = None) -> None:
+        self.binaries = binaries
+        self.workdir = workdir
+        self.requested_ports = ports or ClusterPorts()
+        self.processes: list[ManagedProcess] = []
+        self.kubeconfig = workdir / "kubeconfig"
+        self.server = ""
+
+    def _spawn(self, component: str, argv: list[str]) -> ManagedProcess:
+        process = ManagedProcess(component, argv, self.workdir / "logs" / f"{component}.log").start()
+        self.processes.append(process)
+        return process
+
+    def start(self) -> LocalControlPlane:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        ports = self.requested_ports.resolved()
+        tls = certs.generate(self.workdir / "pki")
+        admin_tls = ssl.create_default_context(cafile=str(tls.ca_cert))
+        admin_tls.load_cert_chain(str(tls.admin_cert), str(tls.admin_key))
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # controller-manager/scheduler serve health on self-signed certs
+
+        etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
+        etcd = self._spawn("etcd", [
+            str(self.binaries.etcd),
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            "--listen-peer-urls=http://127.0.0.1:0",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ])
+        etcd.wait_until(lambda: _health(f"{etcd_url}/health"), START_TIMEOUT, "healthy")
+
+        self.server = f"https://127.0.0.1:{ports.apiserver}"
+        apiserver = self._spawn("kube-apiserver", [
+            str(self.binaries.kube_apiserver),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={tls.serving_cert}",
+            f"--tls-private-key-file={tls.serving_key}",
+            f"--client-ca-file={tls.ca_cert}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={tls.service_account_pub}",
+            f"--service-account-signing-key-file={tls.service_account_key}",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--v=0",
+        ])
+        apiserver.wait_until(lambda: _https_ok(f"{self.server}/readyz", admin_tls), START_TIMEOUT, "ready (/readyz)")
+        write_kubeconfig(self.kubeconfig, self.server, tls)
+
+        kcm = self._spawn("kube-controller-manager", [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.controller_manager}",
+            "--leader-elect=false",
+            f"--service-account-private-key-file={tls.service_account_key}",
+            f"--root-ca-file={tls.ca_cert}",
+            "--use-service-account-credentials=false",
+            "--controllers=*,-nodeipam",
+            "--v=0",
+        ])
+        scheduler = self._spawn("kube-scheduler", [
+            str(self.binaries.kube_scheduler),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.scheduler}",
+            "--leader-elect=false",
+            "--v=0",
+        ])
+        stage_args = [f"--config={self._kwok_stage_config()}"]
+        kwok = self._spawn("kwok", [
+            str(self.binaries.kwok),
+            f"--kubeconfig={self.kubeconfig}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--cidr=10.244.0.0/16",
+            "--node-ip=10.0.0.1",
+            "--node-lease-duration-seconds=40",
+            *stage_args,
+        ])
+        kcm.wait_until(lambda: _https_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure),
+                       START_TIMEOUT, "healthy (/healthz)")
+        scheduler.wait_until(lambda: _https_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", insecure),
+                             START_TIMEOUT, "healthy (/healthz)")
+        if not kwok.running():
+            raise StackError("kwok", "exited right after start", kwok.log)
+
+    def _kwok_stage_config(self) -> Path:
+        """kwok takes one or more config files; the stages are concatenated into one multi-document file."""
+        documents = []
+        for relative in KWOK_STAGE_FILES:
+            source = self.binaries.kwok_stages / relative
+            if not source.is_file():
+                raise StackError("kwok", f"stage file {source} is missing (rebuild the kwok cache)")
+            documents.extend(doc for doc in yaml.safe_load_all(source.read_text()) if doc)
+        target = self.workdir / "kwok-stages.yaml"
+        target.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+        return target
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            if not process.running():
+                raise StackError(process.component, "is no longer running", process.log)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+
+def _health(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)

@@ -1,0 +1,39 @@
+"""`sdtask dev`: the whole system running locally until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+from sdtask.localstack.stack import LocalStack
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    path.write_text("".join(f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items())))
+    path.chmod(0o600)
+
+
+def run_dev(state_dir: Path) -> int:
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    shutil.rmtree(state_dir / "stack", ignore_errors=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with LocalStack(workdir=state_dir / "stack") as stack:
+        kubeconfig = state_dir / "kubeconfig"
+        shutil.copyfile(stack.kubeconfig, kubeconfig)
+        kubeconfig.chmod(0o600)
+        env = {**stack.env(), "KUBECONFIG": str(kubeconfig.resolve())}
+        write_env_file(state_dir / "env", env)
+        print(f"local stack is up (logs in {state_dir / 'stack' / 'logs'})")
+        for key, value in sorted(env.items()):
+            print(f"  {key}={value}")
+        print(f"use it with:  source {state_dir / 'env'} && kubectl get nodes\nCtrl-C stops everything.", flush=True)
+        while not stopping.wait(1.0):
+            if stack.control_plane:
+                stack.control_plane.check_alive()
+    print("local stack stopped")
+    return 0

@@ -1,0 +1,143 @@
+"""The one module that talks to S3 (boto3).
+
+boto3 is synchronous: every call here runs in a worker thread so the agent's event loop never blocks. Credentials are
+never logged: they are hidden from the settings' repr and never put into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+__all__ = [
+    "ObjectTooLarge",
+    "S3Client",
+    "S3Settings",
+    "describe_s3_error",
+    "get_object_capped",
+    "make_s3_client",
+    "put_json",
+    "put_object",
+]
+
+JSON_CONTENT_TYPE = "application/json"
+
+_REASONS_BY_CODE = {
+    "NoSuchKey": "no such key",
+    "NoSuchBucket": "no such bucket",
+    "AccessDenied": "access denied",
+    "403": "access denied",
+    "404": "not found",
+    "InvalidAccessKeyId": "the access key is not valid",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+}
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_attempts: int = 5  # in all, the first try included
+
+
+class ObjectTooLarge(ValueError):
+    def __init__(self, bucket: str, key: str, size: int | None, max_bytes: int) -> None:
+        super().__init__(bucket, key, size, max_bytes)
+        self.bucket = bucket
+        self.key = key
+        self.size = size
+        self.max_bytes = max_bytes
+
+    def __str__(self) -> str:
+        size = "more than" if self.size is None else f"{self.size} bytes,"
+        return f"s3://{self.bucket}/{self.key} is {size} over the {self.max_bytes}-byte limit"
+
+
+def make_s3_client(settings: S3Settings) -> S3Client:
+    """A boto3 S3 client: standard retries, timeouts, path-style addressing for custom endpoints.
+
+    Path-style because S3-compatible servers (MinIO, moto, Ceph) on a plain host name rarely resolve
+    `<bucket>.<host>` virtual-host names.
+    """
+    config = Config(
+        retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        s3={"addressing_style": "path"} if settings.endpoint_url else None,
+    )
+    # A private session: the default one is shared and not safe to create clients from in several threads.
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        config=config,
+    )
+
+
+async def put_object(client: S3Client, bucket: str, key: str, data: bytes, content_type: str) -> None:
+    await asyncio.to_thread(client.put_object, Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+
+
+async def put_json(client: S3Client, bucket: str, key: str, value: Any) -> None:
+    """Store `value` as UTF-8 JSON (the `.out` record)."""
+    body = json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")
+    await put_object(client, bucket, key, body, JSON_CONTENT_TYPE)
+
+
+async def get_object_capped(client: S3Client, bucket: str, key: str, max_bytes: int) -> bytes:
+    """The object's bytes; ObjectTooLarge before reading when ContentLength is over `max_bytes`.
+
+    botocore errors (ClientError, BotoCoreError) propagate; `describe_s3_error` turns them into a message.
+    """
+    return await asyncio.to_thread(_get_object_capped_sync, client, bucket, key, max_bytes)
+
+
+def _get_object_capped_sync(client: S3Client, bucket: str, key: str, max_bytes: int) -> bytes:
+    response = client.get_object(Bucket=bucket, Key=key)
+    body = response["Body"]
+    try:
+        size = response.get("ContentLength")
+        if size is not None and size > max_bytes:
+            raise ObjectTooLarge(bucket, key, size, max_bytes)
+        # Read one byte more than allowed: catches a body longer than its announced length without reading it all.
+        data = body.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ObjectTooLarge(bucket, key, None, max_bytes)
+        return data
+    finally:
+        body.close()
+
+
+def describe_s3_error(exc: BaseException) -> str:
+    """A short human reason for a botocore error (no credentials: botocore messages never hold the secret)."""
+    if isinstance(exc, ObjectTooLarge):
+        return str(exc)
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        reason = _REASONS_BY_CODE.get(code)
+        if reason is not None:
+            return reason
+        message = error.get("Message") or ""
+        return f"S3 error {code}: {message}".rstrip(": ")
+    if isinstance(exc, BotoCoreError):
+        return f"S3 unreachable or misconfigured: {exc}"
+    return f"{type(exc).__name__}: {exc}"

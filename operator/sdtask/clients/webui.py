@@ -1,0 +1,266 @@
+"""The one module that talks to the SD Web UI (AUTOMATIC1111 API), plus checkpoint matching (pure)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+API = "/sdapi/v1"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+# Loading a checkpoint from network storage onto the GPU can take minutes.
+DEFAULT_SWITCH_TIMEOUT = 600.0
+INTERRUPT_TIMEOUT = 10.0
+_MESSAGE_LIMIT = 2000
+_HASH_SUFFIX = re.compile(r"(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]+)\]")
+
+
+class WebUIException(Exception):
+    """Base of every error of this client."""
+
+
+class WebUIError(WebUIException):
+    """The Web UI answered with a non-2xx status (or an unusable body)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"Web UI answered HTTP {self.status}: {self.message}"
+
+
+class WebUITimeout(WebUIException):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__(path, timeout)
+        self.path = path
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"Web UI call {self.path} timed out after {self.timeout:g}s"
+
+
+class WebUIUnavailable(WebUIException):
+    """No HTTP answer at all: connection refused, reset, DNS..."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Web UI unreachable ({self.path}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    title: str  # "v1-5-pruned-emaonly.safetensors [6ce0161689]"
+    model_name: str  # "v1-5-pruned-emaonly"
+    filename: str  # full path on the Web UI's disk
+
+    @property
+    def name(self) -> str:
+        """The title without its hash: the file name relative to the models folder."""
+        return _split_hash(self.title)[0]
+
+    @property
+    def hash(self) -> str | None:
+        return _split_hash(self.title)[1]
+
+
+def _split_hash(title: str) -> tuple[str, str | None]:
+    match = _HASH_SUFFIX.fullmatch(title.strip())
+    if match is None:
+        return title.strip(), None
+    return match.group("name"), match.group("hash").lower()
+
+
+def _basename(path: str) -> str:
+    return re.split(r"[\\/]", path)[-1]
+
+
+def _stem(name: str) -> str:
+    base, dot, _ = name.rpartition(".")
+    return base if dot else name
+
+
+def match_checkpoint(requested: str, available: list[Checkpoint]) -> Checkpoint | None:
+    """The checkpoint `requested` names, by title ("x.safetensors [hash]"), file name ("x.safetensors") or model name
+    ("x"); None when nothing matches.
+
+    Tiers are tried from the most to the least precise; inside a tier the first in `available` wins. A requested hash
+    that differs from the checkpoint's is no match: it is another file with the same name.
+    """
+    wanted_name, wanted_hash = _split_hash(requested)
+    if not wanted_name:
+        return None
+
+    def same_file(checkpoint: Checkpoint) -> bool:
+        return wanted_hash is None or checkpoint.hash is None or checkpoint.hash.startswith(wanted_hash)
+
+    tiers = (
+        lambda c: c.title == requested.strip(),
+        lambda c: c.name == wanted_name and same_file(c),
+        lambda c: _basename(c.filename) == wanted_name and same_file(c),
+        lambda c: wanted_hash is None and wanted_name in (c.model_name, _stem(c.name)),
+    )
+    for matches in tiers:
+        for checkpoint in available:
+            if matches(checkpoint):
+                return checkpoint
+    return None
+
+
+def error_message(response: httpx.Response) -> str:
+    """The Web UI's own explanation of a failure: `detail`, else `errors`, else `error`, else the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("detail", "errors", "error"):
+            text = _as_text(body.get(key))
+            if text:
+                return text[:_MESSAGE_LIMIT]
+    text = response.text.strip()
+    return text[:_MESSAGE_LIMIT] if text else response.reason_phrase
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):  # FastAPI validation errors: [{"loc": [...], "msg": "..."}]
+        return "; ".join(_validation_item(item) for item in value)
+    if value:
+        return json.dumps(value)
+    return ""
+
+
+def _validation_item(item: Any) -> str:
+    if isinstance(item, dict) and "msg" in item:
+        location = ".".join(str(part) for part in item.get("loc", []))
+        return f"{location}: {item['msg']}" if location else str(item["msg"])
+    return str(item)
+
+
+class WebUIClient:
+    """Async client of one Web UI. Pass `client` to share an httpx.AsyncClient (it is then not closed here)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        switch_timeout: float = DEFAULT_SWITCH_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.request_timeout = request_timeout
+        self.switch_timeout = switch_timeout
+        self._owns_client = client is None
+        # The Web UI is local to the pod: no proxy from the environment.
+        self._client = client if client is not None else httpx.AsyncClient(trust_env=False)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def ping(self) -> bool:
+        """True when the API answers. `/internal/ping` is the cheap probe; API-only launches lack it, so a 404
+        falls back to `/sdapi/v1/sd-models`."""
+        try:
+            response = await self._client.get(self._url("/internal/ping"), timeout=self.request_timeout)
+            if response.status_code == 404:
+                response = await self._client.get(self._url(f"{API}/sd-models"), timeout=self.request_timeout)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
+
+    async def list_checkpoints(self) -> list[Checkpoint]:
+        items = await self._call("GET", f"{API}/sd-models", timeout=self.request_timeout)
+        if not isinstance(items, list):
+            raise WebUIError(200, "sd-models did not return a list")
+        return [
+            Checkpoint(
+                title=str(item.get("title", "")),
+                model_name=str(item.get("model_name", "")),
+                filename=str(item.get("filename", "")),
+            )
+            for item in items
+            if isinstance(item, dict) and item.get("title")
+        ]
+
+    async def refresh_checkpoints(self) -> None:
+        await self._call("POST", f"{API}/refresh-checkpoints", timeout=self.request_timeout)
+
+    async def loaded_checkpoint(self) -> str | None:
+        options = await self._call("GET", f"{API}/options", timeout=self.request_timeout)
+        if not isinstance(options, dict):
+            raise WebUIError(200, "options did not return an object")
+        value = options.get("sd_model_checkpoint")
+        return value if isinstance(value, str) and value else None
+
+    async def switch_checkpoint(self, title: str, *, timeout: float | None = None) -> None:
+        """Load `title`. Call `match_checkpoint` first: the Web UI unloads the current model before failing."""
+        await self._call(
+            "POST",
+            f"{API}/options",
+            json_body={"sd_model_checkpoint": title},
+            timeout=self.switch_timeout if timeout is None else timeout,
+        )
+
+    async def generate(self, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """POST /sdapi/v1/<endpoint> (txt2img, img2img, extra-single-image, extra-batch-images)."""
+        result = await self._call("POST", f"{API}/{endpoint.strip('/')}", json_body=payload, timeout=timeout)
+        if not isinstance(result, dict):
+            raise WebUIError(200, f"{endpoint} did not return an object")
+        return result
+
+    async def interrupt(self) -> bool:
+        """Ask the Web UI to stop the current generation. Best effort: False instead of raising."""
+        try:
+            await self._call("POST", f"{API}/interrupt", timeout=INTERRUPT_TIMEOUT)
+        except WebUIException as exc:
+            log.warning("interrupt failed: %s", exc)
+            return False
+        return True
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def _call(self, method: str, path: str, *, timeout: float, json_body: Any = None) -> Any:
+        try:
+            # httpx's timeout is per read; the outer one bounds the whole call.
+            async with asyncio.timeout(timeout):
+                response = await self._client.request(
+                    method, self._url(path), json=json_body, timeout=httpx.Timeout(timeout)
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            raise WebUITimeout(path, timeout) from None
+        except httpx.HTTPError as exc:
+            raise WebUIUnavailable(path, f"{type(exc).__name__}: {exc}") from None
+        if not response.is_success:
+            raise WebUIError(response.status_code, error_message(response))
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise WebUIError(response.status_code, f"{path} returned a body that is not JSON") from None

@@ -1,0 +1,557 @@
+"""The stand-in Web UI, driven over real HTTP as the operator's agent would drive the real one."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sdtask.standin import StandinWebUI, read_standin_metadata
+from sdtask.standin.images import render_png
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+Start = Callable[..., httpx.Client]
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "alpha.safetensors").write_bytes(b"alpha")
+    (folder / "beta.ckpt").write_bytes(b"beta")
+    (folder / "readme.txt").write_text("not a checkpoint")
+    return folder
+
+
+@pytest.fixture
+def start(models_dir: Path) -> Iterator[Start]:
+    """Start a stand-in (keyword arguments as StandinWebUI's) and get a client for it; all stopped at the end."""
+    running: list[tuple[StandinWebUI, httpx.Client]] = []
+
+    def _start(**options: Any) -> httpx.Client:
+        webui = StandinWebUI(options.pop("models_dir", models_dir), **options).start()
+        client = httpx.Client(base_url=webui.url, timeout=10)
+        running.append((webui, client))
+        return client
+
+    yield _start
+    for webui, client in running:
+        client.close()
+        webui.stop()
+
+
+@pytest.fixture
+def client(start: Start) -> httpx.Client:
+    return start()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def titles(client: httpx.Client) -> dict[str, str]:
+    """model_name -> title of the listed checkpoints."""
+    return {model["model_name"]: model["title"] for model in client.get("/sdapi/v1/sd-models").json()}
+
+
+def loaded_option(client: httpx.Client) -> str | None:
+    value: str | None = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+    return value
+
+
+def stats(client: httpx.Client) -> dict[str, Any]:
+    value: dict[str, Any] = client.get("/standin/stats").json()
+    return value
+
+
+def decoded_images(response: httpx.Response) -> list[bytes]:
+    assert response.status_code == 200, response.text
+    return [base64.b64decode(image) for image in response.json()["images"]]
+
+
+def metadata(image: bytes) -> dict[str, Any]:
+    found = read_standin_metadata(image)
+    assert found is not None
+    return found
+
+
+def png_size(image: bytes) -> tuple[int, int]:
+    assert image[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(image[16:20], "big"), int.from_bytes(image[20:24], "big")
+
+
+def b64_png(tag: bytes, width: int = 32, height: int = 24) -> str:
+    image = render_png(hashlib.sha256(tag).digest(), width, height, {"endpoint": "test"})
+    return base64.b64encode(image).decode()
+
+
+def running_job(client: httpx.Client) -> dict[str, Any]:
+    state: dict[str, Any] = client.get("/sdapi/v1/progress").json()["state"]
+    return state
+
+
+# --- generation -------------------------------------------------------------------------------------------------
+
+
+def test_txt2img_returns_batch_size_times_n_iter_pngs_with_a1111_shapes(client: httpx.Client) -> None:
+    request = {"prompt": "a red fox", "negative_prompt": "blurry", "batch_size": 2, "n_iter": 3, "steps": 7}
+    response = client.post("/sdapi/v1/txt2img", json=request)
+    images = decoded_images(response)
+    body = response.json()
+    info = json.loads(body["info"])
+
+    assert len(images) == 6
+    assert body["parameters"] == request
+    assert info["all_seeds"] == [info["seed"] + offset for offset in range(6)]
+    assert info["all_subseeds"] == [info["subseed"] + offset for offset in range(6)]
+    assert info["all_prompts"] == ["a red fox"] * 6
+    assert (info["prompt"], info["negative_prompt"], info["steps"], info["batch_size"]) == ("a red fox", "blurry", 7, 2)
+    assert (info["width"], info["height"], info["sd_model_name"]) == (512, 512, "alpha")
+    assert {"sampler_name", "sd_model_hash", "job_timestamp"} <= info.keys()
+    assert [png_size(image) for image in images] == [(512, 512)] * 6
+    first = metadata(images[0])
+    assert first == {
+        "endpoint": "txt2img",
+        "model": titles(client)["alpha"],
+        "prompt": "a red fox",
+        "seed": info["seed"],
+        "index": 0,
+        "input_sha256": [],
+        "width": 512,
+        "height": 512,
+    }
+    assert [metadata(image)["seed"] for image in images] == info["all_seeds"]
+
+
+def test_same_request_gives_same_bytes_and_other_prompt_or_seed_differs(client: httpx.Client) -> None:
+    def generate(**request: Any) -> tuple[bytes, int]:
+        response = client.post("/sdapi/v1/txt2img", json={"width": 64, "height": 64, **request})
+        return decoded_images(response)[0], json.loads(response.json()["info"])["seed"]
+
+    image, seed = generate(prompt="a cat")
+    assert generate(prompt="a cat") == (image, seed)
+    assert generate(prompt="a dog")[0] != image
+    seeded, explicit = generate(prompt="a cat", seed=1234)
+    assert explicit == 1234
+    assert seeded != image
+    assert generate(prompt="a cat", seed=1234)[0] == seeded
+
+
+def test_send_images_false_returns_info_without_images(client: httpx.Client) -> None:
+    response = client.post("/sdapi/v1/txt2img", json={"send_images": False, "batch_size": 2})
+    assert response.status_code == 200
+    assert response.json()["images"] == []
+    assert len(json.loads(response.json()["info"])["all_seeds"]) == 2
+
+
+def test_img2img_records_which_init_image_was_used(client: httpx.Client) -> None:
+    first, second = b64_png(b"first"), b64_png(b"second")
+
+    def generate(init: str) -> bytes:
+        return decoded_images(client.post("/sdapi/v1/img2img", json={"prompt": "p", "init_images": [init]}))[0]
+
+    from_first = generate(first)
+    assert metadata(from_first)["input_sha256"] == [hashlib.sha256(base64.b64decode(first)).hexdigest()]
+    assert metadata(from_first)["endpoint"] == "img2img"
+    assert generate(first) == from_first
+    from_data_url = generate("data:image/png;base64," + first)
+    assert metadata(from_data_url)["input_sha256"] == metadata(from_first)["input_sha256"]
+    from_second = generate(second)
+    assert metadata(from_second)["input_sha256"] != metadata(from_first)["input_sha256"]
+    assert from_second != from_first
+
+
+def test_img2img_does_not_echo_init_images_unless_asked(client: httpx.Client) -> None:
+    init = b64_png(b"x")
+    plain = client.post("/sdapi/v1/img2img", json={"init_images": [init]}).json()["parameters"]
+    echoed = client.post("/sdapi/v1/img2img", json={"init_images": [init], "include_init_images": True}).json()
+    assert plain["init_images"] is None
+    assert echoed["parameters"]["init_images"] == [init]
+
+
+def test_img2img_mask_is_hashed_after_the_init_images(client: httpx.Client) -> None:
+    init, mask = b64_png(b"init"), b64_png(b"mask")
+    image = decoded_images(client.post("/sdapi/v1/img2img", json={"init_images": [init], "mask": mask}))[0]
+    digests = [hashlib.sha256(base64.b64decode(value)).hexdigest() for value in (init, mask)]
+    assert metadata(image)["input_sha256"] == digests
+
+
+@pytest.mark.parametrize(
+    ("request_body", "where"),
+    [
+        ({"init_images": ["https://bucket.example/cat.png"]}, "init_images[0]"),
+        ({"init_images": [b64_png(b"ok"), "bm90IGFuIGltYWdl"]}, "init_images[1]"),
+        ({"init_images": [b64_png(b"ok")], "mask": "http://example/mask.png"}, "mask"),
+    ],
+)
+def test_img2img_with_undecodable_image_is_a_500_like_the_real_server(
+    client: httpx.Client, request_body: dict[str, Any], where: str
+) -> None:
+    response = client.post("/sdapi/v1/img2img", json=request_body)
+    assert response.status_code == 500
+    body = response.json()
+    assert set(body) == {"error", "detail", "body", "errors"}
+    assert body["errors"].startswith("Invalid encoded image")
+    assert where in body["errors"]
+
+
+def test_img2img_without_init_images_is_not_found(client: httpx.Client) -> None:
+    response = client.post("/sdapi/v1/img2img", json={"prompt": "p"})
+    assert response.status_code == 404
+    assert response.json()["detail"] == "Init image not found"
+
+
+# --- extras -----------------------------------------------------------------------------------------------------
+
+
+def test_extra_single_image_upscales_by_the_requested_factor(client: httpx.Client) -> None:
+    source = b64_png(b"small", 40, 30)
+    doubled = client.post("/sdapi/v1/extra-single-image", json={"image": source})
+    tripled = client.post("/sdapi/v1/extra-single-image", json={"image": source, "upscaling_resize": 3})
+    assert doubled.status_code == tripled.status_code == 200
+    assert png_size(base64.b64decode(doubled.json()["image"])) == (80, 60)
+    assert png_size(base64.b64decode(tripled.json()["image"])) == (120, 90)
+    assert "html_info" in doubled.json()
+    assert metadata(base64.b64decode(doubled.json()["image"]))["input_sha256"] == [
+        hashlib.sha256(base64.b64decode(source)).hexdigest()
+    ]
+
+
+def test_extra_single_image_reports_big_sizes_but_renders_capped(client: httpx.Client) -> None:
+    response = client.post(
+        "/sdapi/v1/extra-single-image", json={"image": b64_png(b"big", 1024, 512), "upscaling_resize": 4}
+    )
+    image = base64.b64decode(response.json()["image"])
+    assert png_size(image) == (1024, 512)
+    assert (metadata(image)["width"], metadata(image)["height"]) == (4096, 2048)
+    assert "4096x2048" in response.json()["html_info"]
+
+
+def test_extra_batch_images_returns_one_image_per_input_in_order(client: httpx.Client) -> None:
+    sources = [b64_png(b"one", 10, 10), b64_png(b"two", 20, 10)]
+    image_list = [{"data": data, "name": f"{index}.png"} for index, data in enumerate(sources)]
+    response = client.post("/sdapi/v1/extra-batch-images", json={"imageList": image_list, "upscaling_resize": 2})
+    images = decoded_images(response)
+    assert [png_size(image) for image in images] == [(20, 20), (40, 20)]
+    assert [metadata(image)["input_sha256"] for image in images] == [
+        [hashlib.sha256(base64.b64decode(data)).hexdigest()] for data in sources
+    ]
+    assert "html_info" in response.json()
+
+
+def test_extras_with_bad_image_is_a_500(client: httpx.Client) -> None:
+    single = client.post("/sdapi/v1/extra-single-image", json={"image": "https://example.com/x.png"})
+    batch = client.post("/sdapi/v1/extra-batch-images", json={"imageList": [{"data": "nope", "name": "x"}]})
+    assert single.status_code == batch.status_code == 500
+    assert single.json()["errors"].startswith("Invalid encoded image")
+
+
+# --- AnimateDiff GIFs -------------------------------------------------------------------------------------------
+
+
+def animatediff(**options: Any) -> dict[str, Any]:
+    return {"alwayson_scripts": {"AnimateDiff": {"args": [options]}}}
+
+
+def test_animatediff_gif_request_returns_animated_gifs_with_metadata(client: httpx.Client) -> None:
+    request = {"prompt": "waves", "batch_size": 2, **animatediff(enable=True, format=["GIF", "PNG"], video_length=6)}
+    images = decoded_images(client.post("/sdapi/v1/txt2img", json=request))
+    assert len(images) == 2
+    for index, image in enumerate(images):
+        assert image[:6] == b"GIF89a"
+        assert image.count(b"\x21\xf9\x04") == 6  # one graphic control block per frame
+        assert metadata(image)["prompt"] == "waves"
+        assert metadata(image)["index"] == index
+
+
+@pytest.mark.parametrize(
+    "scripts",
+    [
+        animatediff(enable=False, format=["GIF"]),
+        animatediff(format=["MP4"]),
+        {"alwayson_scripts": {"ControlNet": {"args": [{"enable": True}]}}},
+    ],
+)
+def test_animatediff_disabled_or_without_gif_gives_pngs(client: httpx.Client, scripts: dict[str, Any]) -> None:
+    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"prompt": "p", **scripts}))[0]
+    assert image[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_animatediff_key_is_case_insensitive_and_defaults_to_gif(client: httpx.Client) -> None:
+    request = {"alwayson_scripts": {"animatediff": {"args": [{}]}}, "init_images": [b64_png(b"i")]}
+    image = decoded_images(client.post("/sdapi/v1/img2img", json=request))[0]
+    assert image[:6] == b"GIF89a"
+    assert image.count(b"\x21\xf9\x04") == 4
+
+
+# --- checkpoints and options ------------------------------------------------------------------------------------
+
+
+def test_sd_models_lists_checkpoint_files_with_a1111_fields(client: httpx.Client, models_dir: Path) -> None:
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert [model["model_name"] for model in models] == ["alpha", "beta"]
+    alpha = models[0]
+    assert set(alpha) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    assert alpha["title"] == f"alpha.safetensors [{alpha['hash']}]"
+    assert len(alpha["hash"]) == 10 and alpha["sha256"].startswith(alpha["hash"])
+    assert alpha["filename"] == str((models_dir / "alpha.safetensors").resolve())
+
+
+def test_refresh_checkpoints_picks_up_a_file_copied_in_later(client: httpx.Client, models_dir: Path) -> None:
+    (models_dir / "gamma.safetensors").write_bytes(b"gamma")
+    assert "gamma" not in titles(client)
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert "gamma" in titles(client)
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "gamma"}).status_code == 200
+    assert loaded_option(client) == titles(client)["gamma"]
+
+
+def test_options_report_the_loaded_model_and_echo_other_keys(client: httpx.Client) -> None:
+    options = client.get("/sdapi/v1/options").json()
+    assert options["sd_model_checkpoint"] == titles(client)["alpha"]
+    assert options["samples_format"] == "png"
+    assert client.post("/sdapi/v1/options", json={"jpeg_quality": 95, "my_key": [1]}).json() is None
+    options = client.get("/sdapi/v1/options").json()
+    assert (options["jpeg_quality"], options["my_key"]) == (95, [1])
+
+
+@pytest.mark.parametrize("name", ["beta", "beta.ckpt", "title"])
+def test_options_switch_model_by_title_model_name_or_file_name(client: httpx.Client, name: str) -> None:
+    beta = titles(client)["beta"]
+    response = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta if name == "title" else name})
+    assert response.status_code == 200
+    assert loaded_option(client) == beta
+    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}))[0]
+    assert metadata(image)["model"] == beta
+
+
+def test_options_with_unknown_model_is_a_500_and_changes_nothing(client: httpx.Client) -> None:
+    before = stats(client)
+    response = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "missing.safetensors", "jpeg_quality": 1})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "RuntimeError",
+        "detail": "",
+        "body": "",
+        "errors": "model 'missing.safetensors' not found",
+    }
+    assert loaded_option(client) == titles(client)["alpha"]
+    assert client.get("/sdapi/v1/options").json()["jpeg_quality"] == 80
+    assert stats(client)["model_loads"] == before["model_loads"]
+
+
+def test_load_delay_is_paid_only_when_the_model_really_changes(start: Start) -> None:
+    client = start(load_delay=0.3)
+    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
+
+    began = time.monotonic()
+    client.post("/sdapi/v1/options", json={"sd_model_checkpoint": alpha})
+    assert time.monotonic() - began < 0.3
+    assert stats(client)["model_loads"] == 0
+
+    began = time.monotonic()
+    client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "beta"})
+    assert time.monotonic() - began >= 0.3
+    assert stats(client)["model_loads"] == 1
+    assert stats(client)["loaded_model"] == beta
+
+
+@pytest.mark.parametrize("initial", ["beta.ckpt", "beta", "/elsewhere/beta.ckpt"])
+def test_initial_model_is_loaded_at_start_without_counting_as_a_load(start: Start, initial: str) -> None:
+    client = start(initial_model=initial)
+    assert loaded_option(client) == titles(client)["beta"]
+    assert stats(client)["model_loads"] == 0
+
+
+def test_unknown_initial_model_falls_back_to_the_first_like_the_real_server(start: Start) -> None:
+    client = start(initial_model="missing.safetensors")
+    assert loaded_option(client) == titles(client)["alpha"]
+
+
+def test_unload_then_generate_reloads_the_last_model(start: Start) -> None:
+    client = start(initial_model="beta")
+    beta = titles(client)["beta"]
+    assert client.post("/sdapi/v1/unload-checkpoint").json() == {}
+    assert loaded_option(client) is None
+    assert stats(client)["loaded_model"] is None
+
+    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}))[0]
+    assert metadata(image)["model"] == beta
+    assert (loaded_option(client), stats(client)["model_loads"]) == (beta, 1)
+
+
+def test_reload_checkpoint_loads_after_unload_and_is_free_otherwise(client: httpx.Client) -> None:
+    assert client.post("/sdapi/v1/reload-checkpoint").json() == {}
+    assert stats(client)["model_loads"] == 0
+    client.post("/sdapi/v1/unload-checkpoint")
+    client.post("/sdapi/v1/reload-checkpoint")
+    assert (loaded_option(client), stats(client)["model_loads"]) == (titles(client)["alpha"], 1)
+
+
+def test_override_settings_runs_on_the_override_and_restores_the_selection(client: httpx.Client) -> None:
+    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
+    override = {"override_settings": {"sd_model_checkpoint": "beta"}, "width": 8, "height": 8}
+
+    response = client.post("/sdapi/v1/txt2img", json=override)
+    assert metadata(decoded_images(response)[0])["model"] == beta
+    assert json.loads(response.json()["info"])["sd_model_name"] == "beta"
+    # Like the real server: the option goes back at once, the weights only at the next request that needs them.
+    assert loaded_option(client) == alpha
+    assert stats(client)["loaded_model"] == beta
+    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}))[0]
+    assert metadata(image)["model"] == alpha
+    assert stats(client)["model_loads"] == 2
+
+
+def test_override_settings_kept_when_restore_afterwards_is_false(client: httpx.Client) -> None:
+    request = {
+        "override_settings": {"sd_model_checkpoint": titles(client)["beta"]},
+        "override_settings_restore_afterwards": False,
+    }
+    assert client.post("/sdapi/v1/txt2img", json=request).status_code == 200
+    assert loaded_option(client) == titles(client)["beta"]
+
+
+def test_override_with_unknown_model_is_ignored_like_the_real_server(client: httpx.Client) -> None:
+    request = {"override_settings": {"sd_model_checkpoint": "nope"}, "width": 8, "height": 8}
+    image = decoded_images(client.post("/sdapi/v1/txt2img", json=request))[0]
+    assert metadata(image)["model"] == titles(client)["alpha"]
+
+
+def test_generation_without_any_checkpoint_fails_with_500(start: Start, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    client = start(models_dir=empty)
+    assert client.get("/sdapi/v1/sd-models").json() == []
+    assert loaded_option(client) is None
+    response = client.post("/sdapi/v1/txt2img", json={})
+    assert response.status_code == 500
+    assert response.json()["error"] == "FileNotFoundError"
+
+
+# --- queue, progress, interrupt ---------------------------------------------------------------------------------
+
+
+def test_progress_reports_the_running_job_and_interrupt_returns_images_done_so_far(start: Start) -> None:
+    client = start(image_delay=0.2)
+    result: dict[str, Any] = {}
+
+    def generate() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=10) as own:
+            began = time.monotonic()
+            result["response"] = own.post("/sdapi/v1/txt2img", json={"n_iter": 10, "steps": 20})
+            result["elapsed"] = time.monotonic() - began
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    wait_until(lambda: running_job(client)["job_no"] >= 1)
+    progress = client.get("/sdapi/v1/progress").json()
+    assert progress["state"]["job"] == "scripts_txt2img"
+    assert (progress["state"]["job_count"], progress["state"]["sampling_steps"]) == (10, 20)
+    assert 0.1 < progress["progress"] < 1 and progress["eta_relative"] > 0
+    assert progress["current_image"] is None
+
+    assert client.post("/sdapi/v1/interrupt").json() == {}
+    worker.join(timeout=5)
+    images = decoded_images(result["response"])
+    assert 1 <= len(images) < 10
+    assert result["elapsed"] < 1.9
+    assert len(json.loads(result["response"].json()["info"])["infotexts"]) == len(images)
+    assert running_job(client)["interrupted"] is True
+    assert running_job(client)["job_count"] == 0
+    assert stats(client)["interrupts"] == 1
+
+
+def test_interrupt_while_idle_does_not_affect_the_next_job(client: httpx.Client) -> None:
+    client.post("/sdapi/v1/interrupt")
+    assert len(decoded_images(client.post("/sdapi/v1/txt2img", json={"batch_size": 2, "width": 8, "height": 8}))) == 2
+
+
+def test_concurrent_generations_run_one_at_a_time(start: Start) -> None:
+    delay = 0.25
+    client = start(image_delay=delay)
+
+    def generate(prompt: str) -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=10) as own:
+            assert own.post("/sdapi/v1/txt2img", json={"prompt": prompt}).status_code == 200
+
+    workers = [threading.Thread(target=generate, args=(prompt,)) for prompt in ("first", "second")]
+    began = time.monotonic()
+    workers[0].start()
+    wait_until(lambda: running_job(client)["job"] != "")
+    workers[1].start()
+    wait_until(lambda: stats(client)["requests"].get("/sdapi/v1/txt2img") == 2)
+    # While one generation runs and one waits, everything else is still answered.
+    assert client.get("/internal/ping").json() == {}
+    for worker in workers:
+        worker.join(timeout=5)
+    # Side by side they would both be done after one delay; in turn it takes two.
+    assert time.monotonic() - began >= 2 * delay
+
+
+# --- robustness and extras --------------------------------------------------------------------------------------
+
+
+def test_bad_requests_get_fastapi_style_errors_and_the_server_survives(client: httpx.Client) -> None:
+    bad_json = client.post("/sdapi/v1/txt2img", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad_json.status_code == 422 and "detail" in bad_json.json()
+    assert client.post("/sdapi/v1/txt2img", json=[1, 2]).status_code == 422
+    assert client.post("/sdapi/v1/txt2img", content=b"").status_code == 422
+    wrong_type = client.post("/sdapi/v1/txt2img", json={"width": "wide"})
+    assert wrong_type.status_code == 422 and wrong_type.json()["detail"][0]["loc"] == ["body", "width"]
+    assert client.post("/sdapi/v1/txt2img", json={"batch_size": 1000}).status_code == 422
+    assert client.post("/sdapi/v1/options", content=b"\xff\xfe").status_code == 422
+    assert client.get("/sdapi/v1/nothing-here").status_code == 404
+    assert client.get("/sdapi/v1/nothing-here").json() == {"detail": "Not Found"}
+    assert client.get("/sdapi/v1/txt2img").status_code == 405
+    assert client.get("/internal/ping").json() == {}
+
+
+def test_stats_count_requests_per_path(client: httpx.Client) -> None:
+    client.get("/internal/ping")
+    client.get("/internal/ping")
+    client.get("/sdapi/v1/memory")
+    counted = stats(client)
+    assert counted["requests"]["/internal/ping"] == 2
+    assert counted["requests"]["/sdapi/v1/memory"] == 1
+    assert counted["loaded_model"] == titles(client)["alpha"]
+
+
+def test_url_and_context_manager(models_dir: Path) -> None:
+    with StandinWebUI(models_dir) as webui:
+        assert webui.url.startswith("http://127.0.0.1:")
+        assert httpx.get(webui.url + "/internal/ping").json() == {}
+    with pytest.raises(RuntimeError):
+        _ = webui.url
+
+
+def test_command_line_prints_its_url_and_exits_cleanly_on_sigterm(models_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator")}
+    command = [sys.executable, "-m", "sdtask.standin", "--port", "0", "--models-dir", str(models_dir)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            assert line.startswith("listening on http://127.0.0.1:")
+            url = line.removeprefix("listening on ")
+            assert httpx.get(url + "/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("alpha.safetensors")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=5) == 0
+            assert process.stdout.read() == ""  # exactly one line on stdout
+        finally:
+            process.kill()

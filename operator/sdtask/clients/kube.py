@@ -1,0 +1,214 @@
+"""The one module that talks to the Kubernetes API for our own code (kopf has its own client for watching).
+
+The official client is synchronous, so every call runs in a worker thread: the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import uuid
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes.client.exceptions import ApiException
+
+from sdtask.conditions import now_iso
+from sdtask.constants import GROUP, RUNTIME_PLURAL, TASK_PLURAL, VERSION
+
+FIELD_MANAGER = "sdtask-operator"
+
+
+def load_api_client(kubeconfig: str | None = None) -> ApiClient:
+    """In a pod: the service account. Elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    if kubeconfig:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return ApiClient()
+
+
+def is_conflict(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status == 409
+
+
+def is_not_found(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status == 404
+
+
+class Kube:
+    def __init__(self, client: ApiClient, field_manager: str = FIELD_MANAGER, instance: str = "") -> None:
+        self.client = client
+        self.instance = instance
+        self.core = CoreV1Api(client)
+        self.apps = AppsV1Api(client)
+        self.custom = CustomObjectsApi(client)
+        self.rbac = RbacAuthorizationV1Api(client)
+        self.field_manager = field_manager
+
+    # --- SDTask ---------------------------------------------------------------------------------------------------
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await asyncio.to_thread(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, TASK_PLURAL, name
+        )
+        return result
+
+    async def patch_task_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch the status; with a resourceVersion the patch fails with 409 if the task changed meanwhile."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        result: dict[str, Any] = await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, TASK_PLURAL, name, body
+        )
+        return result
+
+    async def patch_task_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+        """None removes a label."""
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            TASK_PLURAL,
+            name,
+            {"metadata": {"labels": labels}},
+        )
+
+    async def delete_task(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, TASK_PLURAL, name
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def watch_tasks(self, namespace: str, label_selector: str, resource_version: str, timeout: int) -> Any:
+        """A blocking generator of watch events (run it in a thread)."""
+        return kubernetes.watch.Watch().stream(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            TASK_PLURAL,
+            label_selector=label_selector,
+            resource_version=resource_version,
+            timeout_seconds=timeout,
+            allow_watch_bookmarks=True,
+        )
+
+    async def list_tasks(self, namespace: str, label_selector: str) -> dict[str, Any]:
+        result: dict[str, Any] = await asyncio.to_thread(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            TASK_PLURAL,
+            label_selector=label_selector,
+        )
+        return result
+
+    # --- SDRuntime ------------------------------------------------------------------------------------------------
+    async def patch_runtime_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            RUNTIME_PLURAL,
+            name,
+            {"status": status},
+        )
+
+    # --- workloads ------------------------------------------------------------------------------------------------
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply with force: the SDRuntime is the source of truth, manual edits of our fields go back."""
+        kind = manifest["kind"]
+        namespace = manifest["metadata"]["namespace"]
+        name = manifest["metadata"]["name"]
+        method = {
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "Service": self.core.patch_namespaced_service,
+            "ServiceAccount": self.core.patch_namespaced_service_account,
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
+        }[kind]
+        result = await asyncio.to_thread(
+            method,
+            name,
+            namespace,
+            manifest,
+            field_manager=self.field_manager,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        serialized: dict[str, Any] = self.client.sanitize_for_serialization(result)
+        return serialized
+
+    async def delete_workloads(self, namespace: str, name: str) -> None:
+        """Delete a runtime's Deployment and Service (its pods follow through the ReplicaSet)."""
+        for method in (self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service):
+            try:
+                await asyncio.to_thread(method, name, namespace, propagation_policy="Background")
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        try:
+            await asyncio.to_thread(
+                self.core.patch_namespaced_pod, name, namespace, {"metadata": {"annotations": annotations}}
+            )
+        except ApiException as error:
+            if error.status != 404:  # a pod that just went away needs no annotation
+                raise
+
+    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        data = (secret.data or {}).get(key)
+        return base64.b64decode(data).decode() if data is not None else None
+
+    # --- events ---------------------------------------------------------------------------------------------------
+    async def post_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str, component: str
+    ) -> None:
+        """Events are best-effort: losing one must never fail a task."""
+        meta = involved["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        event = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "firstTimestamp": now_iso(now),
+            "lastTimestamp": now_iso(now),
+            "count": 1,
+            # eventTime has microseconds: several transitions in one second still list in order in `describe`.
+            "eventTime": now.isoformat(timespec="microseconds"),
+            "action": reason,
+            "reportingComponent": component,
+            "reportingInstance": self.instance or component,
+        }
+        with contextlib.suppress(Exception):  # see docstring
+            await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"], event)

@@ -1,0 +1,117 @@
+"""Typed configuration, read once from the environment: one object for the operator, one for the agent."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if not value else float(value)
+
+
+def _hosts(name: str) -> frozenset[str]:
+    return frozenset(h.lower() for h in _env(name).replace(",", " ").split())
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    agent_image: str = "sdtask-operator:0.1.0"
+    agent_service_account: str = "sdtask-agent"
+    # Namespaces to watch; empty means the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    affinity_window: int = 16
+    starvation_limit_seconds: float = 120.0
+    retry_backoff_seconds: float = 10.0
+    housekeeping_interval_seconds: float = 5.0
+    metrics_port: int = 8080
+    allow_private_callbacks: bool = False
+    allowed_callback_hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        namespaces = tuple(n for n in _env("SDTASK_NAMESPACES").replace(",", " ").split() if n)
+        return cls(
+            agent_image=_env("SDTASK_AGENT_IMAGE", cls.agent_image),
+            agent_service_account=_env("SDTASK_AGENT_SERVICE_ACCOUNT", cls.agent_service_account),
+            namespaces=namespaces,
+            affinity_window=int(_env_float("SDTASK_AFFINITY_WINDOW", cls.affinity_window)),
+            starvation_limit_seconds=_env_float("SDTASK_STARVATION_LIMIT_SECONDS", cls.starvation_limit_seconds),
+            retry_backoff_seconds=_env_float("SDTASK_RETRY_BACKOFF_SECONDS", cls.retry_backoff_seconds),
+            housekeeping_interval_seconds=_env_float("SDTASK_HOUSEKEEPING_SECONDS", cls.housekeeping_interval_seconds),
+            metrics_port=int(_env_float("SDTASK_METRICS_PORT", cls.metrics_port)),
+            allow_private_callbacks=_env_bool("SDTASK_ALLOW_PRIVATE_CALLBACKS"),
+            allowed_callback_hosts=_hosts("SDTASK_ALLOWED_CALLBACK_HOSTS"),
+        )
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the agent sidecar knows: set by the operator in the pod spec (see sdtask.deployment)."""
+
+    pod_name: str
+    namespace: str
+    runtime: str
+    webui_url: str = "http://127.0.0.1:7860"
+    dynamic_model: bool = False
+    checkpoint: str = ""
+    models_dir: str = "/models"
+    models_s3_prefix: str = ""
+    output_bucket: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    request_timeout_seconds: float = 600.0
+    allow_private_links: bool = False
+    allowed_link_hosts: frozenset[str] = field(default_factory=frozenset)
+    max_download_bytes: int = 50 * 1024 * 1024
+    state_dir: str = "/var/run/sdtask"  # shared with the Web UI container: its preStop hook waits on `busy` here
+    callback_attempts: int = 5
+    callback_base_delay_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> AgentSettings:
+        return cls(
+            pod_name=_env("SDTASK_POD_NAME"),
+            namespace=_env("SDTASK_NAMESPACE", "default"),
+            runtime=_env("SDTASK_RUNTIME"),
+            webui_url=_env("SDTASK_WEBUI_URL", cls.webui_url),
+            dynamic_model=_env_bool("SDTASK_DYNAMIC_MODEL"),
+            checkpoint=_env("SDTASK_CHECKPOINT"),
+            models_dir=_env("SDTASK_MODELS_DIR", cls.models_dir),
+            models_s3_prefix=_env("SDTASK_MODELS_S3_PREFIX"),
+            output_bucket=_env("SDTASK_OUTPUT_BUCKET"),
+            s3_endpoint=_env("SDTASK_S3_ENDPOINT"),
+            s3_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", cls.s3_region)),
+            request_timeout_seconds=_env_float("SDTASK_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_seconds),
+            allow_private_links=_env_bool("SDTASK_ALLOW_PRIVATE_LINKS"),
+            allowed_link_hosts=_hosts("SDTASK_ALLOWED_LINK_HOSTS"),
+            max_download_bytes=int(_env_float("SDTASK_MAX_DOWNLOAD_BYTES", cls.max_download_bytes)),
+            state_dir=_env("SDTASK_STATE_DIR", cls.state_dir),
+            callback_attempts=int(_env_float("SDTASK_CALLBACK_ATTEMPTS", cls.callback_attempts)),
+            callback_base_delay_seconds=_env_float(
+                "SDTASK_CALLBACK_BASE_DELAY_SECONDS", cls.callback_base_delay_seconds
+            ),
+        )
+
+    def validate(self) -> None:
+        missing = [
+            name
+            for name, value in (
+                ("SDTASK_POD_NAME", self.pod_name),
+                ("SDTASK_RUNTIME", self.runtime),
+                ("SDTASK_OUTPUT_BUCKET", self.output_bucket),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"agent settings missing: {', '.join(missing)}")

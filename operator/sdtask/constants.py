@@ -1,0 +1,36 @@
+"""Names shared by the operator, the agent and the chart: API group, labels, annotations, phases."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+GROUP = "sdtask.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+TASK_PLURAL = "sdtasks"
+RUNTIME_PLURAL = "sdruntimes"
+
+LABEL_RUNTIME = "sdtask.io/runtime"  # on tasks (set when routed) and on runtime pods/deployments
+LABEL_POD = "sdtask.io/pod"  # on a task while a pod owns it: the agent of that pod watches this label
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "sdtask-operator"
+
+ANNOTATION_MODEL = "sdtask.io/model"  # on a runtime pod: the checkpoint its Web UI has loaded (written by the agent)
+ANNOTATION_REQUEST_FORMAT = "sdtask.io/request-format"  # "legacy" when converted from the old flat body
+POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # busy pods are the last a ReplicaSet removes
+
+AGENT_CONTAINER = "agent"
+WEBUI_CONTAINER = "webui"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+FINISHED_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+ACTIVE_PHASES = frozenset({Phase.SCHEDULED, Phase.RUNNING})

@@ -1,0 +1,47 @@
+"""First look at a new SDTask: is it well-formed, which runtime serves it, with which model. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sdtask.request import requested_checkpoint
+from sdtask.routing import Route, RouteError, RuntimeInfo, route_task
+
+# The API server caps whole requests at 3 MiB and etcd objects at 1.5 MiB; tasks must stay far below that so many fit
+# and watches stay cheap. Image bytes belong in links (http(s) or s3://), not in the spec.
+MAX_CONTENT_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Admitted:
+    runtime: str
+    model: str | None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    message: str
+
+
+def admit(spec: Mapping[str, Any], runtimes: list[RuntimeInfo]) -> Admitted | Rejected:
+    task = spec.get("task") or {}
+    metadata = task.get("metadata") or {}
+    content = task.get("content")
+    if not isinstance(content, dict):
+        return Rejected("InvalidTask", "spec.task.content must be an object")
+    size = len(json.dumps(content, separators=(",", ":")).encode())
+    if size > MAX_CONTENT_BYTES:
+        return Rejected(
+            "ContentTooLarge",
+            f"spec.task.content is {size} bytes, over the {MAX_CONTENT_BYTES} byte cap; pass images as http(s) or "
+            "s3:// links instead of inline base64",
+        )
+    route = route_task(str(metadata.get("runtime") or ""), requested_checkpoint(content), runtimes)
+    if isinstance(route, RouteError):
+        return Rejected(route.reason, route.message)
+    assert isinstance(route, Route)
+    return Admitted(route.runtime, route.model)

@@ -1,0 +1,73 @@
+"""Which runtime serves a task, and with which model. Pure: the operator passes what its indices hold."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    name: str
+    dynamic: bool
+    checkpoint: str | None
+
+
+@dataclass(frozen=True)
+class Route:
+    runtime: str
+    model: str | None  # None: whatever the pod has loaded (dynamic runtime, no checkpoint asked for)
+
+
+@dataclass(frozen=True)
+class RouteError:
+    reason: str
+    message: str
+
+
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
+_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+def checkpoint_stem(name: str) -> str:
+    """ "v1-5.safetensors [6ce0161689]", "v1-5.safetensors" and "v1-5" all name one checkpoint."""
+    stem = _HASH_SUFFIX.sub("", name.strip()).rsplit("/", 1)[-1]
+    for extension in _EXTENSIONS:
+        if stem.endswith(extension):
+            return stem[: -len(extension)]
+    return stem
+
+
+def same_checkpoint(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and checkpoint_stem(a) == checkpoint_stem(b)
+
+
+def route_task(runtime_name: str, checkpoint: str | None, runtimes: list[RuntimeInfo]) -> Route | RouteError:
+    """Route by name. An empty name (legacy form) routes by checkpoint: a static runtime serving it, else dynamic."""
+    if runtime_name:
+        runtime = next((r for r in runtimes if r.name == runtime_name), None)
+        if runtime is None:
+            return RouteError("UnknownRuntime", f"runtime {runtime_name!r} does not exist in this namespace")
+        return _model_on(runtime, checkpoint)
+    if not checkpoint:
+        return RouteError("NoRoute", "task names no runtime and no checkpoint to route by")
+    ordered = sorted(runtimes, key=lambda r: r.name)
+    static = next((r for r in ordered if not r.dynamic and same_checkpoint(r.checkpoint, checkpoint)), None)
+    if static:
+        return Route(static.name, static.checkpoint)
+    dynamic = next((r for r in ordered if r.dynamic), None)
+    if dynamic:
+        return Route(dynamic.name, checkpoint)
+    return RouteError("NoRuntimeForModel", f"no runtime serves checkpoint {checkpoint!r} and none switches models")
+
+
+def _model_on(runtime: RuntimeInfo, checkpoint: str | None) -> Route | RouteError:
+    if runtime.dynamic:
+        return Route(runtime.name, checkpoint)
+    if checkpoint and not same_checkpoint(checkpoint, runtime.checkpoint):
+        return RouteError(
+            "ModelNotServed",
+            f"runtime {runtime.name!r} serves only {runtime.checkpoint!r} (dynamicModel is off); "
+            f"task asks for {checkpoint!r}",
+        )
+    return Route(runtime.name, runtime.checkpoint)

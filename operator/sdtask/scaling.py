@@ -1,0 +1,43 @@
+"""How many replicas a runtime wants. Pure; the operator feeds it the queue and the pods it sees."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    min_replicas: int = 0
+    max_replicas: int = 1
+    tasks_per_replica: int = 1
+    scale_down_delay: dt.timedelta = dt.timedelta(minutes=5)
+
+
+def demand(queued: int, running: int, tasks_per_replica: int) -> int:
+    return math.ceil((queued + running) / max(tasks_per_replica, 1))
+
+
+def desired_replicas(
+    policy: ScalingPolicy,
+    *,
+    queued: int,
+    running: int,
+    busy_pods: int,
+    current: int,
+    last_needed: dt.datetime | None,
+    now: dt.datetime,
+) -> int:
+    """ceil((queued + running) / tasksPerReplica) clamped to min..max.
+
+    Up at once; down only after `scale_down_delay` without demand for the current size (`last_needed` is when demand
+    last reached it), and never below the number of busy pods, so a scale-down can only take idle pods.
+    """
+    target = min(max(demand(queued, running, policy.tasks_per_replica), policy.min_replicas), policy.max_replicas)
+    target = max(target, busy_pods)
+    if target >= current:
+        return target
+    if last_needed is not None and now - last_needed < policy.scale_down_delay:
+        return current
+    return target

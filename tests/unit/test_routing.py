@@ -1,0 +1,43 @@
+from sdtask.routing import Route, RouteError, RuntimeInfo, checkpoint_stem, route_task
+
+RUNTIMES = [
+    RuntimeInfo("sd15", dynamic=False, checkpoint="v1-5-pruned-emaonly.safetensors"),
+    RuntimeInfo("sdxl", dynamic=False, checkpoint="sdxl.safetensors"),
+    RuntimeInfo("any", dynamic=True, checkpoint=None),
+]
+
+
+def test_checkpoint_names_in_all_their_forms_are_one() -> None:
+    assert checkpoint_stem("v1-5.safetensors [6ce0161689]") == checkpoint_stem("v1-5") == "v1-5"
+    assert checkpoint_stem("/models/Stable-diffusion/v1-5.ckpt") == "v1-5"
+
+
+def test_routes_by_name_with_the_static_checkpoint() -> None:
+    assert route_task("sd15", None, RUNTIMES) == Route("sd15", "v1-5-pruned-emaonly.safetensors")
+
+
+def test_unknown_runtime_is_an_error_not_a_drop() -> None:
+    result = route_task("nope", None, RUNTIMES)
+    assert isinstance(result, RouteError) and result.reason == "UnknownRuntime" and "'nope'" in result.message
+
+
+def test_static_runtime_refuses_another_model() -> None:
+    result = route_task("sd15", "sdxl.safetensors", RUNTIMES)
+    assert isinstance(result, RouteError) and result.reason == "ModelNotServed"
+
+
+def test_dynamic_runtime_takes_any_model() -> None:
+    assert route_task("any", "foo.safetensors", RUNTIMES) == Route("any", "foo.safetensors")
+
+
+def test_legacy_routing_prefers_the_static_runtime_serving_the_checkpoint() -> None:
+    assert route_task("", "sdxl.safetensors [123abc]", RUNTIMES) == Route("sdxl", "sdxl.safetensors")
+
+
+def test_legacy_routing_falls_back_to_a_dynamic_runtime() -> None:
+    assert route_task("", "other.safetensors", RUNTIMES) == Route("any", "other.safetensors")
+
+
+def test_legacy_routing_without_any_candidate_fails() -> None:
+    result = route_task("", "other", RUNTIMES[:2])
+    assert isinstance(result, RouteError) and result.reason == "NoRuntimeForModel"

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, VersionApi
-
 from sdtask.localstack.binaries import KUBERNETES_VERSION, ensure_binaries
 from sdtask.localstack.cluster import ClusterPorts, LocalControlPlane
 from sdtask.localstack.nodes import GPU_RESOURCE, POOL_LABEL
@@ -32,11 +31,13 @@ def gpu_deployment(name: str, pool: str, replicas: int) -> dict[str, Any]:
                 "spec": {
                     "nodeSelector": {POOL_LABEL: pool},
                     "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [{
-                        "name": "webui",
-                        "image": "example.invalid/webui:1",
-                        "resources": {"limits": {GPU_RESOURCE: "1"}, "requests": {GPU_RESOURCE: "1"}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "webui",
+                            "image": "example.invalid/webui:1",
+                            "resources": {"limits": {GPU_RESOURCE: "1"}, "requests": {GPU_RESOURCE: "1"}},
+                        }
+                    ],
                 },
             },
         },
@@ -63,7 +64,8 @@ def test_gpu_pods_run_only_on_their_pool_and_extra_ones_stay_pending(
         pods = pods_of(core, namespace, "gpu")
         running = [p for p in pods if p.status.phase == "Running"]
         unschedulable = [
-            p for p in pods
+            p
+            for p in pods
             if p.status.phase == "Pending"
             and any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in p.status.conditions or [])
         ]

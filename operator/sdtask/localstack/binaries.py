@@ -3,7 +3,7 @@
 No Docker engine exists on the machines this project is developed on, so the binaries are built from the Go module proxy
 into a cache keyed by version. Kubernetes' own go.mod replaces its staging modules with local paths, which `go install`
 refuses; a small wrapper module that requires k8s.io/kubernetes and maps every staging module to its published version
-builds the commands instead (the same trick for etcd, kept in its own module so its dependencies don't move Kubernetes').
+builds the commands instead (etcd the same way, in its own module so its dependencies do not move Kubernetes).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def _log(message: str) -> None:
 def _go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     go = shutil.which("go")
     if go is None:
-        raise BinaryBuildError("the Go toolchain ('go') is needed to build the control-plane binaries once; install Go 1.26")
+        raise BinaryBuildError(
+            "the Go toolchain ('go') is needed to build the control-plane binaries once; install Go 1.26"
+        )
     full_env = {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", **(env or {})}
     proc = subprocess.run([go, *args], cwd=cwd, env=full_env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -114,8 +116,17 @@ def _build_kubernetes(dest: Path, work: Path) -> None:
     tmp.mkdir(parents=True)
     packages = [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS]
     _go(
-        ["build", "-trimpath", "-tags", "selinux,notest", "-ldflags", _ldflags_kubernetes(KUBERNETES_VERSION),
-         "-o", str(tmp) + "/", *packages],
+        [
+            "build",
+            "-trimpath",
+            "-tags",
+            "selinux,notest",
+            "-ldflags",
+            _ldflags_kubernetes(KUBERNETES_VERSION),
+            "-o",
+            str(tmp) + "/",
+            *packages,
+        ],
         cwd=work,
         env=_STATIC_ENV,
     )
@@ -128,8 +139,11 @@ def _build_etcd(dest: Path, work: Path) -> None:
     tmp = dest.parent / (dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "etcd"), "go.etcd.io/etcd/server/v3"],
-        cwd=work, env=_STATIC_ENV)
+    _go(
+        ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "etcd"), "go.etcd.io/etcd/server/v3"],
+        cwd=work,
+        env=_STATIC_ENV,
+    )
     tmp.rename(dest)
 
 
@@ -139,8 +153,11 @@ def _build_kwok(dest: Path, work: Path) -> None:
     tmp = dest.parent / (dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "kwok"), "sigs.k8s.io/kwok/cmd/kwok"],
-        cwd=work, env=_STATIC_ENV)
+    _go(
+        ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "kwok"), "sigs.k8s.io/kwok/cmd/kwok"],
+        cwd=work,
+        env=_STATIC_ENV,
+    )
     info = _module_info("sigs.k8s.io/kwok", KWOK_VERSION, work)
     shutil.copytree(Path(info["Dir"]) / "kustomize" / "stage", tmp / "stage")
     for path in (tmp / "stage").rglob("*"):

@@ -64,9 +64,15 @@ def write_kubeconfig(path: Path, server: str, tls: certs.ClusterCertificates) ->
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "sdtask-local", "cluster": {"server": server, "certificate-authority": str(tls.ca_cert)}}],
-        "users": [{"name": "sdtask-admin",
-                   "user": {"client-certificate": str(tls.admin_cert), "client-key": str(tls.admin_key)}}],
+        "clusters": [
+            {"name": "sdtask-local", "cluster": {"server": server, "certificate-authority": str(tls.ca_cert)}}
+        ],
+        "users": [
+            {
+                "name": "sdtask-admin",
+                "user": {"client-certificate": str(tls.admin_cert), "client-key": str(tls.admin_key)},
+            }
+        ],
         "contexts": [{"name": "sdtask-local", "context": {"cluster": "sdtask-local", "user": "sdtask-admin"}}],
         "current-context": "sdtask-local",
     }
@@ -106,85 +112,106 @@ class LocalControlPlane:
         insecure.verify_mode = ssl.CERT_NONE  # controller-manager/scheduler serve health on self-signed certs
 
         etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
-        etcd = self._spawn("etcd", [
-            str(self.binaries.etcd),
-            f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
-            "--listen-peer-urls=http://127.0.0.1:0",
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-        ])
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                "--listen-peer-urls=http://127.0.0.1:0",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
         etcd.wait_until(lambda: _health(f"{etcd_url}/health"), START_TIMEOUT, "healthy")
 
         self.server = f"https://127.0.0.1:{ports.apiserver}"
-        apiserver = self._spawn("kube-apiserver", [
-            str(self.binaries.kube_apiserver),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={ports.apiserver}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={tls.serving_cert}",
-            f"--tls-private-key-file={tls.serving_key}",
-            f"--client-ca-file={tls.ca_cert}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={tls.service_account_pub}",
-            f"--service-account-signing-key-file={tls.service_account_key}",
-            "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            "--endpoint-reconciler-type=none",
-            "--allow-privileged=true",
-            "--v=0",
-        ])
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports.apiserver}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={tls.serving_cert}",
+                f"--tls-private-key-file={tls.serving_key}",
+                f"--client-ca-file={tls.ca_cert}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={tls.service_account_pub}",
+                f"--service-account-signing-key-file={tls.service_account_key}",
+                "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--v=0",
+            ],
+        )
         apiserver.wait_until(lambda: _https_ok(f"{self.server}/readyz", admin_tls), START_TIMEOUT, "ready (/readyz)")
         write_kubeconfig(self.kubeconfig, self.server, tls)
 
-        kcm = self._spawn("kube-controller-manager", [
-            str(self.binaries.kube_controller_manager),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports.controller_manager}",
-            "--leader-elect=false",
-            f"--service-account-private-key-file={tls.service_account_key}",
-            f"--root-ca-file={tls.ca_cert}",
-            "--use-service-account-credentials=false",
-            "--controllers=*,-nodeipam",
-            "--v=0",
-        ])
-        scheduler = self._spawn("kube-scheduler", [
-            str(self.binaries.kube_scheduler),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports.scheduler}",
-            "--leader-elect=false",
-            "--v=0",
-        ])
+        kcm = self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports.controller_manager}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={tls.service_account_key}",
+                f"--root-ca-file={tls.ca_cert}",
+                "--use-service-account-credentials=false",
+                "--controllers=*,-nodeipam",
+                "--v=0",
+            ],
+        )
+        scheduler = self._spawn(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube_scheduler),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports.scheduler}",
+                "--leader-elect=false",
+                "--v=0",
+            ],
+        )
         stage_args = [f"--config={self._kwok_stage_config()}"]
-        kwok = self._spawn("kwok", [
-            str(self.binaries.kwok),
-            f"--kubeconfig={self.kubeconfig}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--cidr=10.244.0.0/16",
-            "--node-ip=10.0.0.1",
-            "--node-lease-duration-seconds=40",
-            *stage_args,
-        ])
-        kcm.wait_until(lambda: _https_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure),
-                       START_TIMEOUT, "healthy (/healthz)")
-        scheduler.wait_until(lambda: _https_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", insecure),
-                             START_TIMEOUT, "healthy (/healthz)")
+        kwok = self._spawn(
+            "kwok",
+            [
+                str(self.binaries.kwok),
+                f"--kubeconfig={self.kubeconfig}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.0.0.1",
+                "--node-lease-duration-seconds=40",
+                *stage_args,
+            ],
+        )
+        kcm.wait_until(
+            lambda: _https_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure),
+            START_TIMEOUT,
+            "healthy (/healthz)",
+        )
+        scheduler.wait_until(
+            lambda: _https_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", insecure),
+            START_TIMEOUT,
+            "healthy (/healthz)",
+        )
         if not kwok.running():
             raise StackError("kwok", "exited right after start", kwok.log)
 
     def _kwok_stage_config(self) -> Path:
         """kwok takes one or more config files; the stages are concatenated into one multi-document file."""
-        documents = []
+        documents: list[object] = []
         for relative in KWOK_STAGE_FILES:
             source = self.binaries.kwok_stages / relative
             if not source.is_file():

@@ -34,7 +34,7 @@ def node_names(pool: NodePool) -> list[str]:
 
 
 def node_manifest(pool: NodePool, name: str) -> dict[str, Any]:
-    """A Node as a GPU cloud node looks to the scheduler: pool label, GPU taint, full capacity (kwok keeps it as given)."""
+    """A Node as a GPU cloud node looks to the scheduler: pool label, GPU taint, full capacity (kwok keeps it)."""
     resources = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods), GPU_RESOURCE: str(pool.gpus_per_node)}
     taints = [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}] if pool.gpu_taint else []
     return {
@@ -54,8 +54,11 @@ def node_manifest(pool: NodePool, name: str) -> dict[str, Any]:
             },
         },
         "spec": {"taints": taints},
-        "status": {"capacity": resources, "allocatable": resources, "nodeInfo": {"architecture": "amd64",
-                                                                                  "operatingSystem": "linux"}},
+        "status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
+        },
     }
 
 

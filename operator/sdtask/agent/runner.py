@@ -1,0 +1,159 @@
+"""The agent's main loop: watch the tasks labelled with this pod's name and run them one at a time.
+
+A task is taken when its status names this pod and it is Scheduled, or Running (this agent restarted mid-task: outputs
+are numbered per task, so running it again overwrites, never duplicates). SIGTERM lets the current task finish: the
+`busy` file keeps the Web UI container's preStop hook waiting until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from sdtask.agent.execution import TaskExecution
+from sdtask.clients.kube import Kube, load_api_client
+from sdtask.clients.s3 import S3Settings, make_s3_client
+from sdtask.clients.webui import WebUIClient
+from sdtask.config import AgentSettings
+from sdtask.constants import ANNOTATION_MODEL, LABEL_POD, Phase
+from sdtask.links import LinkFetcher
+
+log = logging.getLogger(__name__)
+WATCH_TIMEOUT_SECONDS = 30
+TAKEN_PHASES = {Phase.SCHEDULED.value, Phase.RUNNING.value}
+
+
+def is_mine(task: dict[str, Any], pod_name: str) -> bool:
+    status = task.get("status") or {}
+    return status.get("pod") == pod_name and status.get("phase") in TAKEN_PHASES
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, kube: Kube, execution: TaskExecution) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.execution = execution
+        self.ready: asyncio.Queue[str] = asyncio.Queue()
+        self.stopping = threading.Event()
+        self.busy_marker = Path(settings.state_dir) / "busy"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        await self._report_loaded_model()
+        # A daemon thread, not the loop's executor: asyncio.run would wait for a blocked watch call at exit.
+        watcher = threading.Thread(target=self._watch_forever, args=(loop,), name="task-watch", daemon=True)
+        watcher.start()
+        log.info("agent of pod %s/%s watching tasks", self.settings.namespace, self.settings.pod_name)
+        try:
+            while not stop.is_set():
+                name = await self._next(stop)
+                if name:
+                    await self._run_one(name)
+        finally:
+            self.stopping.set()
+
+    async def _next(self, stop: asyncio.Event) -> str | None:
+        getter = asyncio.ensure_future(self.ready.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, pending = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for future in pending:
+            future.cancel()
+        return getter.result() if getter in done else None
+
+    async def _run_one(self, name: str) -> None:
+        try:
+            task = await self.kube.get_task(self.settings.namespace, name)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        if not is_mine(task, self.settings.pod_name):
+            return
+        self._set_busy(True)
+        try:
+            phase = await self.execution.execute(task)
+            log.info("task %s: %s", name, phase)
+        except Exception:
+            log.exception("task %s: unexpected error", name)
+        finally:
+            self._set_busy(False)
+
+    def _set_busy(self, busy: bool) -> None:
+        try:
+            if busy:
+                self.busy_marker.parent.mkdir(parents=True, exist_ok=True)
+                self.busy_marker.touch()
+            else:
+                self.busy_marker.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("busy marker %s: %s", self.busy_marker, error)
+
+    async def _report_loaded_model(self) -> None:
+        with contextlib.suppress(Exception):  # the Web UI may still be starting; the first switch reports it
+            loaded = await self.execution.webui.loaded_checkpoint()
+            if loaded:
+                await self.kube.annotate_pod(
+                    self.settings.namespace, self.settings.pod_name, {ANNOTATION_MODEL: loaded}
+                )
+
+    # --- watching (a worker thread: the official client is blocking) -------------------------------------------------
+    def _watch_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        selector = f"{LABEL_POD}={self.settings.pod_name}"
+        while not self.stopping.is_set():
+            try:
+                listing = self.kube.custom.list_namespaced_custom_object(
+                    "sdtask.io", "v1alpha1", self.settings.namespace, "sdtasks", label_selector=selector
+                )
+                for item in sorted(listing.get("items", []), key=lambda t: t["metadata"]["creationTimestamp"]):
+                    self._offer(loop, item)
+                version = listing["metadata"]["resourceVersion"]
+                while not self.stopping.is_set():
+                    for event in self.kube.watch_tasks(
+                        self.settings.namespace, selector, version, WATCH_TIMEOUT_SECONDS
+                    ):
+                        obj = event["object"]
+                        version = obj["metadata"]["resourceVersion"]
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            self._offer(loop, obj)
+                        if self.stopping.is_set():
+                            return
+            except ApiException as error:
+                if error.status != 410:  # 410: our resourceVersion expired; list again
+                    log.warning("watching tasks failed: %s; retrying", error.reason)
+                    self.stopping.wait(2)
+            except Exception as error:
+                log.warning("watching tasks failed: %s; retrying", error)
+                self.stopping.wait(2)
+
+    def _offer(self, loop: asyncio.AbstractEventLoop, task: dict[str, Any]) -> None:
+        if is_mine(task, self.settings.pod_name):
+            loop.call_soon_threadsafe(self.ready.put_nowait, task["metadata"]["name"])
+
+
+async def run_agent(settings: AgentSettings) -> int:
+    settings.validate()
+    kube = Kube(load_api_client(), field_manager="sdtask-agent", instance=settings.pod_name)
+    s3 = make_s3_client(S3Settings(endpoint_url=settings.s3_endpoint or None, region=settings.s3_region))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with (
+        WebUIClient(settings.webui_url) as webui,
+        LinkFetcher(
+            s3_client_factory=lambda: s3,
+            max_bytes=settings.max_download_bytes,
+            allow_private=settings.allow_private_links,
+            allowed_hosts=settings.allowed_link_hosts,
+        ) as fetcher,
+    ):
+        agent = Agent(settings, kube, TaskExecution(settings, kube, webui, s3, fetcher))
+        await agent.run(stop)
+    return 0

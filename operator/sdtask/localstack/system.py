@@ -1,0 +1,90 @@
+"""The whole system running locally: the stack, the CRDs, the operator, and the pods' sidecars (agent + stand-in)."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from sdtask.localstack.crds import install_crds
+from sdtask.localstack.processes import ManagedProcess, free_port
+from sdtask.localstack.sidecars import SidecarSimulator, StandinTiming
+from sdtask.localstack.stack import LocalStack
+
+REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
+
+
+def _metrics_up(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+class LocalSystem:
+    def __init__(
+        self,
+        stack: LocalStack,
+        *,
+        crds: Path = REPO_CRDS,
+        timing: StandinTiming | None = None,
+        operator_env: dict[str, str] | None = None,
+        agent_env: dict[str, str] | None = None,
+    ) -> None:
+        self.stack = stack
+        self.crds = crds
+        self.workdir = stack.workdir / "system"
+        self.metrics_port = free_port()
+        # Local test hosts (image servers, callback receivers) live on loopback: allowed here, refused by default.
+        env = {
+            "KUBECONFIG": str(stack.kubeconfig),
+            "SDTASK_METRICS_PORT": str(self.metrics_port),
+            "SDTASK_ALLOW_PRIVATE_CALLBACKS": "true",
+            "SDTASK_RETRY_BACKOFF_SECONDS": "1",
+            "SDTASK_HOUSEKEEPING_SECONDS": "1",
+            **(operator_env or {}),
+        }
+        self.operator = ManagedProcess(
+            "operator",
+            [sys.executable, "-m", "sdtask.cli", "operator", "--liveness", ""],
+            self.workdir / "operator.log",
+            env=env,
+        )
+        self.sidecars = SidecarSimulator(
+            kubeconfig=stack.kubeconfig,
+            workdir=self.workdir,
+            models_root=self.workdir / "models",
+            timing=timing or StandinTiming(),
+            extra_agent_env={
+                "AWS_ACCESS_KEY_ID": stack.s3.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": stack.s3.secret_access_key,
+                **(agent_env or {}),
+            },
+        )
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> LocalSystem:
+        try:
+            with self.stack.api_client() as client:
+                install_crds(client, self.crds)
+            self.operator.start()
+            self.operator.wait_until(lambda: _metrics_up(self.metrics_url), 60, "serving metrics")
+            self.sidecars.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.sidecars.stop()
+        self.operator.stop()
+
+    def __enter__(self) -> LocalSystem:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

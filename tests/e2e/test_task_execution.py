@@ -1,0 +1,300 @@
+"""`kubectl apply -f task.yaml` ends with images in S3, status.output_location set, and the callback delivered.
+
+Everything is real but the GPU: the operator, kwok GPU pods whose agent runs as a local process, the stand-in Web UI
+(which derives its images from its input, so tests can see what the agent sent), a moto S3 server, local HTTP servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sdtask.localstack.waiting import wait_for
+from sdtask.standin.images import read_standin_metadata
+
+from .conftest import CallbackReceiver, Cluster, Files, sample_png
+
+STATIC_MODEL = "v1-5-pruned-emaonly.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runtimes(cluster: Cluster) -> Iterator[None]:
+    cluster.models("sdruntime", STATIC_MODEL, "other.safetensors")
+    cluster.runtime("sdruntime", "pool-a", checkpoint=STATIC_MODEL, scaling={"maxReplicas": 2})
+    cluster.models("dynamic", "anything-v5.safetensors", "dreamshaper.safetensors")
+    cluster.runtime("dynamic", "pool-b", dynamicModel=True, scaling={"maxReplicas": 1})
+    yield
+
+
+def seed_task(task_id: str, init_image: str, **content: Any) -> dict[str, Any]:
+    """The image-to-image request of ARCHITECTURE.md, as clients of the old API send it."""
+    return {
+        "metadata": {
+            "id": task_id,
+            "runtime": "sdruntime",
+            "tasktype": "image-to-image",
+            "prefix": "output",
+            "context": "",
+        },
+        "content": {
+            "alwayson_scripts": {},
+            "prompt": "cat wizard, gandalf, lord of the rings, detailed, fantasy, cute, adorable, Pixar, Disney",
+            "steps": 16,
+            "width": 512,
+            "height": 512,
+            "init_images": [init_image],
+            **content,
+        },
+    }
+
+
+def text_task(task_id: str, runtime: str = "sdruntime", **content: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"id": task_id, "runtime": runtime, "tasktype": "text-to-image", "prefix": "t2i"},
+        "content": {"prompt": "a lighthouse at dusk", "steps": 8, "width": 64, "height": 64, **content},
+    }
+
+
+def loaded_model(cluster: Cluster, runtime: str) -> str:
+    pod = next(p for p in cluster.runtime_pods(runtime) if p.status.phase == "Running")
+    url = cluster.system.sidecars.webui_url(cluster.namespace, pod.metadata.name)
+    with urllib.request.urlopen(f"{url}/standin/stats") as response:
+        stats: dict[str, Any] = json.load(response)
+    return f"{stats['loaded_model']}|loads={stats['model_loads']}|interrupts={stats['interrupts']}"
+
+
+def test_seed_image_to_image_task_succeeds_end_to_end(
+    cluster: Cluster, files: Files, callbacks: CallbackReceiver
+) -> None:
+    cat = sample_png(seed=1)
+    url = files.publish("/cat.png", cat)
+    task = seed_task("test-i2i", url)
+    task["metadata"]["context"] = {"ticket": 42, "user": "ana"}
+    cluster.submit(task, callback={"url": callbacks.url})
+
+    done = cluster.wait_finished("test-i2i")
+
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["output_location"] == f"s3://{cluster.stack.bucket}/output/test-i2i"
+    assert status["response"] == {
+        "id": "test-i2i",
+        "runtime": "sdruntime",
+        "output_location": status["output_location"],
+    }
+    assert status["images"] == [f"s3://{cluster.stack.bucket}/output/test-i2i/image-1.png"]
+    image, content_type = cluster.s3_object(status["images"][0])
+    assert content_type == "image/png"
+    generated = read_standin_metadata(image)
+    assert generated is not None
+    # The Web UI got the bytes of the downloaded init image, not the link.
+    assert generated["input_sha256"] == [hashlib.sha256(cat).hexdigest()]
+    assert generated["endpoint"] == "img2img"
+    record, _ = cluster.s3_object(status["output_url"])
+    assert json.loads(record)["seeds"]
+    assert any(c["type"] == "Succeeded" and c["status"] == "True" for c in status["conditions"])
+
+    delivered = wait_for(lambda: callbacks.for_id("test-i2i"), 30, "the callback")
+    body = delivered[0]["body"]
+    assert body == {
+        "id": "test-i2i",
+        "runtime": "sdruntime",
+        "result": True,
+        "output_location": status["output_location"],
+        "image_url": status["images"],
+        "output_url": status["output_url"],
+        "context": {"ticket": 42, "user": "ana"},
+        "error": "",
+    }
+    callback_state = wait_for(
+        lambda: (
+            (cluster.task("test-i2i")["status"].get("callback") or {}).get("state") == "Delivered"
+            and cluster.task("test-i2i")
+        ),
+        30,
+        "callback state",
+    )
+    assert callback_state["status"]["phase"] == "Succeeded"
+
+
+def test_describe_tells_the_story_of_a_task(cluster: Cluster, files: Files) -> None:
+    cluster.submit(seed_task("story", files.publish("/story.png", sample_png(seed=2))))
+    cluster.wait_finished("story")
+    reasons = wait_for(
+        lambda: (r := [reason for _, reason, _ in cluster.events("story")]) and "Completed" in r and r,
+        30,
+        "the Completed event",
+    )
+    assert [r for r in reasons if r in {"Queued", "Scheduled", "Started", "Completed"}] == [
+        "Queued",
+        "Scheduled",
+        "Started",
+        "Completed",
+    ]
+
+
+def test_text_to_image_batch_of_four_yields_four_numbered_images(cluster: Cluster) -> None:
+    cluster.submit(text_task("batch-four", batch_size=4, seed=1234))
+    status = cluster.wait_finished("batch-four")["status"]
+    assert status["phase"] == "Succeeded", status
+    keys = cluster.s3_keys("t2i/batch-four/")
+    assert keys == sorted([f"t2i/batch-four/image-{i}.png" for i in range(1, 5)] + ["t2i/batch-four/batch-four.out"])
+    seeds = [read_standin_metadata(cluster.s3_object(uri)[0])["seed"] for uri in status["images"]]  # type: ignore[index]
+    assert seeds == [1234, 1235, 1236, 1237]
+
+
+def test_a_retried_task_overwrites_its_own_outputs(cluster: Cluster) -> None:
+    """Running the same task twice (as at-least-once execution may) leaves one copy of each result."""
+    cluster.submit(text_task("twice", batch_size=2, seed=7), name="twice-1")
+    cluster.wait_finished("twice-1")
+    first = cluster.s3_keys("t2i/twice/")
+    cluster.submit(text_task("twice", batch_size=2, seed=7), name="twice-2")
+    assert cluster.wait_finished("twice-2")["status"]["phase"] == "Succeeded"
+    assert (
+        cluster.s3_keys("t2i/twice/")
+        == first
+        == [
+            "t2i/twice/image-1.png",
+            "t2i/twice/image-2.png",
+            "t2i/twice/twice.out",
+        ]
+    )
+
+
+def test_extra_single_image_upscales_the_given_image(cluster: Cluster, files: Files) -> None:
+    photo = sample_png(seed=3)
+    task = {
+        "metadata": {"id": "upscale", "runtime": "sdruntime", "tasktype": "extra-single-image", "prefix": "extras"},
+        "content": {"image": files.publish("/photo.png", photo), "upscaling_resize": 2},
+    }
+    cluster.submit(task)
+    status = cluster.wait_finished("upscale")["status"]
+    assert status["phase"] == "Succeeded", status
+    generated = read_standin_metadata(cluster.s3_object(status["images"][0])[0])
+    assert generated is not None and generated["input_sha256"] == [hashlib.sha256(photo).hexdigest()]
+
+
+def test_a_gif_result_is_stored_as_gif(cluster: Cluster) -> None:
+    animated = {"AnimateDiff": {"args": [{"enable": True, "format": ["GIF"], "video_length": 4}]}}
+    cluster.submit(text_task("animated", alwayson_scripts=animated))
+    status = cluster.wait_finished("animated")["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["images"][0].endswith("/animated/image-1.gif")
+    data, content_type = cluster.s3_object(status["images"][0])
+    assert data[:6] == b"GIF89a" and content_type == "image/gif"
+
+
+def test_an_s3_init_image_is_downloaded(cluster: Cluster) -> None:
+    dog = sample_png(seed=4)
+    cluster.stack.s3_client().put_object(Bucket=cluster.stack.bucket, Key="inputs/dog.png", Body=dog)
+    cluster.submit(seed_task("from-s3", f"s3://{cluster.stack.bucket}/inputs/dog.png"))
+    status = cluster.wait_finished("from-s3")["status"]
+    assert status["phase"] == "Succeeded", status
+    generated = read_standin_metadata(cluster.s3_object(status["images"][0])[0])
+    assert generated is not None and generated["input_sha256"] == [hashlib.sha256(dog).hexdigest()]
+
+
+def test_an_unreachable_link_fails_the_task_naming_the_url(cluster: Cluster, callbacks: CallbackReceiver) -> None:
+    url = "http://127.0.0.1:9/gone/cat.png"  # port 9 (discard) is closed here: connection refused
+    cluster.submit(seed_task("bad-link", url), callback={"url": callbacks.url})
+    status = cluster.wait_finished("bad-link")["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "LinkFailed"
+    assert url in status["message"]
+    assert status["attempts"] == 1  # an input error is not retried
+    body = wait_for(lambda: callbacks.for_id("bad-link"), 30, "the failure callback")[0]["body"]
+    assert body["result"] is False and url in body["error"]
+    assert ("Warning", "LinkFailed") in [(t, r) for t, r, _ in cluster.events("bad-link")]
+
+
+def test_an_unknown_runtime_fails_at_once(cluster: Cluster) -> None:
+    task = text_task("lost", runtime="no-such-runtime")
+    cluster.submit(task)
+    status = cluster.wait_finished("lost", timeout=15)["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "UnknownRuntime"
+    assert "no-such-runtime" in status["message"]
+    assert any(r == "UnknownRuntime" for _, r, _ in cluster.events("lost"))
+
+
+def test_a_static_runtime_refuses_another_model_and_never_switches(cluster: Cluster) -> None:
+    cluster.submit(text_task("static-ok"))
+    assert cluster.wait_finished("static-ok")["status"]["phase"] == "Succeeded"
+    before = loaded_model(cluster, "sdruntime")
+    cluster.submit(text_task("static-other", alwayson_scripts={"sd_model_checkpoint": "other.safetensors"}))
+    status = cluster.wait_finished("static-other")["status"]
+    assert status["phase"] == "Failed" and status["reason"] == "ModelNotServed"
+    assert loaded_model(cluster, "sdruntime") == before
+    assert STATIC_MODEL in before and "loads=0" in before
+
+
+def test_a_dynamic_runtime_switches_to_another_existing_checkpoint(cluster: Cluster) -> None:
+    task = text_task("switch", runtime="dynamic", alwayson_scripts={"sd_model_checkpoint": "dreamshaper.safetensors"})
+    cluster.submit(task)
+    status = cluster.wait_finished("switch")["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["model"].startswith("dreamshaper.safetensors")
+    generated = read_standin_metadata(cluster.s3_object(status["images"][0])[0])
+    assert generated is not None and generated["model"].startswith("dreamshaper")
+    assert loaded_model(cluster, "dynamic").startswith("dreamshaper.safetensors")
+
+
+def test_a_dynamic_runtime_fails_a_missing_checkpoint_and_keeps_the_loaded_one(cluster: Cluster) -> None:
+    cluster.submit(text_task("warm-up", runtime="dynamic"))
+    assert cluster.wait_finished("warm-up")["status"]["phase"] == "Succeeded"
+    before = loaded_model(cluster, "dynamic")
+    task = text_task("missing", runtime="dynamic", alwayson_scripts={"sd_model_checkpoint": "nope-xl.safetensors"})
+    cluster.submit(task)
+    status = cluster.wait_finished("missing")["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "ModelNotFound"
+    assert "model nope-xl.safetensors not found" in status["message"]
+    assert loaded_model(cluster, "dynamic") == before  # nothing was unloaded
+
+
+def test_a_web_ui_timeout_interrupts_and_fails_the_attempt(cluster: Cluster) -> None:
+    before = loaded_model(cluster, "sdruntime")
+    # 64 images at 50 ms each take over 3 s; the task allows 1 s.
+    cluster.submit(text_task("too-slow", batch_size=8, n_iter=8), timeoutSeconds=1, maxRetries=0)
+    status = cluster.wait_finished("too-slow")["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "Timeout"
+    assert "interrupted" in status["message"]
+    interrupts_before = int(before.rsplit("interrupts=", 1)[1])
+    after = loaded_model(cluster, "sdruntime")
+    assert int(after.rsplit("interrupts=", 1)[1]) == interrupts_before + 1
+    # The runtime is still healthy: the next task runs.
+    cluster.submit(text_task("after-timeout"))
+    assert cluster.wait_finished("after-timeout")["status"]["phase"] == "Succeeded"
+
+
+def test_a_legacy_body_routes_by_checkpoint_and_answers_in_the_legacy_shape(cluster: Cluster, files: Files) -> None:
+    from sdtask.submit import manifest_from_body
+
+    legacy = {
+        "alwayson_scripts": {
+            "task": "image-to-image",
+            "id_task": "legacy-1",
+            "sd_model_checkpoint": STATIC_MODEL,
+            "save_dir": "legacy-out",
+            "image_link": files.publish("/legacy.png", sample_png(seed=5)),
+        },
+        "prompt": "a cat",
+        "steps": 8,
+        "width": 64,
+        "height": 64,
+    }
+    cluster.create(manifest_from_body(legacy))
+    status = cluster.wait_finished("legacy-1")["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["runtime"] == "sdruntime"
+    assert status["response"] == {
+        "id_task": "legacy-1",
+        "sd_model_checkpoint": status["model"],
+        "output_location": f"s3://{cluster.stack.bucket}/legacy-out/legacy-1",
+    }
+    assert STATIC_MODEL in status["model"]

@@ -1,0 +1,600 @@
+"""The Helm chart: it lints and renders, ships the repository's CRDs unchanged, runs the operator non-root on a
+read-only root filesystem, and its RBAC is least privilege, proven on a real API server: the operator's ServiceAccount
+may make every call the operator makes and nothing else that matters, and the operator really runs under it.
+
+helm is built once from the Go module proxy into the cache (sdtask.localstack.helm; SDTASK_HELM names another one).
+Fixtures (tests/conftest.py): `stack` (the local control plane), `kube_api` (admin ApiClient, CRDs installed) and
+`namespace` (a fresh namespace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from sdtask.api import GROUP, VERSION
+from sdtask.cli import build_parser
+from sdtask.config import OperatorSettings
+from sdtask.constants import LABEL_RUNTIME
+from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, deployment_name
+from sdtask.localstack.helm import HelmError, ensure_helm, run_helm
+from sdtask.localstack.processes import ManagedProcess, free_port
+from sdtask.localstack.stack import LocalStack
+from sdtask.localstack.waiting import wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "charts" / "sdtask-operator"
+EXAMPLES = REPO_ROOT / "examples"
+RELEASE = "sdtask-operator"  # the release's full name is then sdtask-operator as well
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+# Every call the operator makes, with what makes it: (verb, API group, resource, subresource).
+# Read from sdtask/clients/kube.py, sdtask/controller/*.py and kopf 1.45 (kopf/_cogs/clients, _core/reactor).
+OPERATOR_CALLS: list[tuple[str, str, str, str]] = [
+    ("list", GROUP, "sdtasks", ""),  # kopf: task index, task events
+    ("watch", GROUP, "sdtasks", ""),
+    ("get", GROUP, "sdtasks", ""),  # Kube.get_task before dispatch, requeue, housekeeping
+    ("patch", GROUP, "sdtasks", ""),  # Kube.patch_task_labels: runtime and pod labels
+    ("delete", GROUP, "sdtasks", ""),  # Kube.delete_task: ttlSecondsAfterFinished
+    ("patch", GROUP, "sdtasks", "status"),  # Kube.patch_task_status
+    ("list", GROUP, "sdruntimes", ""),  # kopf: runtime index, runtime daemons
+    ("watch", GROUP, "sdruntimes", ""),
+    ("patch", GROUP, "sdruntimes", ""),  # kopf: the daemons' finalizer
+    ("patch", GROUP, "sdruntimes", "status"),  # Kube.patch_runtime_status
+    ("list", "", "pods", ""),  # kopf: pod index
+    ("watch", "", "pods", ""),
+    ("patch", "", "pods", ""),  # Kube.annotate_pod: pod-deletion-cost
+    ("list", "apps", "deployments", ""),  # kopf: deployment index
+    ("watch", "apps", "deployments", ""),
+    ("create", "apps", "deployments", ""),  # Kube.apply: server-side apply of a Deployment not there yet
+    ("patch", "apps", "deployments", ""),
+    ("delete", "apps", "deployments", ""),  # Kube.delete_workloads: a deleted runtime's GPUs freed at once
+    ("create", "", "services", ""),
+    ("patch", "", "services", ""),
+    ("delete", "", "services", ""),
+    ("create", "", "serviceaccounts", ""),  # the agents' ServiceAccount (build_agent_access)
+    ("patch", "", "serviceaccounts", ""),
+    ("create", RBAC_GROUP, "roles", ""),  # the agents' Role
+    ("patch", RBAC_GROUP, "roles", ""),
+    ("create", RBAC_GROUP, "rolebindings", ""),
+    ("patch", RBAC_GROUP, "rolebindings", ""),
+    ("get", "", "secrets", ""),  # Kube.read_secret_value: a callback's secretRef
+    ("create", "", "events", ""),  # Kube.post_event and kopf's events
+]
+# Cluster-scoped calls of kopf: CRD observation always; namespace observation when it serves a list of namespaces.
+CRD_CALLS = [
+    ("list", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+    ("watch", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+]
+NAMESPACE_CALLS = [("list", "", "namespaces", ""), ("watch", "", "namespaces", "")]
+# What a compromised or buggy operator must not be able to do, in the namespaces it serves.
+FORBIDDEN_CALLS: list[tuple[str, str, str, str]] = [
+    ("list", "", "secrets", ""),
+    ("watch", "", "secrets", ""),
+    ("create", "", "pods", ""),
+    ("delete", "", "pods", ""),
+    ("create", "", "pods", "exec"),
+    ("update", "apps", "deployments", ""),
+    ("delete", "apps", "replicasets", ""),
+    ("patch", "apps", "deployments", "scale"),
+    ("create", GROUP, "sdtasks", ""),
+    ("delete", GROUP, "sdruntimes", ""),
+    ("update", GROUP, "sdtasks", ""),
+    ("create", "", "serviceaccounts", "token"),
+    ("impersonate", "", "serviceaccounts", ""),
+    ("escalate", RBAC_GROUP, "roles", ""),
+    ("bind", RBAC_GROUP, "roles", ""),
+    ("bind", RBAC_GROUP, "clusterroles", ""),
+    ("delete", RBAC_GROUP, "roles", ""),
+    ("create", "", "configmaps", ""),
+]
+FORBIDDEN_CLUSTER_CALLS: list[tuple[str, str, str, str]] = [
+    ("get", "", "nodes", ""),
+    ("create", RBAC_GROUP, "clusterroles", ""),
+    ("create", RBAC_GROUP, "clusterrolebindings", ""),
+    ("create", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+    ("patch", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+    ("delete", "", "namespaces", ""),
+    ("create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""),
+]
+
+
+def agent_rule_calls() -> list[tuple[str, str, str, str]]:
+    """Each permission of the agents' Role: the operator must hold it to be allowed to grant it."""
+    calls = []
+    for rule in AGENT_RULES:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                name, _, subresource = resource.partition("/")
+                calls += [(verb, group, name, subresource) for verb in rule["verbs"]]
+    return calls
+
+
+# --- rendering ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return ensure_helm()
+
+
+@pytest.fixture(scope="module")
+def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helm-home")
+
+
+def values_file(home: Path, values: dict[str, Any]) -> Path:
+    text = json.dumps(values, sort_keys=True)  # JSON is YAML
+    path = home / f"values-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    path.write_text(text)
+    return path
+
+
+def render(
+    helm: Path, home: Path, values: dict[str, Any] | None = None, namespace: str = "sdtask-system"
+) -> list[dict[str, Any]]:
+    out = run_helm(
+        ["template", RELEASE, str(CHART), "--namespace", namespace, "-f", str(values_file(home, values or {}))],
+        home=home,
+        helm=helm,
+    )
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def the_deployment(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = of_kind(manifests, "Deployment")
+    return deployment
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def example_spec(name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())["spec"]
+    return spec
+
+
+FULL_VALUES: dict[str, Any] = {
+    "watchNamespaces": ["sd-prod", "sd-staging"],
+    "operator": {"allowPrivateCallbacks": True, "allowedCallbackHosts": ["hooks.example.com"]},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+    "runtimes": [{"name": "sdruntime", "spec": example_spec("runtime-static.yaml")}],
+    "karpenter": {
+        "enabled": True,
+        "pools": [
+            {
+                "name": "pool-a",
+                "requirements": [{"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": ["g5"]}],
+                "gpuLimit": 8,
+            }
+        ],
+    },
+}
+
+
+def test_helm_lint_passes_with_default_and_full_values(helm: Path, helm_home: Path) -> None:
+    for values in ({}, FULL_VALUES):
+        out = run_helm(
+            ["lint", "--strict", str(CHART), "-f", str(values_file(helm_home, values))], home=helm_home, helm=helm
+        )
+        assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_values_schema_refuses_a_misspelt_key(helm: Path, helm_home: Path) -> None:
+    with pytest.raises(HelmError, match="watchNamespace"):
+        render(helm, helm_home, {"watchNamespace": ["sd-prod"]})
+
+
+def test_chart_crds_are_the_repository_crds_byte_for_byte() -> None:
+    repo = {p.name: p.read_bytes() for p in (REPO_ROOT / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert repo, "no CRDs in crds/"
+    assert sorted(chart) == sorted(repo), "charts/sdtask-operator/crds/ must hold exactly the files of crds/"
+    drifted = [name for name in repo if chart[name] != repo[name]]
+    assert not drifted, f"chart CRDs differ from crds/ (run `make crds`, which writes both): {drifted}"
+
+
+def test_default_render_is_one_operator_replaced_by_recreate(helm: Path, helm_home: Path) -> None:
+    manifests = render(helm, helm_home)
+    assert sorted(m["kind"] for m in manifests) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
+    deployment = the_deployment(manifests)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert all(m["metadata"].get("namespace") in (None, "sdtask-system") for m in manifests)
+
+
+def test_operator_container_command_and_env_configure_the_operator(
+    helm: Path, helm_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {
+        "image": {"repository": "registry.example.com/sdtask-operator", "tag": "1.2.3"},
+        "watchNamespaces": ["sd-prod", "sd-staging"],
+        "operator": {
+            "allowPrivateCallbacks": True,
+            "allowedCallbackHosts": ["hooks.example.com"],
+            "tuning": {"affinityWindow": 4, "retryBackoffSeconds": 2.5},
+        },
+        "liveness": {"port": 9091},
+        "metrics": {"port": 9090},
+    }
+    manifests = render(helm, helm_home, values)
+    pod = the_deployment(manifests)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    args = build_parser().parse_args(container["args"])  # the image's ENTRYPOINT is `sdtask`
+    assert args.command == "operator"
+    assert args.liveness == "http://0.0.0.0:9091/healthz"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9090, "healthz": 9091}
+    (service,) = of_kind(manifests, "Service")
+    assert service["spec"]["ports"][0]["port"] == 9090 and service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+    for name in [n for n in os.environ if n.startswith("SDTASK_")]:
+        monkeypatch.delenv(name)
+    for name, value in env_of(container).items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings.from_env()
+    assert settings.agent_image == "registry.example.com/sdtask-operator:1.2.3"  # the agent defaults to this image
+    assert settings.agent_service_account == "sdtask-agent"
+    assert settings.namespaces == ("sd-prod", "sd-staging")
+    assert settings.allow_private_callbacks is True
+    assert settings.allowed_callback_hosts == frozenset({"hooks.example.com"})
+    assert settings.metrics_port == 9090
+    assert settings.affinity_window == 4 and settings.retry_backoff_seconds == 2.5
+    assert settings.starvation_limit_seconds == OperatorSettings.starvation_limit_seconds  # unset: the default
+
+
+def test_no_rbac_rule_has_a_wildcard_or_escalating_verb(helm: Path, helm_home: Path) -> None:
+    for values in ({}, {"watchNamespaces": ["sd-prod"]}):
+        roles = [m for m in render(helm, helm_home, values) if m["kind"] in ("Role", "ClusterRole")]
+        assert roles
+        for role in roles:
+            for rule in role["rules"]:
+                for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                    assert not any("*" in item for item in rule.get(field, [])), (role["metadata"]["name"], rule)
+                assert "nonResourceURLs" not in rule
+                assert not {"escalate", "bind", "impersonate", "update", "deletecollection"} & set(rule["verbs"]), rule
+
+
+def test_namespaced_mode_binds_the_namespaced_rules_only_in_the_listed_namespaces(helm: Path, helm_home: Path) -> None:
+    manifests = render(helm, helm_home, {"watchNamespaces": ["sd-prod", "sd-staging", "sd-prod"]})
+    bindings = of_kind(manifests, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["sd-prod", "sd-staging"]
+    (cluster_binding,) = of_kind(manifests, "ClusterRoleBinding")
+    cluster_role = next(
+        r for r in of_kind(manifests, "ClusterRole") if r["metadata"]["name"] == cluster_binding["roleRef"]["name"]
+    )
+    cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces"}  # nothing namespaced cluster-wide
+
+
+def test_every_container_runs_non_root_on_a_read_only_root_filesystem(helm: Path, helm_home: Path) -> None:
+    for manifest in render(helm, helm_home, FULL_VALUES):
+        template = manifest.get("spec", {}).get("template", {}).get("spec")
+        if manifest["kind"] not in ("Deployment", "StatefulSet", "DaemonSet", "Job") or not template:
+            continue
+        pod_security = template["securityContext"]
+        assert pod_security["runAsNonRoot"] is True
+        assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+        writable = {v["name"] for v in template.get("volumes", []) if "emptyDir" in v}
+        for container in template["containers"] + template.get("initContainers", []):
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True
+            assert security["runAsUser"] == AGENT_USER_ID == pod_security["runAsUser"]  # the image's user, too
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"] == {"drop": ["ALL"]}
+            assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/tmp") in writable, "/tmp must be an emptyDir: the only writable path"
+
+
+def test_karpenter_node_pools_taint_and_label_gpu_nodes(helm: Path, helm_home: Path) -> None:
+    assert not of_kind(render(helm, helm_home), "NodePool"), "Karpenter is off by default"
+    manifests = render(helm, helm_home, FULL_VALUES)
+    (pool,) = of_kind(manifests, "NodePool")
+    assert pool["apiVersion"] == "karpenter.sh/v1"
+    assert pool["metadata"]["name"] == "pool-a"
+    template = pool["spec"]["template"]
+    assert template["metadata"]["labels"]["sdtask.io/pool"] == "pool-a"
+    assert {"key": "nvidia.com/gpu", "effect": "NoSchedule"} in template["spec"]["taints"]
+    assert template["spec"]["requirements"] == FULL_VALUES["karpenter"]["pools"][0]["requirements"]
+    assert template["spec"]["nodeClassRef"] == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "default"}
+    assert pool["spec"]["limits"] == {"nvidia.com/gpu": 8}
+    # The example runtime lands on that pool: it selects the pool label and tolerates the taint.
+    (runtime,) = of_kind(manifests, "SDRuntime")
+    placement = runtime["spec"]["placement"]
+    assert placement["nodeSelector"]["sdtask.io/pool"] == "pool-a"
+    assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in placement["tolerations"])
+
+
+# --- on the API server ----------------------------------------------------------------------------------------------
+def test_runtimes_from_values_are_sdruntimes_the_api_server_accepts(
+    helm: Path, helm_home: Path, kube_api: client.ApiClient, namespace: str
+) -> None:
+    values = {
+        "runtimes": [
+            {"name": "sdruntime", "labels": {"team": "imaging"}, "spec": example_spec("runtime-static.yaml")},
+            {"name": "sdruntime-dynamic", "namespace": namespace, "spec": example_spec("runtime-dynamic.yaml")},
+        ]
+    }
+    runtimes = of_kind(render(helm, helm_home, values, namespace=namespace), "SDRuntime")
+    assert [r["metadata"]["name"] for r in runtimes] == ["sdruntime", "sdruntime-dynamic"]
+    assert runtimes[0]["metadata"]["labels"]["team"] == "imaging"
+    custom = client.CustomObjectsApi(kube_api)
+    for runtime in runtimes:
+        assert runtime["apiVersion"] == f"{GROUP}/{VERSION}"
+        assert runtime["metadata"]["namespace"] == namespace
+        created = custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "sdruntimes", runtime, dry_run="All", field_validation="Strict"
+        )
+        assert created["spec"]["image"] == runtime["spec"]["image"]
+
+    # A runtime the CRD refuses is refused by the API server, so `helm install` fails rather than dropping it: here a
+    # static runtime without its checkpoint.
+    broken = dict(example_spec("runtime-static.yaml"))
+    del broken["checkpoint"]
+    (bad,) = of_kind(
+        render(helm, helm_home, {"runtimes": [{"name": "broken", "spec": broken}]}, namespace), "SDRuntime"
+    )
+    with pytest.raises(ApiException) as refused:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", bad, dry_run="All")
+    assert refused.value.status == 422 and "checkpoint" in refused.value.body
+
+
+class Release:
+    """The chart installed with helm into a namespace of the local stack; uninstalled (cluster objects too) after."""
+
+    def __init__(self, helm: Path, home: Path, stack: LocalStack, namespace: str, values: dict[str, Any]) -> None:
+        self.helm, self.home, self.stack, self.namespace = helm, home, stack, namespace
+        self.notes = run_helm(
+            [
+                "install",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                namespace,
+                "--skip-crds",  # the session's CRDs are installed already (kube_api)
+                "-f",
+                str(values_file(home, values)),
+            ],
+            home=home,
+            helm=helm,
+            kubeconfig=stack.kubeconfig,
+        )
+        self.service_account = RELEASE
+
+    def uninstall(self) -> None:
+        run_helm(
+            ["uninstall", RELEASE, "--namespace", self.namespace],
+            home=self.home,
+            helm=self.helm,
+            kubeconfig=self.stack.kubeconfig,
+        )
+
+
+@pytest.fixture
+def namespaced_release(
+    helm: Path, helm_home: Path, stack: LocalStack, kube_api: client.ApiClient, namespace: str
+) -> Iterator[Release]:
+    release = Release(helm, helm_home, stack, namespace, {"watchNamespaces": [namespace]})
+    yield release
+    release.uninstall()
+
+
+@pytest.fixture
+def clusterwide_release(
+    helm: Path, helm_home: Path, stack: LocalStack, kube_api: client.ApiClient, namespace: str
+) -> Iterator[Release]:
+    release = Release(helm, helm_home, stack, namespace, {})
+    yield release
+    release.uninstall()
+
+
+def allowed(
+    kube_api: client.ApiClient, release: Release, call: tuple[str, str, str, str], namespace: str | None
+) -> bool:
+    """SubjectAccessReview: may the release's ServiceAccount make `call` in `namespace` (None: cluster-wide)?"""
+    verb, group, resource, subresource = call
+    user_namespace = release.namespace
+    review = client.AuthorizationV1Api(kube_api).create_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{user_namespace}:{release.service_account}",
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{user_namespace}",
+                    "system:authenticated",
+                ],
+                "resourceAttributes": {
+                    "namespace": namespace or "",
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "subresource": subresource,
+                },
+            },
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def denied_calls(
+    kube_api: client.ApiClient, release: Release, calls: list[tuple[str, str, str, str]], namespace: str | None
+) -> list[tuple[str, str, str, str]]:
+    return [call for call in calls if not allowed(kube_api, release, call, namespace)]
+
+
+def granted_calls(
+    kube_api: client.ApiClient, release: Release, calls: list[tuple[str, str, str, str]], namespace: str | None
+) -> list[tuple[str, str, str, str]]:
+    return [call for call in calls if allowed(kube_api, release, call, namespace)]
+
+
+def test_namespaced_release_grants_the_operator_calls_in_its_namespaces_only(
+    kube_api: client.ApiClient, namespaced_release: Release, namespace: str
+) -> None:
+    release = namespaced_release
+    assert f"It serves the namespaces: {namespace}." in release.notes
+    assert f"kubectl -n {namespace} get sdtasks --watch" in release.notes
+    assert denied_calls(kube_api, release, OPERATOR_CALLS + agent_rule_calls(), namespace) == []
+    assert denied_calls(kube_api, release, CRD_CALLS + NAMESPACE_CALLS, None) == []
+    assert granted_calls(kube_api, release, FORBIDDEN_CALLS, namespace) == []
+    assert granted_calls(kube_api, release, FORBIDDEN_CLUSTER_CALLS, None) == []
+    # Nothing namespaced anywhere else: not even reading a Secret, in another namespace or cluster-wide.
+    assert granted_calls(kube_api, release, OPERATOR_CALLS, "default") == []
+    assert not allowed(kube_api, release, ("get", "", "secrets", ""), None)
+
+
+def test_clusterwide_release_grants_the_operator_calls_everywhere_and_no_more(
+    kube_api: client.ApiClient, clusterwide_release: Release
+) -> None:
+    release = clusterwide_release
+    assert "It serves SDTasks and SDRuntimes in every namespace." in release.notes
+    for where in ("some-team", None):
+        assert denied_calls(kube_api, release, OPERATOR_CALLS + agent_rule_calls(), where) == []
+        assert granted_calls(kube_api, release, FORBIDDEN_CALLS, where) == []
+    assert denied_calls(kube_api, release, CRD_CALLS, None) == []
+    assert granted_calls(kube_api, release, FORBIDDEN_CLUSTER_CALLS + NAMESPACE_CALLS, None) == []
+
+
+# --- the operator itself under the chart's RBAC ----------------------------------------------------------------------
+def service_account_kubeconfig(kube_api: client.ApiClient, stack: LocalStack, release: Release, path: Path) -> Path:
+    """A kubeconfig that authenticates as the release's ServiceAccount, with a token from the TokenRequest API."""
+    token = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
+        release.service_account, release.namespace, {"spec": {"expirationSeconds": 600}}
+    )
+    admin = yaml.safe_load(stack.kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "operator", "user": {"token": token.status.token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def _healthy(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def test_operator_runs_with_exactly_the_chart_permissions(
+    kube_api: client.ApiClient, stack: LocalStack, namespaced_release: Release, namespace: str, tmp_path: Path
+) -> None:
+    """The real operator, authenticated as the chart's ServiceAccount, builds a runtime and queues a task, unrefused."""
+    kubeconfig = service_account_kubeconfig(kube_api, stack, namespaced_release, tmp_path / "operator.kubeconfig")
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    operator = ManagedProcess(
+        "operator",
+        [sys.executable, "-m", "sdtask.cli", "operator", "--liveness", liveness],
+        tmp_path / "operator.log",
+        env={"KUBECONFIG": str(kubeconfig), "SDTASK_NAMESPACES": namespace, "SDTASK_METRICS_PORT": str(free_port())},
+    ).start()
+    custom = client.CustomObjectsApi(kube_api)
+    try:
+        operator.wait_until(lambda: _healthy(liveness), 60, "live (kopf liveness endpoint)")
+        runtime = yaml.safe_load((EXAMPLES / "runtime-static.yaml").read_text())
+        task = yaml.safe_load((EXAMPLES / "task-image-to-image.yaml").read_text())
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", runtime)
+        name = runtime["metadata"]["name"]
+        apps, core, rbac = (
+            client.AppsV1Api(kube_api),
+            client.CoreV1Api(kube_api),
+            client.RbacAuthorizationV1Api(kube_api),
+        )
+
+        def workloads() -> bool:
+            try:
+                apps.read_namespaced_deployment(deployment_name(name), namespace)  # create + patch (server-side apply)
+                core.read_namespaced_service(deployment_name(name), namespace)
+                core.read_namespaced_service_account("sdtask-agent", namespace)
+                rbac.read_namespaced_role_binding("sdtask-agent", namespace)
+                role = rbac.read_namespaced_role("sdtask-agent", namespace)  # granted only what the operator holds
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                raise
+            return len(role.rules) == len(AGENT_RULES)
+
+        wait_for(workloads, 30, "the runtime's Deployment, Service and agent access")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "sdtasks", task)
+
+        def queued() -> dict[str, Any] | None:
+            body: dict[str, Any] = custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "sdtasks", task["metadata"]["name"]
+            )
+            status = body.get("status") or {}
+            labelled = (body["metadata"].get("labels") or {}).get(LABEL_RUNTIME) == name
+            return body if status.get("phase") and status.get("runtime") == name and labelled else None
+
+        wait_for(queued, 30, "the task admitted onto the runtime (status and label patched)")
+
+        def queued_events() -> list[Any]:
+            events = core.list_namespaced_event(namespace).items
+            return [e for e in events if e.reason == "Queued" and e.involved_object.name == task["metadata"]["name"]]
+
+        wait_for(queued_events, 30, "the Queued Event the operator posts")
+
+        def runtime_reconciled() -> bool:
+            body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)
+            return bool(body["metadata"].get("finalizers")) and bool(body.get("status"))  # kopf's patch, our status
+
+        wait_for(runtime_reconciled, 30, "the runtime's finalizer and status")
+
+        # Deleting the runtime: kopf stops its daemon and removes the finalizer (patch), so the runtime goes away.
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)
+
+        def runtime_gone() -> bool:
+            try:
+                custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)
+            except ApiException as error:
+                return error.status == 404
+            return False
+
+        wait_for(runtime_gone, 30, "the runtime deleted (finalizer released)")
+
+        def deployment_gone() -> bool:  # the operator deletes it at once, freeing the GPUs
+            try:
+                apps.read_namespaced_deployment(deployment_name(name), namespace)
+            except ApiException as error:
+                return error.status == 404
+            return False
+
+        wait_for(deployment_gone, 30, "the runtime's Deployment deleted")
+    finally:
+        operator.stop()
+    log = (tmp_path / "operator.log").read_text(errors="replace")
+    # kubernetes-client errors say "(403)" and "Forbidden"; kopf says "forbidden" or, when it falls back to a degraded
+    # mode (no CRD or namespace observation), "Not enough permissions".
+    signs = ("(403)", "Forbidden", "forbidden", "Not enough permissions")
+    refusals = [line for line in log.splitlines() if any(sign in line for sign in signs)]
+    assert not refusals, "the operator was refused under the chart's RBAC:\n" + "\n".join(refusals[:20])

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck crds crds-check unit integration dev demo bench clean
+.PHONY: test lint typecheck crds crds-check unit integration dev demo bench helm image clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -20,11 +20,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The pydantic models are the single source of the CRDs; the chart carries byte-identical copies.
 crds: $(STAMP)
 	$(BIN)/python -m sdtask.api.crdgen crds
+	rm -f charts/sdtask-operator/crds/*.yaml && cp crds/*.yaml charts/sdtask-operator/crds/
 
 crds-check: $(STAMP)
 	$(BIN)/python -m sdtask.api.crdgen --check crds
+	diff -r crds charts/sdtask-operator/crds
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
@@ -44,6 +47,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+helm: $(STAMP)
+	$(BIN)/python -m sdtask.localstack.helm
+
+image:
+	docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$$(git rev-parse HEAD) -t sdtask-operator:0.1.0 .
 
 clean:
 	rm -rf $(VENV) .dev demo-output .mypy_cache .ruff_cache .pytest_cache

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-GROUP = "sdtask.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from sdtask.api.common import API_VERSION, GROUP, VERSION
+
+__all__ = ["API_VERSION", "GROUP", "VERSION"]
+
 TASK_PLURAL = "sdtasks"
 RUNTIME_PLURAL = "sdruntimes"
 

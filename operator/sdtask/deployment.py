@@ -228,7 +228,11 @@ def build_service(runtime: dict[str, Any]) -> dict[str, Any]:
 
 
 def deployment_name(runtime_name: str) -> str:
-    return f"sdruntime-{runtime_name}"
+    """Names the Deployment and the Service; a Service name is a DNS-1035 label of at most 63 characters."""
+    name = f"sdruntime-{runtime_name}"
+    if len(name) <= 63:
+        return name
+    return f"{name[:54]}-{hashlib.sha256(runtime_name.encode()).hexdigest()[:8]}"
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:

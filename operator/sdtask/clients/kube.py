@@ -129,7 +129,7 @@ class Kube:
         )
 
     # --- workloads ------------------------------------------------------------------------------------------------
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: dict[str, Any], field_manager: str | None = None) -> dict[str, Any]:
         """Server-side apply with force: the SDRuntime is the source of truth, manual edits of our fields go back."""
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
@@ -146,7 +146,7 @@ class Kube:
             name,
             namespace,
             manifest,
-            field_manager=self.field_manager,
+            field_manager=field_manager or self.field_manager,
             force=True,
             _content_type="application/apply-patch+yaml",
         )

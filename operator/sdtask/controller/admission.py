@@ -7,12 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sdtask.api import MAX_CONTENT_BYTES
 from sdtask.request import requested_checkpoint
 from sdtask.routing import Route, RouteError, RuntimeInfo, route_task
-
-# The API server caps whole requests at 3 MiB and etcd objects at 1.5 MiB; tasks must stay far below that so many fit
-# and watches stay cheap. Image bytes belong in links (http(s) or s3://), not in the spec.
-MAX_CONTENT_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)

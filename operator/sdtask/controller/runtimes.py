@@ -22,7 +22,7 @@ from sdtask.constants import ACTIVE_PHASES, LABEL_POD, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
-from sdtask.scaling import ScalingPolicy, desired_replicas
+from sdtask.scaling import ScalingPolicy, demand, desired_replicas
 from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def scaling_policy(spec: Mapping[str, Any]) -> ScalingPolicy:
 
 
 CLAIM_TTL = dt.timedelta(seconds=30)
+INITIAL_REPLICAS_MANAGER = "sdtask-operator-initial-replicas"
 
 
 def busy_pods(tasks: list[TaskView], claims: Mapping[str, object]) -> set[str]:
@@ -114,11 +115,9 @@ class RuntimeLoop:
         running = [t for t in tasks if t.phase in ACTIVE_PHASES]
         policy = scaling_policy(spec)
         live = [p for p in pods if not p.deleting]
-        if queued or running:
-            self.state.last_needed = now
         current = len(live)
-        if len(queued) + len(running) >= current * policy.tasks_per_replica:
-            self.state.last_needed = now
+        if demand(len(queued), len(running), policy.tasks_per_replica) >= current:
+            self.state.last_needed = now  # the current size is still needed: the scale-down delay starts over
         desired = desired_replicas(
             policy,
             queued=len(queued),
@@ -155,8 +154,13 @@ class RuntimeLoop:
     async def _apply_workloads(
         self, runtime: dict[str, Any], replicas: int | None, deployment_generation: int | None
     ) -> None:
+        if replicas is None and deployment_generation is None:
+            # An external scaler (KEDA, HPA) owns spec.replicas. Created without it, the Deployment would default to
+            # one GPU pod; a one-time manager sets minReplicas at creation so ours never owns the field.
+            initial = int((runtime.get("spec") or {}).get("scaling", {}).get("minReplicas", 0))
+            await self.kube.apply(build_deployment(runtime, initial, self.settings), INITIAL_REPLICAS_MANAGER)
         deployment = build_deployment(runtime, replicas or 0, self.settings)
-        if replicas is None:  # an external scaler (KEDA, HPA) owns spec.replicas
+        if replicas is None:
             del deployment["spec"]["replicas"]
         namespace = runtime["metadata"]["namespace"]
         access = build_agent_access(namespace, self.settings.agent_service_account)

@@ -94,6 +94,13 @@ class ManagedProcess:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
+    def kill(self) -> None:
+        """No grace, as when the machine under the process dies."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
     def stop(self, grace: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -51,6 +51,7 @@ class SidecarSimulator:
     timing: StandinTiming = field(default_factory=StandinTiming)
     extra_agent_env: dict[str, str] = field(default_factory=dict)
     pods: dict[tuple[str, str], SimulatedPod] = field(default_factory=dict)
+    lost: set[tuple[str, str]] = field(default_factory=set)  # pods whose "node died": never restarted
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -75,6 +76,15 @@ class SidecarSimulator:
 
     def webui_url(self, namespace: str, pod: str) -> str:
         return self.pods[(namespace, pod)].webui_url
+
+    def lose(self, namespace: str, pod: str) -> None:
+        """Simulate the node under a pod dying: its agent and Web UI are killed at once, mid-task."""
+        with self._lock:
+            self.lost.add((namespace, pod))
+            simulated = self.pods.pop((namespace, pod), None)
+        if simulated:
+            simulated.agent.kill()
+            simulated.webui.kill()
 
     # --- watching pods ---------------------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -111,7 +121,9 @@ class SidecarSimulator:
                     self._stop_pod(pod)
                     del self.pods[key]
             for key, pod in pods.items():
-                if key in self.pods or pod.metadata.deletion_timestamp or pod.status.phase != "Running":
+                if key in self.pods or key in self.lost or pod.metadata.deletion_timestamp:
+                    continue
+                if pod.status.phase != "Running":
                     continue
                 try:
                     self.pods[key] = self._start_pod(client, pod)

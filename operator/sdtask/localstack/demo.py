@@ -1,0 +1,112 @@
+"""`make demo`: the seed image-to-image task, end to end, on a local stack. No GPU, no cloud account.
+
+It applies examples/runtime-static.yaml and examples/task-image-to-image.yaml with the few changes a laptop needs (the
+local S3 endpoint, and the init image served from loopback instead of the internet), waits for the task, downloads the
+result and prints where it is and the response object the old API returned.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes.client import CoreV1Api, CustomObjectsApi
+
+from sdtask.constants import GROUP, VERSION
+from sdtask.localstack.sidecars import StandinTiming
+from sdtask.localstack.stack import LocalStack
+from sdtask.localstack.system import LocalSystem
+from sdtask.localstack.waiting import wait_for
+from sdtask.naming import parse_s3_uri
+from sdtask.standin.images import encode_png, pattern_digest, pattern_rgb
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+NAMESPACE = "demo"
+
+
+def serve_once(data: bytes) -> tuple[ThreadingHTTPServer, str]:
+    """Stands in for the internet host of the seed task's init image."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/cat.png"
+
+
+def local_runtime(stack: LocalStack) -> dict[str, Any]:
+    runtime: dict[str, Any] = yaml.safe_load((EXAMPLES / "runtime-static.yaml").read_text())
+    spec = runtime["spec"]
+    spec["output"].update(bucket=stack.bucket, endpoint=stack.s3.url, credentialsSecret="s3")
+    spec["models"].pop("s3Prefix", None)
+    spec["agent"] = {"allowPrivateLinks": True}  # the init image comes from loopback here
+    return runtime
+
+
+def seed_task(init_image: str) -> dict[str, Any]:
+    task: dict[str, Any] = yaml.safe_load((EXAMPLES / "task-image-to-image.yaml").read_text())
+    task["spec"]["task"]["content"]["init_images"] = [init_image]
+    return task
+
+
+def run_demo(out: Path) -> int:
+    print("starting the local stack (first run builds the control plane from the Go module proxy)...", flush=True)
+    with LocalStack() as stack, LocalSystem(stack, timing=StandinTiming(load_delay=1.0, image_delay=0.5)) as system:
+        server, cat_url = serve_once(encode_png(64, 64, pattern_rgb(pattern_digest("cat"), 64, 64)))
+        with stack.api_client() as client:
+            core, custom = CoreV1Api(client), CustomObjectsApi(client)
+            core.create_namespace({"metadata": {"name": NAMESPACE}})
+            credentials = {
+                "AWS_ACCESS_KEY_ID": stack.s3.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": stack.s3.secret_access_key,
+            }
+            core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "s3"}, "stringData": credentials})
+            runtime = local_runtime(stack)
+            models = system.sidecars.models_dir(NAMESPACE, runtime["metadata"]["name"])
+            (models / runtime["spec"]["checkpoint"]).write_bytes(b"stand-in weights")
+            custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "sdruntimes", runtime)
+            print(f"applied SDRuntime {runtime['metadata']['name']} (pool-a, scaled to zero until a task arrives)")
+            task = seed_task(cat_url)
+            name = task["metadata"]["name"]
+            custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "sdtasks", task)
+            print(f"applied SDTask {name} (init image {cat_url})", flush=True)
+
+            def finished() -> dict[str, Any] | None:
+                found: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "sdtasks", name)
+                return found if (found.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+            status = wait_for(finished, 180, f"task {name} to finish", interval=0.2)["status"]
+            server.shutdown()
+            events = core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
+            print("\nwhat happened (kubectl describe sdt test-i2i):")
+            for event in sorted(events, key=lambda e: e.event_time or e.first_timestamp):
+                print(f"  {event.type:8} {event.reason:10} {event.message}")
+            if status["phase"] != "Succeeded":
+                print(f"\ntask failed: {status.get('reason')}: {status.get('message')}")
+                return 1
+            out.mkdir(parents=True, exist_ok=True)
+            s3 = stack.s3_client()
+            saved = []
+            for uri in [*status["images"], status["output_url"]]:
+                bucket, key = parse_s3_uri(uri)
+                target = out / Path(key).name
+                target.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                saved.append(target)
+            print(f"\noutput_location: {status['output_location']}")
+            for path in saved:
+                print(f"downloaded: {path.resolve()}")
+            print(f"response: {json.dumps(status['response'])}")
+    return 0

@@ -1,0 +1,103 @@
+from typing import Any
+
+from sdtask.config import OperatorSettings
+from sdtask.deployment import (
+    AGENT_RULES,
+    build_agent_access,
+    build_deployment,
+    build_service,
+    deployment_name,
+    webui_args,
+)
+
+SETTINGS = OperatorSettings(agent_image="registry.example.com/sdtask:1", agent_service_account="sdtask-agent")
+
+
+def runtime(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "sd15", "namespace": "gen", "uid": "u-1", "generation": 3},
+        "spec": {
+            "image": "registry.example.com/webui:1",
+            "checkpoint": "v1-5.safetensors",
+            "placement": {
+                "nodeSelector": {"sdtask.io/pool": "pool-a"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "gpusPerPod": 2,
+            },
+            "output": {"bucket": "out", "credentialsSecret": "s3"},
+            "requestTimeoutSeconds": 300,
+            **spec,
+        },
+    }
+
+
+def containers(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_pods_land_on_the_runtime_pool_with_its_gpus() -> None:
+    deployment = build_deployment(runtime(), 2, SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["nodeSelector"] == {"sdtask.io/pool": "pool-a"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    webui = containers(deployment)["webui"]
+    assert webui["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert webui["resources"]["requests"]["nvidia.com/gpu"] == "2"
+
+
+def test_the_runtime_owns_what_it_creates() -> None:
+    for manifest in (build_deployment(runtime(), 1, SETTINGS), build_service(runtime())):
+        owner = manifest["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("SDRuntime", "sd15", "u-1", True)
+
+
+def test_a_static_runtime_starts_with_its_checkpoint_and_a_dynamic_one_with_none() -> None:
+    assert webui_args(runtime()["spec"])[-2:] == ["--ckpt", "/models/v1-5.safetensors"]
+    assert "--ckpt" not in webui_args(runtime(dynamicModel=True, args=["--api"])["spec"])
+    assert webui_args(runtime(args=["--ckpt", "/x.ckpt"])["spec"]) == ["--ckpt", "/x.ckpt"]
+
+
+def test_the_agent_gets_its_settings_and_credentials_from_a_secret_never_inline() -> None:
+    agent = containers(build_deployment(runtime(), 1, SETTINGS))["agent"]
+    env = env_of(agent)
+    assert agent["image"] == "registry.example.com/sdtask:1"
+    assert env["SDTASK_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["SDTASK_OUTPUT_BUCKET"] == "out"
+    assert env["SDTASK_DYNAMIC_MODEL"] == "false"
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"}}
+
+
+def test_the_agent_runs_non_root_read_only_without_capabilities() -> None:
+    security = containers(build_deployment(runtime(), 1, SETTINGS))["agent"]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_a_replaced_pod_may_finish_its_task() -> None:
+    deployment = build_deployment(runtime(), 1, SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > 300
+    pre_stop = containers(deployment)["webui"]["lifecycle"]["preStop"]["exec"]["command"]
+    assert "/var/run/sdtask/busy" in pre_stop[-1]
+
+
+def test_names_stay_valid_service_names() -> None:
+    assert deployment_name("sd15") == "sdruntime-sd15"
+    long_one, other = deployment_name("a" * 63), deployment_name("a" * 62 + "b")
+    assert len(long_one) <= 63 and long_one != other
+
+
+def test_agent_access_is_namespaced_and_has_no_wildcards() -> None:
+    account, role, binding = build_agent_access("gen", "sdtask-agent")
+    assert (account["kind"], role["kind"], binding["kind"]) == ("ServiceAccount", "Role", "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sdtask-agent", "namespace": "gen"}]
+    for rule in AGENT_RULES:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]} in AGENT_RULES

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
+
 from sdtask.localstack.crds import install_crds
 from sdtask.localstack.stack import LocalStack
 

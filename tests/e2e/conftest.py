@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
+
 from sdtask.localstack.sidecars import StandinTiming
 from sdtask.localstack.stack import LocalStack
 from sdtask.localstack.system import LocalSystem
@@ -71,9 +72,8 @@ class CallbackReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                receiver.received.append(
-                    {"body": json.loads(self.rfile.read(length)), "headers": dict(self.headers.items())}
-                )
+                raw = self.rfile.read(length)
+                receiver.received.append({"body": json.loads(raw), "raw": raw, "headers": dict(self.headers.items())})
                 self.send_response(204)
                 self.end_headers()
 
@@ -155,6 +155,10 @@ class Cluster:
             GROUP, VERSION, self.namespace, "sdtasks", name
         )
         return result
+
+    def task_names(self) -> list[str]:
+        listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "sdtasks")
+        return [item["metadata"]["name"] for item in listing["items"]]
 
     def get_runtime(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.get_namespaced_custom_object(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from sdtask.localstack.waiting import wait_for
 from sdtask.standin.images import read_standin_metadata
 
@@ -298,3 +299,37 @@ def test_a_legacy_body_routes_by_checkpoint_and_answers_in_the_legacy_shape(clus
         "output_location": f"s3://{cluster.stack.bucket}/legacy-out/legacy-1",
     }
     assert STATIC_MODEL in status["model"]
+
+
+def test_a_callback_with_a_secret_is_signed_and_verifiable(cluster: Cluster, callbacks: CallbackReceiver) -> None:
+    from sdtask.clients.callback import verify_signature
+
+    cluster.core.create_namespaced_secret(
+        cluster.namespace, {"metadata": {"name": "hook"}, "stringData": {"token": "s3cr3t-token"}}
+    )
+    cluster.submit(text_task("signed"), callback={"url": callbacks.url, "secretRef": {"name": "hook", "key": "token"}})
+    assert cluster.wait_finished("signed")["status"]["phase"] == "Succeeded"
+    delivered = wait_for(lambda: callbacks.for_id("signed"), 30, "the signed callback")[0]
+    signature = delivered["headers"].get("X-SDTask-Signature")
+    assert verify_signature(delivered["raw"], "s3cr3t-token", signature)
+    assert not verify_signature(delivered["raw"], "another-token", signature)
+    status = cluster.task("signed")["status"]
+    assert "s3cr3t-token" not in json.dumps(status)  # the token never reaches status
+
+
+def test_a_finished_task_is_deleted_after_its_ttl(cluster: Cluster) -> None:
+    cluster.submit(text_task("short-lived"), ttlSecondsAfterFinished=1)
+    assert cluster.wait_finished("short-lived")["status"]["phase"] == "Succeeded"
+    wait_for(lambda: "short-lived" not in cluster.task_names(), 30, "the task to be cleaned up")
+    assert cluster.s3_keys("t2i/short-lived/")  # its outputs stay
+
+
+def test_a_task_that_cannot_start_before_its_deadline_fails(cluster: Cluster) -> None:
+    cluster.runtime("nowhere", "pool-that-does-not-exist", checkpoint=STATIC_MODEL)
+    cluster.submit(text_task("too-late", runtime="nowhere"), activeDeadlineSeconds=2)
+    status = cluster.wait_finished("too-late", timeout=30)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded")
+    assert "activeDeadlineSeconds" in status["message"]
+    runtime = cluster.get_runtime("nowhere")
+    degraded = next(c for c in runtime["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"  # and the runtime says its pod cannot be placed

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from sdtask.api import GROUP, SDRUNTIME_RESOURCE, SDTASK_RESOURCE, VERSION, SDRuntime, SDTask
 from sdtask.api.common import ResourceDefinition
 from sdtask.api.task import MAX_INLINE_IMAGE_CHARS, RUNTIME_OR_CHECKPOINT_MESSAGE

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from sdtask.api import GROUP, VERSION
 from sdtask.cli import build_parser
 from sdtask.config import OperatorSettings

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, VersionApi
+
 from sdtask.localstack.binaries import KUBERNETES_VERSION, ensure_binaries
 from sdtask.localstack.cluster import ClusterPorts, LocalControlPlane
 from sdtask.localstack.nodes import GPU_RESOURCE, POOL_LABEL

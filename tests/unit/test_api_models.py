@@ -10,6 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
+
 from sdtask.api import (
     MAX_CONTENT_BYTES,
     MAX_INLINE_IMAGE_CHARS,

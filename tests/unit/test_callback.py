@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
 from sdtask.clients.callback import (
     SIGNATURE_HEADER,
     CallbackResult,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from sdtask.api import SDRuntime, SDTask
 from sdtask.api.crdgen import RESOURCES, SchemaConversionError, main, render_crds, to_structural
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from moto.server import ThreadedMotoServer
+
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
 from sdtask.links import (
     LinkError,

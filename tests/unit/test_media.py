@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from sdtask.media import AVIF, GIF, JPEG, MP4, PNG, WEBP, MediaFormat, decode_image_payload, detect_format
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sdtask.naming import (
     image_key,
     output_location,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
+
 from sdtask.clients.s3 import (
     ObjectTooLarge,
     S3Client,

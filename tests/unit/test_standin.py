@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from sdtask.standin import StandinWebUI, read_standin_metadata
 from sdtask.standin.images import render_png
 

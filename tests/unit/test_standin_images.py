@@ -8,6 +8,7 @@ import struct
 import zlib
 
 import pytest
+
 from sdtask.standin.images import (
     InvalidImageError,
     decode_image_payload,

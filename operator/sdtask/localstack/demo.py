@@ -64,7 +64,7 @@ def seed_task(init_image: str) -> dict[str, Any]:
 
 def run_demo(out: Path) -> int:
     print("starting the local stack (first run builds the control plane from the Go module proxy)...", flush=True)
-    with LocalStack() as stack, LocalSystem(stack, timing=StandinTiming(load_delay=1.0, image_delay=0.5)) as system:
+    with LocalStack() as stack, LocalSystem(stack, timing=StandinTiming(load_delay=1.0, image_delay=0.5)):
         server, cat_url = serve_once(encode_png(64, 64, pattern_rgb(pattern_digest("cat"), 64, 64)))
         with stack.api_client() as client:
             core, custom = CoreV1Api(client), CustomObjectsApi(client)
@@ -75,8 +75,6 @@ def run_demo(out: Path) -> int:
             }
             core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "s3"}, "stringData": credentials})
             runtime = local_runtime(stack)
-            models = system.sidecars.models_dir(NAMESPACE, runtime["metadata"]["name"])
-            (models / runtime["spec"]["checkpoint"]).write_bytes(b"stand-in weights")
             custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "sdruntimes", runtime)
             print(f"applied SDRuntime {runtime['metadata']['name']} (pool-a, scaled to zero until a task arrives)")
             task = seed_task(cat_url)

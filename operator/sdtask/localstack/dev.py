@@ -8,7 +8,9 @@ import signal
 import threading
 from pathlib import Path
 
+from sdtask.localstack.processes import StackError
 from sdtask.localstack.stack import LocalStack
+from sdtask.localstack.system import LocalSystem
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -22,18 +24,26 @@ def run_dev(state_dir: Path) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     shutil.rmtree(state_dir / "stack", ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
-    with LocalStack(workdir=state_dir / "stack") as stack:
+    with LocalStack(workdir=state_dir / "stack") as stack, LocalSystem(stack) as system:
         kubeconfig = state_dir / "kubeconfig"
         shutil.copyfile(stack.kubeconfig, kubeconfig)
         kubeconfig.chmod(0o600)
         env = {**stack.env(), "KUBECONFIG": str(kubeconfig.resolve())}
         write_env_file(state_dir / "env", env)
-        print(f"local stack is up (logs in {state_dir / 'stack' / 'logs'})")
+        print(f"local system is up: control plane, GPU pools, S3, operator (logs in {state_dir / 'stack'})")
         for key, value in sorted(env.items()):
             print(f"  {key}={value}")
-        print(f"use it with:  source {state_dir / 'env'} && kubectl get nodes\nCtrl-C stops everything.", flush=True)
+        print(f"  operator metrics: {system.metrics_url}")
+        print(
+            f"try:  source {state_dir / 'env'} && kubectl get nodes -L sdtask.io/pool\n"
+            "      kubectl apply -f examples/runtime-static.yaml && kubectl get sdr\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
         while not stopping.wait(1.0):
             if stack.control_plane:
                 stack.control_plane.check_alive()
+            if not system.operator.running():
+                raise StackError("operator", "exited", system.operator.log)
     print("local stack stopped")
     return 0

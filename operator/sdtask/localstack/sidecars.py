@@ -50,6 +50,8 @@ class SidecarSimulator:
     models_root: Path
     timing: StandinTiming = field(default_factory=StandinTiming)
     extra_agent_env: dict[str, str] = field(default_factory=dict)
+    # Used where the pod spec leaves a variable empty (e.g. no S3 endpoint: pod identity -> the local S3 server).
+    default_agent_env: dict[str, str] = field(default_factory=dict)
     pods: dict[tuple[str, str], SimulatedPod] = field(default_factory=dict)
     lost: set[tuple[str, str]] = field(default_factory=set)  # pods whose "node died": never restarted
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -139,6 +141,10 @@ class SidecarSimulator:
         containers = {c["name"]: c for c in spec["containers"]}
         pod_dir = self.workdir / "pods" / namespace / name
         models = self.models_dir(namespace, runtime)
+        webui_args = containers[WEBUI_CONTAINER].get("args") or []
+        initial = initial_model_args(webui_args)
+        if initial and not (models / initial[1]).exists():
+            (models / initial[1]).write_bytes(b"stand-in weights")  # a static runtime's volume holds its checkpoint
         port = free_port()
         webui = ManagedProcess(
             f"stand-in webui {name}",
@@ -161,6 +167,7 @@ class SidecarSimulator:
         webui_url = f"http://127.0.0.1:{port}"
         webui.wait_until(lambda: _ok(f"{webui_url}/internal/ping"), 30, "serving")
         env = resolve_env(CoreV1Api(client), serialized, containers[AGENT_CONTAINER].get("env") or [])
+        env.update({key: value for key, value in self.default_agent_env.items() if not env.get(key)})
         env.update(
             SDTASK_WEBUI_URL=webui_url,
             SDTASK_MODELS_DIR=str(models),

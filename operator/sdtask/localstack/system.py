@@ -54,10 +54,12 @@ class LocalSystem:
             workdir=self.workdir,
             models_root=self.workdir / "models",
             timing=timing or StandinTiming(),
-            extra_agent_env={
+            extra_agent_env=agent_env or {},
+            # What a pod without an S3 endpoint or credentials gets from its identity in a cloud: here, local S3.
+            default_agent_env={
+                "SDTASK_S3_ENDPOINT": stack.s3.url,
                 "AWS_ACCESS_KEY_ID": stack.s3.access_key_id,
                 "AWS_SECRET_ACCESS_KEY": stack.s3.secret_access_key,
-                **(agent_env or {}),
             },
         )
 

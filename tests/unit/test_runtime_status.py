@@ -1,0 +1,47 @@
+import datetime as dt
+
+from sdtask.constants import Phase
+from sdtask.controller.runtimes import busy_pods, runtime_conditions
+from sdtask.controller.views import PodView, task_view
+from sdtask.retry import after_failed_attempt, backoff
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def pod(name: str, ready: bool = True, unschedulable: str = "") -> PodView:
+    phase = "Running" if ready else "Pending"
+    return PodView("ns", name, "rt", phase, ready, False, "node-1" if ready else "", None, unschedulable)
+
+
+def by_type(conditions: list[dict]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in conditions}
+
+
+def test_an_idle_runtime_at_zero_is_ready() -> None:
+    assert by_type(runtime_conditions(None, 0, [], NOW))["Ready"] == ("True", "ScaledToZero")
+
+
+def test_pending_pods_without_gpus_degrade_the_runtime_with_the_scheduler_reason() -> None:
+    pods = [pod("a"), pod("b"), pod("c", ready=False, unschedulable="0/3 nodes: Insufficient nvidia.com/gpu")]
+    conditions = runtime_conditions(None, 3, pods, NOW)
+    assert by_type(conditions)["Degraded"] == ("True", "Unschedulable")
+    message = next(c["message"] for c in conditions if c["type"] == "Degraded")
+    assert "no GPU capacity" in message and "Insufficient nvidia.com/gpu" in message
+    assert by_type(conditions)["Ready"] == ("False", "PodsNotReady")
+
+
+def test_a_pod_is_busy_while_its_task_is_scheduled_or_running_or_just_claimed() -> None:
+    running = task_view({"metadata": {"name": "t"}, "status": {"phase": "Running", "pod": "p1"}})
+    done = task_view({"metadata": {"name": "u"}, "status": {"phase": "Succeeded", "pod": "p2"}})
+    assert busy_pods([running, done], {"p3": ("v", NOW)}) == {"p1", "p3"}
+
+
+def test_infrastructure_failures_retry_with_growing_backoff_then_fail() -> None:
+    assert backoff(1, 10) == dt.timedelta(seconds=10) and backoff(3, 10) == dt.timedelta(seconds=40)
+    first = after_failed_attempt(1, 2, True, NOW, 10)
+    assert first.phase == Phase.PENDING and first.not_before == NOW + dt.timedelta(seconds=10)
+    assert after_failed_attempt(3, 2, True, NOW, 10).phase == Phase.FAILED
+
+
+def test_input_errors_never_retry() -> None:
+    assert after_failed_attempt(1, 5, False, NOW).phase == Phase.FAILED

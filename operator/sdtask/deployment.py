@@ -54,6 +54,17 @@ def owner_reference(runtime: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def owned_metadata(runtime: dict[str, Any]) -> dict[str, Any]:
+    """Name, labels and owner reference of what the runtime owns: deleting the runtime deletes them too."""
+    name = runtime["metadata"]["name"]
+    return {
+        "name": deployment_name(name),
+        "namespace": runtime["metadata"]["namespace"],
+        "labels": runtime_labels(name),
+        "ownerReferences": [owner_reference(runtime)],
+    }
+
+
 def _env(name: str, value: str | int | bool) -> dict[str, Any]:
     text = str(value).lower() if isinstance(value, bool) else str(value)
     return {"name": name, "value": text}
@@ -192,12 +203,7 @@ def build_deployment(runtime: dict[str, Any], replicas: int, settings: OperatorS
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": deployment_name(name),
-            "namespace": runtime["metadata"]["namespace"],
-            "labels": runtime_labels(name),
-            "ownerReferences": [owner_reference(runtime)],
-        },
+        "metadata": owned_metadata(runtime),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(name)},
@@ -214,12 +220,7 @@ def build_service(runtime: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": deployment_name(name),
-            "namespace": runtime["metadata"]["namespace"],
-            "labels": runtime_labels(name),
-            "ownerReferences": [owner_reference(runtime)],
-        },
+        "metadata": owned_metadata(runtime),
         "spec": {
             "selector": selector_labels(name),
             "ports": [{"name": "http", "port": port, "targetPort": "http"}],

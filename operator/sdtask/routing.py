@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from sdtask.checkpoints import same_checkpoint
 
 
 @dataclass(frozen=True)
@@ -23,23 +24,6 @@ class Route:
 class RouteError:
     reason: str
     message: str
-
-
-_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
-_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".bin")
-
-
-def checkpoint_stem(name: str) -> str:
-    """ "v1-5.safetensors [6ce0161689]", "v1-5.safetensors" and "v1-5" all name one checkpoint."""
-    stem = _HASH_SUFFIX.sub("", name.strip()).rsplit("/", 1)[-1]
-    for extension in _EXTENSIONS:
-        if stem.endswith(extension):
-            return stem[: -len(extension)]
-    return stem
-
-
-def same_checkpoint(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and checkpoint_stem(a) == checkpoint_stem(b)
 
 
 def route_task(runtime_name: str, checkpoint: str | None, runtimes: list[RuntimeInfo]) -> Route | RouteError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sdtask.routing import same_checkpoint
+from sdtask.checkpoints import same_checkpoint
 
 
 @dataclass(frozen=True)

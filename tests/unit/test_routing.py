@@ -1,4 +1,5 @@
-from sdtask.routing import Route, RouteError, RuntimeInfo, checkpoint_stem, route_task
+from sdtask.checkpoints import checkpoint_stem
+from sdtask.routing import Route, RouteError, RuntimeInfo, route_task
 
 RUNTIMES = [
     RuntimeInfo("sd15", dynamic=False, checkpoint="v1-5-pruned-emaonly.safetensors"),
@@ -10,6 +11,7 @@ RUNTIMES = [
 def test_checkpoint_names_in_all_their_forms_are_one() -> None:
     assert checkpoint_stem("v1-5.safetensors [6ce0161689]") == checkpoint_stem("v1-5") == "v1-5"
     assert checkpoint_stem("/models/Stable-diffusion/v1-5.ckpt") == "v1-5"
+    assert checkpoint_stem("sd-v1.5") == "sd-v1.5"  # a dot in a name is no extension
 
 
 def test_routes_by_name_with_the_static_checkpoint() -> None:

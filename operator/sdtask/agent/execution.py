@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdtask.checkpoints import same_checkpoint
 from sdtask.clients.kube import Kube
 from sdtask.clients.s3 import describe_s3_error, put_json, put_object
 from sdtask.clients.webui import (
@@ -33,7 +34,6 @@ from sdtask.links import LinkError, LinkFetcher, replace_links
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, parse_s3_uri, record_key, s3_uri, validate_key_part
 from sdtask.request import prepare_payload
-from sdtask.routing import same_checkpoint
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"

@@ -108,9 +108,7 @@ class Agent:
         selector = f"{LABEL_POD}={self.settings.pod_name}"
         while not self.stopping.is_set():
             try:
-                listing = self.kube.custom.list_namespaced_custom_object(
-                    "sdtask.io", "v1alpha1", self.settings.namespace, "sdtasks", label_selector=selector
-                )
+                listing = self.kube.list_tasks(self.settings.namespace, selector)
                 for item in sorted(listing.get("items", []), key=lambda t: t["metadata"]["creationTimestamp"]):
                     self._offer(loop, item)
                 version = listing["metadata"]["resourceVersion"]

@@ -105,14 +105,10 @@ class Kube:
             allow_watch_bookmarks=True,
         )
 
-    async def list_tasks(self, namespace: str, label_selector: str) -> dict[str, Any]:
-        result: dict[str, Any] = await asyncio.to_thread(
-            self.custom.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            TASK_PLURAL,
-            label_selector=label_selector,
+    def list_tasks(self, namespace: str, label_selector: str) -> dict[str, Any]:
+        """Blocking, like `watch_tasks`: for the agent's watch thread."""
+        result: dict[str, Any] = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, TASK_PLURAL, label_selector=label_selector
         )
         return result
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
+
+from sdtask.checkpoints import Checkpoint, match_checkpoint
+
+__all__ = [
+    "Checkpoint",
+    "WebUIClient",
+    "WebUIError",
+    "WebUIException",
+    "WebUITimeout",
+    "WebUIUnavailable",
+    "match_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +30,6 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_SWITCH_TIMEOUT = 600.0
 INTERRUPT_TIMEOUT = 10.0
 _MESSAGE_LIMIT = 2000
-_HASH_SUFFIX = re.compile(r"(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]+)\]")
 
 
 class WebUIException(Exception):
@@ -59,65 +68,6 @@ class WebUIUnavailable(WebUIException):
 
     def __str__(self) -> str:
         return f"Web UI unreachable ({self.path}): {self.reason}"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    title: str  # "v1-5-pruned-emaonly.safetensors [6ce0161689]"
-    model_name: str  # "v1-5-pruned-emaonly"
-    filename: str  # full path on the Web UI's disk
-
-    @property
-    def name(self) -> str:
-        """The title without its hash: the file name relative to the models folder."""
-        return _split_hash(self.title)[0]
-
-    @property
-    def hash(self) -> str | None:
-        return _split_hash(self.title)[1]
-
-
-def _split_hash(title: str) -> tuple[str, str | None]:
-    match = _HASH_SUFFIX.fullmatch(title.strip())
-    if match is None:
-        return title.strip(), None
-    return match.group("name"), match.group("hash").lower()
-
-
-def _basename(path: str) -> str:
-    return re.split(r"[\\/]", path)[-1]
-
-
-def _stem(name: str) -> str:
-    base, dot, _ = name.rpartition(".")
-    return base if dot else name
-
-
-def match_checkpoint(requested: str, available: list[Checkpoint]) -> Checkpoint | None:
-    """The checkpoint `requested` names, by title ("x.safetensors [hash]"), file name ("x.safetensors") or model name
-    ("x"); None when nothing matches.
-
-    Tiers are tried from the most to the least precise; inside a tier the first in `available` wins. A requested hash
-    that differs from the checkpoint's is no match: it is another file with the same name.
-    """
-    wanted_name, wanted_hash = _split_hash(requested)
-    if not wanted_name:
-        return None
-
-    def same_file(checkpoint: Checkpoint) -> bool:
-        return wanted_hash is None or checkpoint.hash is None or checkpoint.hash.startswith(wanted_hash)
-
-    tiers = (
-        lambda c: c.title == requested.strip(),
-        lambda c: c.name == wanted_name and same_file(c),
-        lambda c: _basename(c.filename) == wanted_name and same_file(c),
-        lambda c: wanted_hash is None and wanted_name in (c.model_name, _stem(c.name)),
-    )
-    for matches in tiers:
-        for checkpoint in available:
-            if matches(checkpoint):
-                return checkpoint
-    return None
 
 
 def error_message(response: httpx.Response) -> str:

@@ -156,6 +156,10 @@ class Cluster:
         )
         return result
 
+    def status(self, name: str) -> dict[str, Any]:
+        """The task's status; empty until the operator has written one."""
+        return dict(self.task(name).get("status") or {})
+
     def task_names(self) -> list[str]:
         listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "sdtasks")
         return [item["metadata"]["name"] for item in listing["items"]]

@@ -91,7 +91,7 @@ def test_scaling_down_never_removes_the_busy_pod(cluster: Cluster) -> None:
     long_task = slow_task(cluster, "long", "keep-busy", rounds=8)
     short_task = slow_task(cluster, "short", "keep-busy", rounds=1)
     short_done = cluster.wait_finished(short_task)
-    busy_pod = wait_for(lambda: cluster.task(long_task)["status"].get("pod"), 30, "the long task's pod")
+    busy_pod = wait_for(lambda: cluster.status(long_task).get("pod"), 30, "the long task's pod")
     assert short_done["status"]["pod"] != busy_pod
 
     # The short task's pod goes after the delay, while the long task still runs.
@@ -127,7 +127,7 @@ def test_tasks_of_a_pod_that_vanishes_are_requeued(cluster: Cluster) -> None:
     static_runtime(cluster, "fragile", "pool-b", minReplicas=1, maxReplicas=1)
     name = slow_task(cluster, "survivor", "fragile", rounds=6)
     running = wait_for(
-        lambda: (t := cluster.task(name))["status"].get("phase") == "Running" and t, 30, "the task to run"
+        lambda: (t := cluster.task(name)).get("status", {}).get("phase") == "Running" and t, 30, "the task to run"
     )
     lost_pod = running["status"]["pod"]
 

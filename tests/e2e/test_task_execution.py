@@ -113,7 +113,7 @@ def test_seed_image_to_image_task_succeeds_end_to_end(
     }
     callback_state = wait_for(
         lambda: (
-            (cluster.task("test-i2i")["status"].get("callback") or {}).get("state") == "Delivered"
+            (cluster.status("test-i2i").get("callback") or {}).get("state") == "Delivered"
             and cluster.task("test-i2i")
         ),
         30,

@@ -126,3 +126,23 @@ def test_a_crashing_component_fails_with_the_tail_of_its_log(tmp_path: Path) -> 
         LocalControlPlane(binaries, tmp_path).start()
     assert "kube-apiserver: exited with code 3" in str(raised.value)
     assert "unknown flag: --etcd-servers" in str(raised.value)
+
+
+def test_an_existing_cluster_named_by_sdtask_kubeconfig_is_used_instead_of_starting_one(
+    stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SDTASK_KUBECONFIG", str(stack.kubeconfig))
+    with LocalStack(workdir=tmp_path) as reusing:
+        assert reusing.control_plane is None  # no etcd or API server of its own
+        assert reusing.kubeconfig == stack.kubeconfig
+        with reusing.api_client() as client:
+            assert VersionApi(client).get_code().git_version == KUBERNETES_VERSION
+        assert reusing.s3_client().list_buckets()["Buckets"]
+    assert stack.control_plane is not None
+    stack.control_plane.check_alive()  # the original stack is untouched: this raises if a component died
+
+
+def test_a_kubeconfig_that_does_not_exist_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDTASK_KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(StackError, match=r"SDTASK_KUBECONFIG=.*names no readable kubeconfig"):
+        LocalStack(workdir=tmp_path).start()

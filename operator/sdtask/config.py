@@ -77,6 +77,7 @@ class AgentSettings:
     state_dir: str = "/var/run/sdtask"  # shared with the Web UI container: its preStop hook waits on `busy` here
     callback_attempts: int = 5
     callback_base_delay_seconds: float = 1.0
+    retry_backoff_seconds: float = 10.0
 
     @classmethod
     def from_env(cls) -> AgentSettings:
@@ -101,6 +102,7 @@ class AgentSettings:
             callback_base_delay_seconds=_env_float(
                 "SDTASK_CALLBACK_BASE_DELAY_SECONDS", cls.callback_base_delay_seconds
             ),
+            retry_backoff_seconds=_env_float("SDTASK_RETRY_BACKOFF_SECONDS", cls.retry_backoff_seconds),
         )
 
     def validate(self) -> None:

@@ -33,7 +33,11 @@ def sample_png(seed: int, size: int = 16) -> bytes:
 @pytest.fixture(scope="session")
 def system(stack: LocalStack, kube_api: ApiClient) -> Iterator[LocalSystem]:
     timing = StandinTiming(load_delay=0.3, image_delay=0.05)
-    with LocalSystem(stack, timing=timing, agent_env={"SDTASK_CALLBACK_BASE_DELAY_SECONDS": "0.05"}) as running:
+    with LocalSystem(
+        stack,
+        timing=timing,
+        agent_env={"SDTASK_CALLBACK_BASE_DELAY_SECONDS": "0.05", "SDTASK_RETRY_BACKOFF_SECONDS": "0.5"},
+    ) as running:
         yield running
 
 

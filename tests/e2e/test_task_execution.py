@@ -25,7 +25,7 @@ STATIC_MODEL = "v1-5-pruned-emaonly.safetensors"
 @pytest.fixture(scope="module", autouse=True)
 def runtimes(cluster: Cluster) -> Iterator[None]:
     cluster.models("sdruntime", STATIC_MODEL, "other.safetensors")
-    cluster.runtime("sdruntime", "pool-a", checkpoint=STATIC_MODEL, scaling={"maxReplicas": 2})
+    cluster.runtime("sdruntime", "pool-a", checkpoint=STATIC_MODEL, scaling={"maxReplicas": 1})
     cluster.models("dynamic", "anything-v5.safetensors", "dreamshaper.safetensors")
     cluster.runtime("dynamic", "pool-b", dynamicModel=True, scaling={"maxReplicas": 1})
     yield
@@ -113,8 +113,7 @@ def test_seed_image_to_image_task_succeeds_end_to_end(
     }
     callback_state = wait_for(
         lambda: (
-            (cluster.status("test-i2i").get("callback") or {}).get("state") == "Delivered"
-            and cluster.task("test-i2i")
+            (cluster.status("test-i2i").get("callback") or {}).get("state") == "Delivered" and cluster.task("test-i2i")
         ),
         30,
         "callback state",
@@ -333,3 +332,30 @@ def test_a_task_that_cannot_start_before_its_deadline_fails(cluster: Cluster) ->
     runtime = cluster.get_runtime("nowhere")
     degraded = next(c for c in runtime["status"]["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"  # and the runtime says its pod cannot be placed
+
+
+def test_a_dynamic_runtime_fetches_a_missing_checkpoint_from_its_model_prefix(cluster: Cluster) -> None:
+    bucket = cluster.stack.bucket
+    cluster.stack.s3_client().put_object(Bucket=bucket, Key="models/fetched-xl.safetensors", Body=b"weights")
+    cluster.models("fetcher", "resident.safetensors")
+    cluster.runtime("fetcher", "pool-b", dynamicModel=True, models={"s3Prefix": f"s3://{bucket}/models/"})
+    task = text_task("fetch-model", runtime="fetcher", alwayson_scripts={"sd_model_checkpoint": "fetched-xl"})
+    cluster.submit(task)
+    status = cluster.wait_finished("fetch-model")["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["model"].startswith("fetched-xl.safetensors")
+    assert (cluster.system.sidecars.models_dir(cluster.namespace, "fetcher") / "fetched-xl.safetensors").exists()
+
+
+def test_an_unwritable_output_bucket_is_retried_then_fails_clearly(cluster: Cluster) -> None:
+    output = {"bucket": "missing-bucket", "endpoint": cluster.stack.s3.url, "credentialsSecret": "s3"}
+    cluster.runtime("no-bucket", "pool-a", checkpoint=STATIC_MODEL, output=output)
+    cluster.submit(text_task("nowhere-to-write", runtime="no-bucket"), maxRetries=1)
+    status = cluster.wait_finished("nowhere-to-write")["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "OutputUploadFailed")
+    assert status["attempts"] == 2  # an infrastructure failure is retried, within maxRetries
+    assert "s3://missing-bucket" in status["message"]
+    warnings = [r for t, r, _ in cluster.events("nowhere-to-write") if t == "Warning"]
+    assert warnings == ["OutputUploadFailed", "OutputUploadFailed"]  # the retry, then the final failure
+    # The agent lives on: the same runtime still reports a pod ready for the next task.
+    assert cluster.get_runtime("no-bucket")["status"]["readyReplicas"] >= 1

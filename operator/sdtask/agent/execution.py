@@ -293,7 +293,7 @@ class TaskExecution:
             failure.reason,
             failure.message,
             retryable=failure.retryable,
-            backoff_seconds=10.0,
+            backoff_seconds=self.settings.retry_backoff_seconds,
             component=COMPONENT,
             policy=self.callbacks,
         )

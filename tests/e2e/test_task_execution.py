@@ -359,3 +359,20 @@ def test_an_unwritable_output_bucket_is_retried_then_fails_clearly(cluster: Clus
     assert warnings == ["OutputUploadFailed", "OutputUploadFailed"]  # the retry, then the final failure
     # The agent lives on: the same runtime still reports a pod ready for the next task.
     assert cluster.get_runtime("no-bucket")["status"]["readyReplicas"] >= 1
+
+
+def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> None:
+    cluster.submit(text_task("cancel-me", batch_size=8, n_iter=8))  # 3.2 s of generation
+    wait_for(lambda: cluster.status("cancel-me").get("phase") == "Running", 30, "the task to run")
+    interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+
+    cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdtasks", "cancel-me")
+
+    wait_for(
+        lambda: int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1]) == interrupts + 1,
+        30,
+        "the Web UI to be interrupted",
+    )
+    cluster.submit(text_task("after-cancel"))  # the pod is free again at once
+    assert cluster.wait_finished("after-cancel")["status"]["phase"] == "Succeeded"
+    assert cluster.s3_keys("t2i/cancel-me/") == []  # nothing of the cancelled task was uploaded

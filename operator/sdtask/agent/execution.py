@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
 
 
+class CancelledTask(Exception):
+    """The task was deleted while it ran."""
+
+
 class AttemptFailed(Exception):
     def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
@@ -92,6 +96,8 @@ class TaskExecution:
         self.webui = webui
         self.s3 = s3
         self.fetcher = fetcher
+        self.current = ""  # uid of the task being executed
+        self.cancelled = ""
         self.callbacks = CallbackPolicy(
             allow_private=settings.allow_private_links,
             allowed_hosts=settings.allowed_link_hosts,
@@ -99,7 +105,28 @@ class TaskExecution:
             base_delay=settings.callback_base_delay_seconds,
         )
 
-    async def execute(self, task: dict[str, Any]) -> Phase:
+    async def cancel(self, uid: str) -> None:
+        """The task was deleted: stop its generation now, so the GPU is free for the next task."""
+        if uid and uid == self.current:
+            self.cancelled = uid
+            await self.webui.interrupt()
+
+    async def execute(self, task: dict[str, Any]) -> Phase | None:
+        """Run one task to its end; None when it was cancelled (deleted) on the way."""
+        self.current, self.cancelled = task["metadata"].get("uid", ""), ""
+        try:
+            return await self._execute(task)
+        except CancelledTask:
+            log.info("task %s was deleted: cancelled", task["metadata"]["name"])
+            return None
+        finally:
+            self.current = ""
+
+    def _check_not_cancelled(self) -> None:
+        if self.cancelled and self.cancelled == self.current:
+            raise CancelledTask()
+
+    async def _execute(self, task: dict[str, Any]) -> Phase:
         started = dt.datetime.now(dt.UTC)
         task = await self._mark_running(task, started)
         metadata = task["spec"]["task"]["metadata"]
@@ -110,8 +137,10 @@ class TaskExecution:
             return await self._fail(task, AttemptFailed("InvalidTask", str(error)))
         try:
             model, response = await self._generate(task, started)
+            self._check_not_cancelled()  # a deleted task's partial images are not uploaded
             outputs = await self._store(task, prefix, task_id, response, model, started)
         except AttemptFailed as failure:
+            self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
             await self._store_error_record(task, prefix, task_id, failure, started)
             return await self._fail(task, failure)
         count = len(outputs.images)

@@ -79,8 +79,13 @@ class Agent:
         self._set_busy(True)
         try:
             phase = await self.execution.execute(task)
-            log.info("task %s: %s", name, phase)
-        except Exception:
+            log.info("task %s: %s", name, phase or "cancelled")
+        except ApiException as error:
+            if error.status != 404:
+                log.exception("task %s: API error", name)
+            else:
+                log.info("task %s was deleted while it ran", name)
+        except Exception:  # a bug or an API outage must not kill the agent; the operator requeues
             log.exception("task %s: unexpected error", name)
         finally:
             self._set_busy(False)
@@ -120,6 +125,8 @@ class Agent:
                         version = obj["metadata"]["resourceVersion"]
                         if event["type"] in ("ADDED", "MODIFIED"):
                             self._offer(loop, obj)
+                        elif event["type"] == "DELETED":  # `kubectl delete sdt` cancels the task
+                            asyncio.run_coroutine_threadsafe(self.execution.cancel(obj["metadata"]["uid"]), loop)
                         if self.stopping.is_set():
                             return
             except ApiException as error:

@@ -40,7 +40,8 @@ class RuntimeState:
     # pod -> (task, when): dispatched, but the task index has not shown it yet; such a pod is busy, such a task taken.
     claims: dict[str, tuple[str, dt.datetime]] = field(default_factory=dict)
     draining: set[str] = field(default_factory=set)  # pods picked for removal by a scale-down
-    last_needed: dt.datetime | None = None
+    # An operator restart starts the scale-down delay afresh rather than scaling down at once.
+    last_needed: dt.datetime | None = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     last_status: dict[str, Any] = field(default_factory=dict)
 
 

@@ -24,6 +24,9 @@ def _operator(args: argparse.Namespace) -> int:
 
     settings = OperatorSettings.from_env()
     kopf.configure(verbose=args.log_level == "debug", debug=False)  # kopf sets up logging itself
+    if args.log_level != "debug":
+        # kopf logs every handled event at INFO; our Events and logs already tell each task's story.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,  # one replica by design; no peering objects needed
         clusterwide=not settings.namespaces,

@@ -189,6 +189,10 @@ class Cluster:
         ordered = sorted(events, key=lambda e: (e.event_time or e.first_timestamp, e.metadata.name))
         return [(e.type, e.reason, e.message) for e in ordered]
 
+    def event_time(self, name: str, reason: str) -> Any:
+        events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return next(e.event_time for e in events if e.reason == reason)
+
     def s3_keys(self, prefix: str) -> list[str]:
         listing = self.stack.s3_client().list_objects_v2(Bucket=self.stack.bucket, Prefix=prefix)
         return sorted(item["Key"] for item in listing.get("Contents", []))

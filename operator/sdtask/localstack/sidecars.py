@@ -79,6 +79,13 @@ class SidecarSimulator:
     def webui_url(self, namespace: str, pod: str) -> str:
         return self.pods[(namespace, pod)].webui_url
 
+    def crash_agent(self, namespace: str, pod: str) -> None:
+        """The agent container dies and the kubelet restarts it; the pod and its Web UI stay."""
+        with self._lock:
+            agent = self.pods[(namespace, pod)].agent
+            agent.kill()
+            agent.start()
+
     def lose(self, namespace: str, pod: str) -> None:
         """Simulate the node under a pod dying: its agent and Web UI are killed at once, mid-task."""
         with self._lock:

@@ -79,6 +79,15 @@ class LocalSystem:
             raise
         return self
 
+    def restart_operator(self, crash: bool = True) -> None:
+        """Kill (or stop) the operator and start it again, as a node failure or a rollout would."""
+        if crash:
+            self.operator.kill()
+        else:
+            self.operator.stop()
+        self.operator.start()
+        self.operator.wait_until(lambda: _metrics_up(self.metrics_url), 60, "serving metrics")
+
     def stop(self) -> None:
         self.sidecars.stop()
         self.operator.stop()

@@ -1,0 +1,70 @@
+"""Crashes lose no task and leave no duplicate outputs; queues honour priority."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sdtask.localstack.waiting import wait_for
+
+from .conftest import Cluster
+
+MODEL = "v1-5-pruned-emaonly.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runtime(cluster: Cluster) -> Iterator[None]:
+    cluster.models("solo", MODEL)
+    cluster.runtime("solo", "pool-b", checkpoint=MODEL, scaling={"minReplicas": 1, "maxReplicas": 1})
+    yield
+
+
+def slow_task(task_id: str, rounds: int) -> dict[str, Any]:
+    return {
+        "metadata": {"id": task_id, "runtime": "solo", "tasktype": "text-to-image", "prefix": "res"},
+        "content": {"prompt": task_id, "steps": 4, "width": 64, "height": 64, "batch_size": 8, "n_iter": rounds},
+    }
+
+
+def test_an_operator_crash_cuts_no_generation_and_loses_no_queued_task(cluster: Cluster) -> None:
+    cluster.submit(slow_task("in-flight", rounds=6))
+    wait_for(lambda: cluster.status("in-flight").get("phase") == "Running", 30, "the task to run")
+
+    cluster.system.operator.kill()  # the operator dies mid-generation...
+    cluster.submit(slow_task("while-down", rounds=1))  # ...and a task arrives while it is down
+    cluster.system.restart_operator()
+
+    first, second = cluster.wait_finished("in-flight"), cluster.wait_finished("while-down")
+    assert (first["status"]["phase"], first["status"]["attempts"]) == ("Succeeded", 1)  # never interrupted
+    assert second["status"]["phase"] == "Succeeded"
+
+
+def test_an_agent_crash_reruns_the_task_without_duplicate_outputs(cluster: Cluster) -> None:
+    cluster.submit(slow_task("crashed", rounds=4))
+    running = wait_for(lambda: (s := cluster.status("crashed")).get("phase") == "Running" and s, 30, "the task to run")
+
+    cluster.system.sidecars.crash_agent(cluster.namespace, running["pod"])
+
+    done = cluster.wait_finished("crashed")["status"]
+    assert done["phase"] == "Succeeded"
+    keys = cluster.s3_keys("res/crashed/")
+    assert len(keys) == 4 * 8 + 1 and keys.count("res/crashed/crashed.out") == 1  # 32 images, each once
+
+
+def test_higher_priority_tasks_run_first(cluster: Cluster) -> None:
+    cluster.submit(slow_task("blocker", rounds=4))
+    wait_for(lambda: cluster.status("blocker").get("phase") == "Running", 30, "the blocker to run")
+    cluster.submit(slow_task("low", rounds=1), priority=-5)
+    cluster.submit(slow_task("normal", rounds=1))
+    cluster.submit(slow_task("urgent", rounds=1), priority=100)
+
+    for name in ("low", "normal", "urgent"):
+        assert cluster.wait_finished(name)["status"]["phase"] == "Succeeded"
+    # Events carry microsecond times (status times are whole seconds).
+    assert sorted(("low", "normal", "urgent"), key=lambda name: cluster.event_time(name, "Started")) == [
+        "urgent",
+        "normal",
+        "low",
+    ]

@@ -197,8 +197,7 @@ async def end_failed_attempt(
         if retryable:
             message += f" (no retries left after {attempts} attempt(s))"
         await finish_task(kube, task, Outcome(Phase.FAILED, reason, message), component, policy)
-        await kube.patch_task_labels(meta["namespace"], meta["name"], {LABEL_POD: None})
-        return Phase.FAILED
+        return Phase.FAILED  # like a success, it keeps its pod label: which pod ran it
     retry_at = now_iso(outcome.not_before)
     message += f"; retrying after {retry_at} (attempt {attempts + 1} of {max_retries + 1})"
     conditions = set_condition(status.get("conditions"), "Running", False, reason, message, now)

@@ -30,7 +30,7 @@ def sample_png(seed: int, size: int = 16) -> bytes:
     return encode_png(size, size, rgb)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the operator lives only while the e2e tests run: it acts on every SDTask
 def system(stack: LocalStack, kube_api: ApiClient) -> Iterator[LocalSystem]:
     timing = StandinTiming(load_delay=0.3, image_delay=0.05)
     with LocalSystem(

@@ -125,7 +125,7 @@ class Agent:
                         version = obj["metadata"]["resourceVersion"]
                         if event["type"] in ("ADDED", "MODIFIED"):
                             self._offer(loop, obj)
-                        elif event["type"] == "DELETED":  # `kubectl delete sdt` cancels the task
+                        elif event["type"] == "DELETED" and self._deleted_for_real(obj):
                             asyncio.run_coroutine_threadsafe(self.execution.cancel(obj["metadata"]["uid"]), loop)
                         if self.stopping.is_set():
                             return
@@ -136,6 +136,11 @@ class Agent:
             except Exception as error:
                 log.warning("watching tasks failed: %s; retrying", error)
                 self.stopping.wait(2)
+
+    def _deleted_for_real(self, task: dict[str, Any]) -> bool:
+        """`kubectl delete sdt` cancels a task. A watch by label also reports DELETED when a task merely leaves the
+        selector (its pod label removed on requeue); then the object it shows no longer names this pod."""
+        return (task["metadata"].get("labels") or {}).get(LABEL_POD) == self.settings.pod_name
 
     def _offer(self, loop: asyncio.AbstractEventLoop, task: dict[str, Any]) -> None:
         if is_mine(task, self.settings.pod_name):

@@ -189,6 +189,15 @@ class Cluster:
         ordered = sorted(events, key=lambda e: (e.event_time or e.first_timestamp, e.metadata.name))
         return [(e.type, e.reason, e.message) for e in ordered]
 
+    def wait_for_event(self, name: str, event_type: str, reason: str, count: int = 1) -> list[tuple[str, str, str]]:
+        """Events are posted right after the status they tell of: wait for them rather than race them."""
+
+        def posted() -> list[tuple[str, str, str]] | None:
+            events = self.events(name)
+            return events if sum(1 for t, r, _ in events if (t, r) == (event_type, reason)) >= count else None
+
+        return wait_for(posted, 30, f"{count} {event_type} {reason} event(s) of {name}")
+
     def event_time(self, name: str, reason: str) -> Any:
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
         return next(e.event_time for e in events if e.reason == reason)

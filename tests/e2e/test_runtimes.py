@@ -138,7 +138,7 @@ def test_tasks_of_a_pod_that_vanishes_are_requeued(cluster: Cluster) -> None:
     assert done["status"]["phase"] == "Succeeded"
     assert done["status"]["attempts"] == 2
     assert done["status"]["pod"] != lost_pod
-    assert ("Warning", "PodLost") in [(t, r) for t, r, _ in cluster.events(name)]
+    cluster.wait_for_event(name, "Warning", "PodLost")
 
 
 def test_deleting_a_runtime_removes_its_deployment_and_pods(cluster: Cluster) -> None:

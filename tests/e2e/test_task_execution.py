@@ -124,11 +124,7 @@ def test_seed_image_to_image_task_succeeds_end_to_end(
 def test_describe_tells_the_story_of_a_task(cluster: Cluster, files: Files) -> None:
     cluster.submit(seed_task("story", files.publish("/story.png", sample_png(seed=2))))
     cluster.wait_finished("story")
-    reasons = wait_for(
-        lambda: (r := [reason for _, reason, _ in cluster.events("story")]) and "Completed" in r and r,
-        30,
-        "the Completed event",
-    )
+    reasons = [reason for _, reason, _ in cluster.wait_for_event("story", "Normal", "Completed")]
     assert [r for r in reasons if r in {"Queued", "Scheduled", "Started", "Completed"}] == [
         "Queued",
         "Scheduled",
@@ -208,7 +204,7 @@ def test_an_unreachable_link_fails_the_task_naming_the_url(cluster: Cluster, cal
     assert status["attempts"] == 1  # an input error is not retried
     body = wait_for(lambda: callbacks.for_id("bad-link"), 30, "the failure callback")[0]["body"]
     assert body["result"] is False and url in body["error"]
-    assert ("Warning", "LinkFailed") in [(t, r) for t, r, _ in cluster.events("bad-link")]
+    cluster.wait_for_event("bad-link", "Warning", "LinkFailed")
 
 
 def test_an_unknown_runtime_fails_at_once(cluster: Cluster) -> None:
@@ -218,7 +214,7 @@ def test_an_unknown_runtime_fails_at_once(cluster: Cluster) -> None:
     assert status["phase"] == "Failed"
     assert status["reason"] == "UnknownRuntime"
     assert "no-such-runtime" in status["message"]
-    assert any(r == "UnknownRuntime" for _, r, _ in cluster.events("lost"))
+    cluster.wait_for_event("lost", "Warning", "UnknownRuntime")
 
 
 def test_a_static_runtime_refuses_another_model_and_never_switches(cluster: Cluster) -> None:
@@ -355,7 +351,8 @@ def test_an_unwritable_output_bucket_is_retried_then_fails_clearly(cluster: Clus
     assert (status["phase"], status["reason"]) == ("Failed", "OutputUploadFailed")
     assert status["attempts"] == 2  # an infrastructure failure is retried, within maxRetries
     assert "s3://missing-bucket" in status["message"]
-    warnings = [r for t, r, _ in cluster.events("nowhere-to-write") if t == "Warning"]
+    events = cluster.wait_for_event("nowhere-to-write", "Warning", "OutputUploadFailed", count=2)
+    warnings = [r for t, r, _ in events if t == "Warning"]
     assert warnings == ["OutputUploadFailed", "OutputUploadFailed"]  # the retry, then the final failure
     # The agent lives on: the same runtime still reports a pod ready for the next task.
     assert cluster.get_runtime("no-bucket")["status"]["readyReplicas"] >= 1

@@ -7,7 +7,6 @@ defaulting, schema and CEL validation exactly as for a real create, and stores n
 
 from __future__ import annotations
 
-import copy
 import json
 import uuid
 from pathlib import Path
@@ -20,13 +19,14 @@ from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, SDRUNTIME_RESOURCE, SDTASK_RESOURCE, VERSION, SDRuntime, SDTask
 from sdtask.api.common import ResourceDefinition
-from sdtask.api.task import MAX_INLINE_IMAGE_CHARS, RUNTIME_OR_CHECKPOINT_MESSAGE
+from sdtask.api.task import RUNTIME_OR_CHECKPOINT_MESSAGE
+from tests.api_cases import DELETE, INVALID_TASKS, SEED_CONTENT, SEED_METADATA
+from tests.api_cases import changed as change
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RESOURCES_BY_KIND = {"SDTask": SDTASK_RESOURCE, "SDRuntime": SDRUNTIME_RESOURCE}
-DELETE = object()
 
 
 def example(name: str) -> dict[str, Any]:
@@ -39,17 +39,9 @@ STATIC_RUNTIME = example("runtime-static.yaml")
 
 
 def changed(body: dict[str, Any], path: str, value: Any = DELETE) -> dict[str, Any]:
-    """A deep copy of `body` with the dotted `path` set to `value`, or removed; a fresh name to avoid clashes."""
-    result = copy.deepcopy(body)
+    """The shared `changed`, with a fresh name so objects created by several tests don't clash."""
+    result = change(body, path, value)
     result["metadata"] = {"name": f"{body['metadata']['name']}-{uuid.uuid4().hex[:8]}"}
-    *parents, last = path.split(".")
-    node = result
-    for key in parents:
-        node = node.setdefault(key, {})
-    if value is DELETE:
-        del node[last]
-    else:
-        node[last] = value
     return result
 
 
@@ -117,41 +109,10 @@ def test_runtime_defaults_are_filled_in_by_the_server(kube_api: client.ApiClient
     assert spec == SDRuntime.from_body(minimal).to_api()["spec"]
 
 
-TASK_METADATA = "spec.task.metadata"
-TASK_CONTENT = "spec.task.content"
+TASK_METADATA, TASK_CONTENT = SEED_METADATA, SEED_CONTENT
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "field"),
-    [
-        pytest.param(f"{TASK_METADATA}.id", DELETE, f"{TASK_METADATA}.id", id="missing-id"),
-        pytest.param(f"{TASK_METADATA}.runtime", DELETE, f"{TASK_METADATA}.runtime", id="missing-runtime"),
-        pytest.param(f"{TASK_METADATA}.tasktype", DELETE, f"{TASK_METADATA}.tasktype", id="missing-tasktype"),
-        pytest.param(f"{TASK_METADATA}.prefix", DELETE, f"{TASK_METADATA}.prefix", id="missing-prefix"),
-        pytest.param(f"{TASK_METADATA}.tasktype", "image-to-video", f"{TASK_METADATA}.tasktype", id="unknown-tasktype"),
-        pytest.param(f"{TASK_METADATA}.id", "/abs", f"{TASK_METADATA}.id", id="id-leading-slash"),
-        pytest.param(f"{TASK_METADATA}.id", "a/../b", f"{TASK_METADATA}.id", id="id-parent-segment"),
-        pytest.param(f"{TASK_METADATA}.prefix", "out/..", f"{TASK_METADATA}.prefix", id="prefix-parent-segment"),
-        pytest.param(f"{TASK_METADATA}.runtime", "Bad_Name", f"{TASK_METADATA}.runtime", id="runtime-not-dns"),
-        pytest.param(
-            f"{TASK_CONTENT}.init_images",
-            ["A" * (MAX_INLINE_IMAGE_CHARS + 1)],
-            f"{TASK_CONTENT}.init_images",
-            id="oversize-init-image",
-        ),
-        pytest.param(
-            f"{TASK_CONTENT}.init_images",
-            ["https://assets.example.com/x.png"] * 17,
-            f"{TASK_CONTENT}.init_images",
-            id="too-many-init-images",
-        ),
-        pytest.param(f"{TASK_CONTENT}.steps", "16", f"{TASK_CONTENT}.steps", id="steps-string"),
-        pytest.param(f"{TASK_CONTENT}.width", 8192, f"{TASK_CONTENT}.width", id="width-too-large"),
-        pytest.param(f"{TASK_CONTENT}.prompt", 5, f"{TASK_CONTENT}.prompt", id="prompt-not-a-string"),
-        pytest.param("spec.priority", 5000, "spec.priority", id="priority-too-high"),
-        pytest.param("spec.callback", {"url": "ftp://hooks.example.com"}, "spec.callback.url", id="callback-not-http"),
-    ],
-)
+@pytest.mark.parametrize(("path", "value", "field"), INVALID_TASKS)
 def test_invalid_task_is_refused_naming_the_field(
     kube_api: client.ApiClient, namespace: str, path: str, value: Any, field: str
 ) -> None:

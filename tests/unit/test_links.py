@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
 from sdtask.links import (
@@ -462,15 +461,6 @@ def test_unresolvable_host() -> None:
 
 
 # --- LinkFetcher over s3 ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="module")

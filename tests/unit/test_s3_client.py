@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from sdtask.clients.s3 import (
     ObjectTooLarge,
@@ -28,17 +26,8 @@ SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(endpoint: str) -> S3Client:
-    s3 = make_s3_client(S3Settings(endpoint, "us-east-1", "AKIAEXAMPLE", SECRET))
+def client(s3_endpoint: str) -> S3Client:
+    s3 = make_s3_client(S3Settings(s3_endpoint, "us-east-1", "AKIAEXAMPLE", SECRET))
     s3.create_bucket(Bucket=BUCKET)
     return s3
 
@@ -49,13 +38,15 @@ def test_settings_repr_never_shows_credentials() -> None:
     assert "eu-west-1" in repr(settings)
 
 
-def test_client_configuration(endpoint: str) -> None:
-    s3 = make_s3_client(S3Settings(endpoint, "eu-west-1", "a", "b", connect_timeout=3, read_timeout=7, max_attempts=4))
+def test_client_configuration(s3_endpoint: str) -> None:
+    s3 = make_s3_client(
+        S3Settings(s3_endpoint, "eu-west-1", "a", "b", connect_timeout=3, read_timeout=7, max_attempts=4)
+    )
     config: Any = s3.meta.config  # the stubs do not list the Config attributes
     assert config.s3 == {"addressing_style": "path"}
     assert (config.connect_timeout, config.read_timeout) == (3, 7)
     assert config.retries == {"total_max_attempts": 4, "mode": "standard"}
-    assert s3.meta.region_name == "eu-west-1" and s3.meta.endpoint_url == endpoint
+    assert s3.meta.region_name == "eu-west-1" and s3.meta.endpoint_url == s3_endpoint
     # on AWS itself the SDK picks the addressing style
     aws_config: Any = make_s3_client(S3Settings(None, "us-east-1", "a", "b")).meta.config
     assert aws_config.s3 is None

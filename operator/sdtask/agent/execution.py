@@ -185,6 +185,7 @@ class TaskExecution:
         wanted = (task.get("status") or {}).get("model") or call.checkpoint
         model = await self._ensure_model(wanted)
         timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
+        self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
         try:
             response = await self.webui.generate(call.endpoint, payload, timeout)
         except WebUITimeout as error:

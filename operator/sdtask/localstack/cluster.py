@@ -7,7 +7,6 @@ collection, and kwok playing the kubelets.
 from __future__ import annotations
 
 import ssl
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import yaml
 
 from sdtask.localstack import certs
 from sdtask.localstack.binaries import Binaries
-from sdtask.localstack.processes import ManagedProcess, StackError, ensure_port_free, free_port
+from sdtask.localstack.processes import ManagedProcess, StackError, ensure_port_free, free_port, http_ok
 
 START_TIMEOUT = 90.0
 
@@ -53,11 +52,6 @@ _PORT_OWNERS = {
     "controller_manager": "kube-controller-manager",
     "scheduler": "kube-scheduler",
 }
-
-
-def _https_ok(url: str, context: ssl.SSLContext) -> bool:
-    with urllib.request.urlopen(url, context=context, timeout=2) as response:
-        return bool(response.status == 200)
 
 
 def write_kubeconfig(path: Path, server: str, tls: certs.ClusterCertificates) -> None:
@@ -124,7 +118,7 @@ class LocalControlPlane:
                 "--log-level=warn",
             ],
         )
-        etcd.wait_until(lambda: _health(f"{etcd_url}/health"), START_TIMEOUT, "healthy")
+        etcd.wait_until(lambda: http_ok(f"{etcd_url}/health"), START_TIMEOUT, "healthy")
 
         self.server = f"https://127.0.0.1:{ports.apiserver}"
         apiserver = self._spawn(
@@ -149,7 +143,7 @@ class LocalControlPlane:
                 "--v=0",
             ],
         )
-        apiserver.wait_until(lambda: _https_ok(f"{self.server}/readyz", admin_tls), START_TIMEOUT, "ready (/readyz)")
+        apiserver.wait_until(lambda: http_ok(f"{self.server}/readyz", admin_tls), START_TIMEOUT, "ready (/readyz)")
         write_kubeconfig(self.kubeconfig, self.server, tls)
 
         kcm = self._spawn(
@@ -197,12 +191,12 @@ class LocalControlPlane:
             ],
         )
         kcm.wait_until(
-            lambda: _https_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure),
+            lambda: http_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure),
             START_TIMEOUT,
             "healthy (/healthz)",
         )
         scheduler.wait_until(
-            lambda: _https_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", insecure),
+            lambda: http_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", insecure),
             START_TIMEOUT,
             "healthy (/healthz)",
         )
@@ -230,8 +224,3 @@ class LocalControlPlane:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
-
-
-def _health(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)

@@ -6,8 +6,10 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +31,12 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """A readiness probe for `ManagedProcess.wait_until` (which treats a refused connection as not ready yet)."""
+    with urllib.request.urlopen(url, context=context, timeout=2) as response:
+        return bool(response.status == 200)
 
 
 def free_port() -> int:

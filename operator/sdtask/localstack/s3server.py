@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdtask.localstack.processes import ManagedProcess, ensure_port_free, free_port
+from sdtask.localstack.processes import ManagedProcess, ensure_port_free, free_port, http_ok
 
 # moto accepts any credentials; fixed ones keep .dev/env stable and obviously fake.
 LOCAL_ACCESS_KEY = "sdtask-local"
@@ -21,11 +20,6 @@ class S3Endpoint:
     region: str = LOCAL_REGION
     access_key_id: str = LOCAL_ACCESS_KEY
     secret_access_key: str = LOCAL_SECRET_KEY
-
-
-def _reachable(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status < 500)
 
 
 class LocalS3Server:
@@ -42,7 +36,7 @@ class LocalS3Server:
 
     def start(self) -> LocalS3Server:
         self.process.start()
-        self.process.wait_until(lambda: _reachable(self.endpoint.url + "/moto-api/"), 60, "serving")
+        self.process.wait_until(lambda: http_ok(self.endpoint.url + "/moto-api/"), 60, "serving")
         return self
 
     def stop(self) -> None:

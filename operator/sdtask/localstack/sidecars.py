@@ -9,11 +9,9 @@ When the pod goes away, the agent is told to stop as the kubelet would (SIGTERM)
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import sys
 import threading
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 
 from sdtask.constants import AGENT_CONTAINER, LABEL_RUNTIME, WEBUI_CONTAINER
-from sdtask.localstack.processes import ManagedProcess, free_port
+from sdtask.localstack.processes import ManagedProcess, free_port, http_ok
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +170,7 @@ class SidecarSimulator:
             pod_dir / "webui.log",
         ).start()
         webui_url = f"http://127.0.0.1:{port}"
-        webui.wait_until(lambda: _ok(f"{webui_url}/internal/ping"), 30, "serving")
+        webui.wait_until(lambda: http_ok(f"{webui_url}/internal/ping"), 30, "serving")
         env = resolve_env(CoreV1Api(client), serialized, containers[AGENT_CONTAINER].get("env") or [])
         env.update({key: value for key, value in self.default_agent_env.items() if not env.get(key)})
         env.update(
@@ -217,9 +215,3 @@ def resolve_env(core: CoreV1Api, pod: dict[str, Any], env: list[dict[str, Any]])
             secret = core.read_namespaced_secret(ref["name"], pod["metadata"]["namespace"])
             resolved[item["name"]] = base64.b64decode((secret.data or {})[ref["key"]]).decode()
     return resolved
-
-
-def _ok(url: str) -> bool:
-    with contextlib.suppress(Exception), urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)
-    return False

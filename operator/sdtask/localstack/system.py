@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import sys
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
 from sdtask.localstack.crds import install_crds
-from sdtask.localstack.processes import ManagedProcess, free_port
+from sdtask.localstack.processes import ManagedProcess, free_port, http_ok
 from sdtask.localstack.sidecars import SidecarSimulator, StandinTiming
 from sdtask.localstack.stack import LocalStack
 
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
-
-
-def _metrics_up(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)
 
 
 class LocalSystem:
@@ -71,8 +65,7 @@ class LocalSystem:
         try:
             with self.stack.api_client() as client:
                 install_crds(client, self.crds)
-            self.operator.start()
-            self.operator.wait_until(lambda: _metrics_up(self.metrics_url), 60, "serving metrics")
+            self._start_operator()
             self.sidecars.start()
         except BaseException:
             self.stop()
@@ -85,8 +78,11 @@ class LocalSystem:
             self.operator.kill()
         else:
             self.operator.stop()
+        self._start_operator()
+
+    def _start_operator(self) -> None:
         self.operator.start()
-        self.operator.wait_until(lambda: _metrics_up(self.metrics_url), 60, "serving metrics")
+        self.operator.wait_until(lambda: http_ok(self.metrics_url), 60, "serving metrics")
 
     def stop(self) -> None:
         self.sidecars.stop()

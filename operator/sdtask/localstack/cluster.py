@@ -77,10 +77,10 @@ def write_kubeconfig(path: Path, server: str, tls: certs.ClusterCertificates) ->
 class LocalControlPlane:
     def __init__(self, binaries: Binaries, workdir: Path, ports: ClusterPorts | None = None) -> None:
         self.binaries = binaries
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # paths inside the kubeconfig must not depend on the current folder
         self.requested_ports = ports or ClusterPorts()
         self.processes: list[ManagedProcess] = []
-        self.kubeconfig = workdir / "kubeconfig"
+        self.kubeconfig = self.workdir / "kubeconfig"
         self.server = ""
 
     def _spawn(self, component: str, argv: list[str]) -> ManagedProcess:

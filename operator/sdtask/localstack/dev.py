@@ -22,6 +22,7 @@ def run_dev(state_dir: Path) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    state_dir = state_dir.resolve()
     shutil.rmtree(state_dir / "stack", ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     with LocalStack(workdir=state_dir / "stack") as stack, LocalSystem(stack) as system:

@@ -38,7 +38,9 @@ class LocalStack:
         bucket: str = DEFAULT_BUCKET,
     ) -> None:
         self._owns_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sdtask-stack-"))
+        # Absolute: the kubeconfig names its certificates by path, and a relative path would be resolved again
+        # against the kubeconfig's own folder by every client.
+        self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="sdtask-stack-"))).resolve()
         self.pools = pools
         self.ports = ports
         self.bucket = bucket

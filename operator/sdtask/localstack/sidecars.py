@@ -47,6 +47,8 @@ class SidecarSimulator:
     workdir: Path
     models_root: Path
     timing: StandinTiming = field(default_factory=StandinTiming)
+    # Per runtime name, for benchmarks that give each runtime its own service and switch times.
+    timings: dict[str, StandinTiming] = field(default_factory=dict)
     extra_agent_env: dict[str, str] = field(default_factory=dict)
     # Used where the pod spec leaves a variable empty (e.g. no S3 endpoint: pod identity -> the local S3 server).
     default_agent_env: dict[str, str] = field(default_factory=dict)
@@ -150,6 +152,7 @@ class SidecarSimulator:
         initial = initial_model_args(webui_args)
         if initial and not (models / initial[1]).exists():
             (models / initial[1]).write_bytes(b"stand-in weights")  # a static runtime's volume holds its checkpoint
+        timing = self.timings.get(runtime, self.timing)
         port = free_port()
         webui = ManagedProcess(
             f"stand-in webui {name}",
@@ -162,9 +165,9 @@ class SidecarSimulator:
                 "--models-dir",
                 str(models),
                 "--load-delay",
-                str(self.timing.load_delay),
+                str(timing.load_delay),
                 "--image-delay",
-                str(self.timing.image_delay),
+                str(timing.image_delay),
                 *initial_model_args(containers[WEBUI_CONTAINER].get("args") or []),
             ],
             pod_dir / "webui.log",

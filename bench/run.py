@@ -32,6 +32,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -169,7 +170,7 @@ class Bench:
     def _thread_custom(self) -> CustomObjectsApi:
         if not hasattr(self.local, "custom"):
             self.local.custom = CustomObjectsApi(self.stack.api_client())
-        return self.local.custom  # type: ignore[no-any-return]
+        return self.local.custom
 
     def runtime(self, name: str, *, namespace: str | None = None, timing: StandinTiming, **spec: Any) -> None:
         self.system.sidecars.timings[name] = timing
@@ -241,7 +242,7 @@ class Bench:
         response = self.client.call_api(
             "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True
         )
-        counts: dict[tuple[str, str, str], float] = collections.Counter()
+        counts: dict[tuple[str, str, str], float] = collections.defaultdict(float)
         for line in response.data.decode().splitlines():
             if not line.startswith("apiserver_request_total{"):
                 continue
@@ -491,7 +492,7 @@ class Bench:
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(
             [
-                str(Path(os.sys.executable).parent / "py-spy"),
+                str(Path(sys.executable).parent / "py-spy"),
                 "record",
                 "--pid",
                 str(self.system.operator.pid),
@@ -610,8 +611,12 @@ def main() -> int:
         results: dict[str, Any] = {}
 
         def step(name: str, work: Any) -> Any:
+            """One scenario; a failure is recorded as such and the run goes on to the next."""
             began = time.monotonic()
-            value = work()
+            try:
+                value = work()
+            except Exception as error:
+                value = {"error": f"{type(error).__name__}: {error}"}
             print(f"[bench] {name}: {time.monotonic() - began:.1f}s {json.dumps(value)}", flush=True)
             return value
 
@@ -637,9 +642,13 @@ def main() -> int:
         "seconds": round(time.monotonic() - started, 1),
     }
     results["targets"] = TARGETS
-    results["table"] = table(results).splitlines()
+    try:
+        printed = table(results)
+    except (KeyError, TypeError, ZeroDivisionError):  # a scenario failed: its error is in the results
+        printed = "(no table: a scenario failed, see its error in the results)"
+    results["table"] = printed.splitlines()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    print(printed)
     print(f"written to {args.output} in {results['machine']['seconds']} s")
     return 0
 

@@ -30,7 +30,10 @@ class OperatorSettings:
     agent_service_account: str = "sdtask-agent"
     # Namespaces to watch; empty means the whole cluster.
     namespaces: tuple[str, ...] = ()
-    affinity_window: int = 16
+    affinity_window: int = 256  # queued tasks of a priority class the scheduler looks at per pass
+    # Finished tasks without their own ttlSecondsAfterFinished are deleted this long after they end (their outputs
+    # stay in S3); 0 keeps them.
+    finished_ttl_seconds: float = 3600.0
     starvation_limit_seconds: float = 120.0
     retry_backoff_seconds: float = 10.0
     housekeeping_interval_seconds: float = 5.0
@@ -48,6 +51,7 @@ class OperatorSettings:
             affinity_window=int(_env_float("SDTASK_AFFINITY_WINDOW", cls.affinity_window)),
             starvation_limit_seconds=_env_float("SDTASK_STARVATION_LIMIT_SECONDS", cls.starvation_limit_seconds),
             retry_backoff_seconds=_env_float("SDTASK_RETRY_BACKOFF_SECONDS", cls.retry_backoff_seconds),
+            finished_ttl_seconds=_env_float("SDTASK_FINISHED_TTL_SECONDS", cls.finished_ttl_seconds),
             housekeeping_interval_seconds=_env_float("SDTASK_HOUSEKEEPING_SECONDS", cls.housekeeping_interval_seconds),
             metrics_port=int(_env_float("SDTASK_METRICS_PORT", cls.metrics_port)),
             allow_private_callbacks=_env_bool("SDTASK_ALLOW_PRIVATE_CALLBACKS"),

@@ -15,8 +15,10 @@ class ScalingPolicy:
     scale_down_delay: dt.timedelta = dt.timedelta(minutes=5)
 
 
-def demand(queued: int, running: int, tasks_per_replica: int) -> int:
-    return math.ceil((queued + running) / max(tasks_per_replica, 1))
+def demand(queued: int, running: int, tasks_per_replica: int, models: int = 0) -> int:
+    """Pods the work asks for: one per `tasks_per_replica` tasks, and on a dynamic runtime at least one per model
+    among them, since a pod serves one model at a time and a switch costs a load."""
+    return max(math.ceil((queued + running) / max(tasks_per_replica, 1)), models if queued + running else 0)
 
 
 def desired_replicas(
@@ -28,13 +30,15 @@ def desired_replicas(
     current: int,
     last_needed: dt.datetime | None,
     now: dt.datetime,
+    models: int = 0,
 ) -> int:
-    """ceil((queued + running) / tasksPerReplica) clamped to min..max.
+    """ceil((queued + running) / tasksPerReplica), at least the number of `models` wanted, clamped to min..max.
 
     Up at once; down only after `scale_down_delay` without demand for the current size (`last_needed` is when demand
     last reached it), and never below the number of busy pods, so a scale-down can only take idle pods.
     """
-    target = min(max(demand(queued, running, policy.tasks_per_replica), policy.min_replicas), policy.max_replicas)
+    wanted = demand(queued, running, policy.tasks_per_replica, models)
+    target = min(max(wanted, policy.min_replicas), policy.max_replicas)
     target = max(target, busy_pods)
     if target >= current:
         return target

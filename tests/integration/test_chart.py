@@ -26,7 +26,6 @@ from kubernetes.client.exceptions import ApiException
 from sdtask.api import GROUP, VERSION
 from sdtask.cli import build_parser
 from sdtask.config import OperatorSettings
-from sdtask.constants import LABEL_RUNTIME
 from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, deployment_name
 from sdtask.localstack.helm import HelmError, ensure_helm, run_helm
 from sdtask.localstack.processes import ManagedProcess, free_port
@@ -554,16 +553,20 @@ def test_operator_runs_with_exactly_the_chart_permissions(
                 GROUP, VERSION, namespace, "sdtasks", task["metadata"]["name"]
             )
             status = body.get("status") or {}
-            labelled = (body["metadata"].get("labels") or {}).get(LABEL_RUNTIME) == name
-            return body if status.get("phase") and status.get("runtime") == name and labelled else None
+            return body if status.get("phase") and status.get("runtime") == name else None
 
-        wait_for(queued, 30, "the task admitted onto the runtime (status and label patched)")
+        wait_for(queued, 30, "the task admitted onto the runtime (status patched)")
+        # A task for a runtime that doesn't exist fails at once with an Event: the operator's RBAC lets it post them.
+        stray = json.loads(json.dumps(task))
+        stray["metadata"]["name"] = "stray"
+        stray["spec"]["task"]["metadata"]["runtime"] = "no-such-runtime"
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "sdtasks", stray)
 
-        def queued_events() -> list[Any]:
+        def rejection_events() -> list[Any]:
             events = core.list_namespaced_event(namespace).items
-            return [e for e in events if e.reason == "Queued" and e.involved_object.name == task["metadata"]["name"]]
+            return [e for e in events if e.reason == "UnknownRuntime" and e.involved_object.name == "stray"]
 
-        wait_for(queued_events, 30, "the Queued Event the operator posts")
+        wait_for(rejection_events, 30, "the UnknownRuntime Event the operator posts")
 
         def runtime_reconciled() -> bool:
             body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)

@@ -1,7 +1,7 @@
 import datetime as dt
 
 from sdtask.constants import Phase
-from sdtask.controller.runtimes import busy_pods, runtime_conditions
+from sdtask.controller.runtimes import Claim, busy_pods, pod_work, runtime_conditions
 from sdtask.controller.views import PodView, task_view
 from sdtask.retry import after_failed_attempt, backoff
 
@@ -33,7 +33,19 @@ def test_pending_pods_without_gpus_degrade_the_runtime_with_the_scheduler_reason
 def test_a_pod_is_busy_while_its_task_is_scheduled_or_running_or_just_claimed() -> None:
     running = task_view({"metadata": {"name": "t"}, "status": {"phase": "Running", "pod": "p1"}})
     done = task_view({"metadata": {"name": "u"}, "status": {"phase": "Succeeded", "pod": "p2"}})
-    assert busy_pods([running, done], {"p3": ("v", NOW)}) == {"p1", "p3"}
+    work = pod_work([running, done], {"v": Claim("p3", None, NOW)}, {"p1": None, "p2": None, "p3": None})
+    assert busy_pods(work) == {"p1", "p3"}
+
+
+def test_a_pod_holds_its_running_task_and_the_one_assigned_ahead_and_will_have_that_ones_model() -> None:
+    running = task_view({"metadata": {"name": "r"}, "status": {"phase": "Running", "pod": "p", "model": "a"}})
+    ahead = task_view({"metadata": {"name": "s"}, "status": {"phase": "Scheduled", "pod": "p", "model": "b"}})
+    work = pod_work([ahead, running], {}, {"p": "a [123]", "idle": "c"})
+    assert (work["p"].load, work["p"].running, work["p"].model) == (2, "r", "b")
+    assert (work["idle"].load, work["idle"].model) == (0, "c")
+    # A claim (dispatched, not yet seen by the index) counts and names the model last.
+    claimed = pod_work([running], {"c": Claim("p", "z", NOW)}, {"p": "a"})
+    assert (claimed["p"].load, claimed["p"].model) == (2, "z")
 
 
 def test_infrastructure_failures_retry_with_growing_backoff_then_fail() -> None:

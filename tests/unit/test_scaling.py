@@ -46,3 +46,10 @@ def test_scale_down_waits_for_the_delay() -> None:
 
 def test_never_below_busy_pods() -> None:
     assert desired(running=1, busy_pods=3, current=3, last_needed=NOW - dt.timedelta(hours=1)) == 3
+
+
+def test_a_dynamic_runtime_wants_a_pod_per_queued_model_within_max() -> None:
+    # 6 tasks at 2 per replica ask for 3 pods; over 4 models they ask for 4 (each model on its own pod, no switching).
+    assert desired(queued=6, models=4) == 4
+    assert desired(queued=6, models=9) == 4  # clamped to max
+    assert desired(queued=0, models=0) == 0

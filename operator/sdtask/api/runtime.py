@@ -122,6 +122,39 @@ class ScalingSpec(SpecModel):
         return self
 
 
+SchedulingPolicy = Literal["switch-aware", "fifo"]
+
+
+class SchedulingSpec(SpecModel):
+    """Which queued task goes to which pod (see sdtask.scheduling)."""
+
+    policy: SchedulingPolicy = Field(
+        default="switch-aware",
+        description=(
+            "switch-aware: a pod stays on its model while that model has queued work, and switches to the model with "
+            "the most queued work per pod; fifo: strict priority-then-arrival order."
+        ),
+    )
+    tasks_ahead: int = Field(
+        default=1,
+        description=(
+            "Tasks assigned to a pod beyond the one it runs, so its agent starts the next one without waiting for the "
+            "operator; 0 assigns only to idle pods. A higher-priority arrival waits behind at most this many."
+        ),
+        ge=0,
+        le=8,
+    )
+    min_tasks_per_switch: int = Field(
+        default=4,
+        description=(
+            "A pod loads a model other pods already serve only when that gives it at least this many queued tasks "
+            "(a load costs about this many generations)."
+        ),
+        ge=1,
+        le=1000,
+    )
+
+
 class OutputSpec(SpecModel):
     """The S3 bucket the outputs are written to."""
 
@@ -207,6 +240,11 @@ class SDRuntimeSpec(SpecModel):
     scaling: ScalingSpec = Field(
         default_factory=ScalingSpec,
         description="Replica count driven by the queue.",
+        json_schema_extra=DEFAULTED_OBJECT,
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="How queued tasks are placed on pods.",
         json_schema_extra=DEFAULTED_OBJECT,
     )
     output: OutputSpec = Field(description="The S3 bucket the outputs are written to.")

@@ -22,15 +22,23 @@ from sdtask.constants import GROUP, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 FIELD_MANAGER = "sdtask-operator"
 
 
+# Worker threads for the blocking client; the connection pool matches, so no thread waits for (or discards) a
+# connection. The operator sets its event loop's default executor to this size (see sdtask.controller.main).
+THREADS = 32
+
+
 def load_api_client(kubeconfig: str | None = None) -> ApiClient:
     """In a pod: the service account. Elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    configuration = kubernetes.client.Configuration()
     if kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return ApiClient()
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = THREADS
+    return ApiClient(configuration)
 
 
 def is_conflict(error: BaseException) -> bool:
@@ -82,13 +90,15 @@ class Kube:
             {"metadata": {"labels": labels}},
         )
 
-    async def delete_task(self, namespace: str, name: str) -> None:
+    async def delete_task(self, namespace: str, name: str, uid: str = "") -> None:
+        """With a uid, only that task: a new one created under the same name meanwhile stays (409)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
         try:
             await asyncio.to_thread(
-                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, TASK_PLURAL, name
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, TASK_PLURAL, name, body=body
             )
         except ApiException as error:
-            if error.status != 404:
+            if error.status not in (404, 409):
                 raise
 
     def watch_tasks(self, namespace: str, label_selector: str, resource_version: str, timeout: int) -> Any:

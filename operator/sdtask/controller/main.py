@@ -7,19 +7,30 @@ copies a task's spec into an annotation (specs may be large) and never adds fina
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import datetime as dt
 import logging
 from typing import Any
 
 import kopf
 
-from sdtask.clients.kube import Kube, load_api_client
+from sdtask.clients.kube import THREADS, Kube, load_api_client
 from sdtask.completion import CallbackPolicy
 from sdtask.config import OperatorSettings
-from sdtask.constants import GROUP, LABEL_MANAGED_BY, LABEL_RUNTIME, MANAGER, RUNTIME_PLURAL, TASK_PLURAL, VERSION
+from sdtask.constants import (
+    FINISHED_PHASES,
+    GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_RUNTIME,
+    MANAGER,
+    RUNTIME_PLURAL,
+    TASK_PLURAL,
+    VERSION,
+)
 from sdtask.controller import metrics
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
-from sdtask.controller.tasks import admit_task, housekeep
+from sdtask.controller.tasks import Timers, admit_task, fail_orphans, next_housekeeping, run_due
 from sdtask.controller.views import pod_view, runtime_info, task_view
 from sdtask.deployment import deployment_name
 
@@ -46,7 +57,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 60
     config = OperatorSettings.from_env()
     memo.config = config
+    # The blocking Kubernetes client runs in threads: enough of them that a burst of admissions (bounded below) and
+    # the dispatches never queue behind each other in asyncio's default pool (cores + 4 threads).
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="kube")
+    )
     memo.kube = Kube(load_api_client())
+    memo.admissions = asyncio.Semaphore(THREADS // 2)
+    memo.timers = Timers()
+    memo.timers_changed = asyncio.Event()
     memo.runtimes = {}
     memo.callbacks = CallbackPolicy(
         allow_private=config.allow_private_callbacks, allowed_hosts=config.allowed_callback_hosts
@@ -66,8 +85,12 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 # --- indices: the operator's in-memory view of the cluster ---------------------------------------------------------
 @kopf.index(GROUP, VERSION, TASK_PLURAL)
-def task_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+def task_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any] | None:
+    """Unfinished tasks only: finished ones need nothing but their TTL timer, and would make every pass and the
+    operator's memory grow with the history."""
     view = task_view(body)
+    if view.phase in FINISHED_PHASES:
+        return None
     return {(view.namespace, view.runtime): view}
 
 
@@ -99,9 +122,21 @@ async def task_event(type: str, body: kopf.Body, namespace: str | None, memo: ko
         # kopf hands indices only to handlers, and they are live: the first task event gives them to the housekeeper.
         memo.housekeeper = asyncio.create_task(housekeeper(memo, task_index, runtime_index))
     view = task_view(body)
+    _set_timer(memo, type, view)
     if type != "DELETED" and view.phase is None:
-        await admit_task(memo.kube, dict(body), list(runtime_index.get(namespace or "", [])), memo.callbacks)
-    _wake(memo, namespace, view.runtime)
+        async with memo.admissions:
+            await admit_task(memo.kube, dict(body), list(runtime_index.get(namespace or "", [])), memo.callbacks)
+    if view.phase not in FINISHED_PHASES or type == "DELETED":
+        _wake(memo, namespace, view.runtime)
+
+
+def _set_timer(memo: Any, type: str, view: Any) -> None:
+    timers: Timers = memo.timers
+    when, kind = (None, "") if type == "DELETED" else next_housekeeping(view, memo.config.finished_ttl_seconds)
+    earliest = timers.next_at()
+    timers.set((view.namespace, view.name), when, kind, view.uid)
+    if when is not None and (earliest is None or when < earliest):
+        memo.timers_changed.set()  # the housekeeper sleeps until the earliest timer: this one is earlier
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
@@ -172,11 +207,33 @@ async def runtime_daemon(
 async def housekeeper(
     memo: kopf.Memo, task_index: kopf.Index[tuple[str, str], Any], runtime_index: kopf.Index[str, Any]
 ) -> None:
+    """TTLs and deadlines on timers (a pass costs what is due); orphans by a look at each runtime's queue every
+    `housekeeping_interval_seconds` (a look per runtime, not per task)."""
+    timers: Timers = memo.timers
+    interval = memo.config.housekeeping_interval_seconds
+    next_orphan_check = 0.0
+    loop = asyncio.get_running_loop()
     while True:
         try:
-            runtimes = {ns: {r.name for r in runtime_index.get(ns, [])} for ns in list(runtime_index)}
-            tasks = [view for key in list(task_index) for view in task_index.get(key, [])]
-            await housekeep(memo.kube, tasks, runtimes, memo.callbacks)
+            now = dt.datetime.now(dt.UTC)
+            due = timers.pop_due(now)
+            if due:
+                await run_due(memo.kube, due, memo.callbacks)
+            if loop.time() >= next_orphan_check:
+                next_orphan_check = loop.time() + interval
+                runtimes = {ns: {r.name for r in runtime_index.get(ns, [])} for ns in list(runtime_index)}
+                gone = [k for k in list(task_index) if k[1] and k[1] not in runtimes.get(k[0], set())]
+                if gone:
+                    queues = {key: list(task_index.get(key, [])) for key in gone}
+                    await fail_orphans(memo.kube, queues, runtimes, memo.callbacks)
         except Exception as error:  # keep housekeeping alive through API hiccups
             log.warning("housekeeping pass failed: %s", error)
-        await asyncio.sleep(memo.config.housekeeping_interval_seconds)
+        if due and len(due) >= 256:
+            continue  # more are due: no sleep
+        earliest = timers.next_at()
+        wait = max(min(interval, next_orphan_check - loop.time()), 0.0)
+        if earliest is not None:
+            wait = min(wait, max((earliest - dt.datetime.now(dt.UTC)).total_seconds(), 0.0))
+        memo.timers_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(memo.timers_changed.wait(), timeout=wait)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,17 +19,26 @@ from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import CallbackPolicy, end_failed_attempt
 from sdtask.conditions import set_condition
 from sdtask.config import OperatorSettings
-from sdtask.constants import ACTIVE_PHASES, LABEL_POD, POD_DELETION_COST, Phase
+from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
 from sdtask.scaling import ScalingPolicy, demand, desired_replicas
-from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments
+from sdtask.scheduling import AheadTask, IdlePod, Policy, QueuedTask, plan_assignments, reclaims
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-operator"
 
 TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A dispatch the task index has not shown yet: the task is taken, its pod has one more task."""
+
+    pod: str
+    model: str | None
+    since: dt.datetime
 
 
 @dataclass
@@ -37,12 +47,12 @@ class RuntimeState:
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     applied: dict[str, tuple[str, int]] = field(default_factory=dict)  # kind -> (manifest hash, generation seen)
-    # pod -> (task, when): dispatched, but the task index has not shown it yet; such a pod is busy, such a task taken.
-    claims: dict[str, tuple[str, dt.datetime]] = field(default_factory=dict)
+    claims: dict[str, Claim] = field(default_factory=dict)  # task name -> its dispatch
     draining: set[str] = field(default_factory=set)  # pods picked for removal by a scale-down
     # An operator restart starts the scale-down delay afresh rather than scaling down at once.
     last_needed: dt.datetime | None = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     last_status: dict[str, Any] = field(default_factory=dict)
+    last_status_at: float = 0.0
 
 
 def scaling_policy(spec: Mapping[str, Any]) -> ScalingPolicy:
@@ -55,12 +65,67 @@ def scaling_policy(spec: Mapping[str, Any]) -> ScalingPolicy:
     )
 
 
+@dataclass(frozen=True)
+class SchedulingSettings:
+    policy: Policy
+    depth: int  # tasks a pod may hold: the one it runs and those assigned ahead
+    min_switch_tasks: int
+
+
+def scheduling_settings(spec: Mapping[str, Any]) -> SchedulingSettings:
+    scheduling = spec.get("scheduling") or {}
+    policy = scheduling.get("policy", Policy.SWITCH_AWARE.value)
+    return SchedulingSettings(
+        policy=Policy(policy) if policy in Policy._value2member_map_ else Policy.SWITCH_AWARE,
+        depth=1 + max(int(scheduling.get("tasksAhead", 1)), 0),
+        min_switch_tasks=max(int(scheduling.get("minTasksPerSwitch", 4)), 1),
+    )
+
+
 CLAIM_TTL = dt.timedelta(seconds=30)
 INITIAL_REPLICAS_MANAGER = "sdtask-operator-initial-replicas"
+# Pods' busy/task fields change with every task; the status is rewritten at most this often for them alone.
+STATUS_MIN_INTERVAL_SECONDS = 1.0
 
 
-def busy_pods(tasks: list[TaskView], claims: Mapping[str, object]) -> set[str]:
-    return {t.pod for t in tasks if t.phase in ACTIVE_PHASES and t.pod} | set(claims)
+@dataclass(frozen=True)
+class PodWork:
+    """What a pod holds: its tasks (active or claimed), the one it runs, and the model it will have loaded."""
+
+    load: int
+    running: str
+    model: str | None
+
+
+def pod_work(
+    tasks: list[TaskView], claims: Mapping[str, Claim], loaded: Mapping[str, str | None]
+) -> dict[str, PodWork]:
+    """Per pod. The model is that of its last assigned task: a claim, else a task not started, else the running
+    one, else what the pod reports loaded. Pure."""
+    load: dict[str, int] = {}
+    running: dict[str, str] = {}
+    ahead_model: dict[str, str | None] = {}
+    for task in tasks:
+        if task.phase not in ACTIVE_PHASES or not task.pod or task.name in claims:
+            continue
+        load[task.pod] = load.get(task.pod, 0) + 1
+        if task.phase == Phase.RUNNING:
+            running[task.pod] = task.name
+            ahead_model.setdefault(task.pod, task.model)
+        elif task.model is not None:
+            ahead_model[task.pod] = task.model
+    for claim in sorted(claims.values(), key=lambda c: c.since):
+        load[claim.pod] = load.get(claim.pod, 0) + 1
+        if claim.model is not None:
+            ahead_model[claim.pod] = claim.model
+    pods = set(load) | set(loaded)
+    return {
+        pod: PodWork(load.get(pod, 0), running.get(pod, ""), ahead_model.get(pod) or loaded.get(pod)) for pod in pods
+    }
+
+
+def busy_pods(work: Mapping[str, PodWork]) -> set[str]:
+    return {pod for pod, held in work.items() if held.load > 0}
 
 
 def runtime_conditions(
@@ -106,18 +171,20 @@ class RuntimeLoop:
         pods: list[PodView],
         deployment_generation: int | None,
     ) -> None:
+        """`tasks` are the runtime's unfinished tasks (the index holds no finished ones)."""
         now = dt.datetime.now(dt.UTC)
         spec = runtime.get("spec") or {}
         self._forget_settled_claims(tasks, now)
-        await self._requeue_tasks_of_lost_pods(tasks, pods)
-        busy = busy_pods(tasks, self.state.claims)
-        claimed = {name for name, _ in self.state.claims.values()}
-        queued = [t for t in tasks if t.phase == Phase.PENDING and t.name not in claimed]
+        tasks = await self._requeue_tasks_of_lost_pods(tasks, pods, now)
+        live = [p for p in pods if not p.deleting]
+        work = pod_work(tasks, self.state.claims, {p.name: p.model for p in live})
+        busy = busy_pods(work)
+        queued = [t for t in tasks if t.phase == Phase.PENDING and t.name not in self.state.claims]
         running = [t for t in tasks if t.phase in ACTIVE_PHASES]
         policy = scaling_policy(spec)
-        live = [p for p in pods if not p.deleting]
         current = len(live)
-        if demand(len(queued), len(running), policy.tasks_per_replica) >= current:
+        models = len({t.model for t in tasks if t.model}) if spec.get("dynamicModel") else 0
+        if demand(len(queued), len(running), policy.tasks_per_replica, models) >= current:
             self.state.last_needed = now  # the current size is still needed: the scale-down delay starts over
         desired = desired_replicas(
             policy,
@@ -127,13 +194,14 @@ class RuntimeLoop:
             current=current,
             last_needed=self.state.last_needed,
             now=now,
+            models=models,
         )
         external = bool((spec.get("scaling") or {}).get("externalScaler", False))
         if not external and desired < current:
             await self._pick_pods_to_remove(runtime, live, busy, current - desired)
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
-        await self._dispatch(runtime, queued, live, busy, now)
-        await self._report(runtime, desired, pods, tasks, now)
+        await self._dispatch(spec, queued, tasks, live, work, now)
+        await self._report(runtime, desired, pods, tasks, work, now)
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
             runtime["metadata"]["name"],
@@ -146,10 +214,10 @@ class RuntimeLoop:
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
     def _forget_settled_claims(self, tasks: list[TaskView], now: dt.datetime) -> None:
         by_name = {t.name: t for t in tasks}
-        for pod, (task_name, since) in list(self.state.claims.items()):
-            seen = by_name.get(task_name)
-            if seen is None or seen.phase != Phase.PENDING or now - since > CLAIM_TTL:
-                del self.state.claims[pod]
+        for name, claim in list(self.state.claims.items()):
+            seen = by_name.get(name)
+            if seen is None or seen.phase != Phase.PENDING or now - claim.since > CLAIM_TTL:
+                del self.state.claims[name]
 
     # --- workloads ----------------------------------------------------------------------------------------------------
     async def _apply_workloads(
@@ -192,68 +260,138 @@ class RuntimeLoop:
         self.state.draining &= {p.name for p in live}
 
     # --- tasks --------------------------------------------------------------------------------------------------------
-    async def _requeue_tasks_of_lost_pods(self, tasks: list[TaskView], pods: list[PodView]) -> None:
+    async def _requeue_tasks_of_lost_pods(
+        self, tasks: list[TaskView], pods: list[PodView], now: dt.datetime
+    ) -> list[TaskView]:
+        """A running task of a vanished pod ends its attempt (retried with back-off); a task only assigned ahead to
+        a pod that vanished or is going away goes back to the queue at once, as it never started. Returns `tasks`
+        without the ones handled, so this pass doesn't count them as running."""
         existing = {p.name for p in pods}
+        leaving = {p.name for p in pods if p.deleting}
+        handled: set[str] = set()
         for task in tasks:
-            if task.phase not in ACTIVE_PHASES or not task.pod or task.pod in existing:
+            if task.phase not in ACTIVE_PHASES or not task.pod:
                 continue
             try:
-                body = await self.kube.get_task(task.namespace, task.name)
-                if (body.get("status") or {}).get("pod") != task.pod:
-                    continue  # the index was behind; the task moved on
-                phase = await end_failed_attempt(
-                    self.kube,
-                    body,
-                    "PodLost",
-                    f"pod {task.pod} went away during attempt {task.attempts}",
-                    retryable=True,
-                    backoff_seconds=self.settings.retry_backoff_seconds,
-                    component=COMPONENT,
-                    policy=self.callbacks,
-                )
+                if task.phase == Phase.SCHEDULED and (task.pod not in existing or task.pod in leaving):
+                    await self._take_back(task, "PodLost", f"pod {task.pod} went away before the task started", now)
+                    handled.add(task.name)
+                elif task.phase == Phase.RUNNING and task.pod not in existing:
+                    handled.add(task.name)
+                    await self._end_lost_attempt(task)
             except Exception as error:
                 if is_conflict(error) or is_not_found(error):
                     continue
                 raise
-            if phase == Phase.FAILED:
-                metrics.task_finished(task.namespace, task.runtime, phase.value, "PodLost")
+        return [t for t in tasks if t.name not in handled] if handled else tasks
+
+    async def _end_lost_attempt(self, task: TaskView) -> None:
+        body = await self.kube.get_task(task.namespace, task.name)
+        if (body.get("status") or {}).get("pod") != task.pod:
+            return  # the index was behind; the task moved on
+        phase = await end_failed_attempt(
+            self.kube,
+            body,
+            "PodLost",
+            f"pod {task.pod} went away during attempt {task.attempts}",
+            retryable=True,
+            backoff_seconds=self.settings.retry_backoff_seconds,
+            component=COMPONENT,
+            policy=self.callbacks,
+        )
+        if phase == Phase.FAILED:
+            metrics.task_finished(task.namespace, task.runtime, phase.value, "PodLost")
+
+    async def _take_back(self, task: TaskView, reason: str, message: str, now: dt.datetime) -> None:
+        """Back to the queue without counting an attempt: it never started. The resourceVersion guard fails (409)
+        if the agent started it meanwhile."""
+        conditions = set_condition(task.conditions, "Scheduled", False, reason, message, now)
+        await self.kube.patch_task_status(
+            task.namespace,
+            task.name,
+            {
+                "phase": Phase.PENDING.value,
+                "pod": "",
+                "attempts": max(task.attempts - 1, 0),
+                "reason": reason,
+                "message": message,
+                "conditions": conditions,
+            },
+            task.resource_version,
+        )
+        await self.kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: None})
+        log.info("task %s/%s taken back from pod %s: %s", task.namespace, task.name, task.pod, message)
 
     async def _dispatch(
         self,
-        runtime: dict[str, Any],
+        spec: Mapping[str, Any],
         queued: list[TaskView],
+        tasks: list[TaskView],
         live: list[PodView],
-        busy: set[str],
+        work: Mapping[str, PodWork],
         now: dt.datetime,
     ) -> None:
-        idle = [
-            IdlePod(p.name, p.model)
-            for p in live
-            if p.ready and p.name not in busy and p.name not in self.state.draining
+        if not queued:
+            return
+        settings = scheduling_settings(spec)
+        ready = [p for p in live if p.ready and p.name not in self.state.draining]
+        slots = [
+            IdlePod(p.name, work[p.name].model, settings.depth - work[p.name].load, work[p.name].load)
+            for p in ready
+            if p.name in work
         ]
-        if not idle or not queued:
+        ahead = [
+            AheadTask(t.name, t.pod, t.priority, t.created)
+            for t in tasks
+            if t.phase == Phase.SCHEDULED and t.pod in work and work[t.pod].load > 1 and work[t.pod].running
+        ]
+        if not ahead and not any(s.free > 0 for s in slots):
+            return  # nothing to decide: don't even sort the queue (it may hold thousands)
+        queue = [QueuedTask(t.name, t.priority, t.created, t.model, t.not_before) for t in queued]
+        if ahead:
+            await self._take_back_for_priority(queue, tasks, ahead, slots, now)
+        if not any(s.free > 0 for s in slots):
             return
         views = {t.name: t for t in queued}
-        queue = [QueuedTask(t.name, t.priority, t.created, t.model, t.not_before) for t in queued]
         plan = plan_assignments(
             queue,
-            idle,
+            slots,
             now,
+            policy=settings.policy,
             window=self.settings.affinity_window,
             starvation_limit=dt.timedelta(seconds=self.settings.starvation_limit_seconds),
+            min_switch_tasks=settings.min_switch_tasks,
         )
-        for assignment in plan:
-            await self._assign(views[assignment.task.name], assignment.pod.name, now)
+        # Concurrently: each assignment is two requests, and a burst on many pods should not wait in line.
+        await asyncio.gather(*(self._assign(views[a.task.name], a.pod.name, now) for a in plan))
+
+    async def _take_back_for_priority(
+        self,
+        queue: list[QueuedTask],
+        tasks: list[TaskView],
+        ahead: list[AheadTask],
+        slots: list[IdlePod],
+        now: dt.datetime,
+    ) -> None:
+        """A higher-priority task never waits behind one assigned ahead to a busy pod: that one is taken back."""
+        open_slots = sum(max(s.free, 0) for s in slots)
+        views = {t.name: t for t in tasks}
+        for taken in reclaims(queue, ahead, open_slots, now):
+            try:
+                await self._take_back(
+                    views[taken.name], "Preempted", "taken back from its pod's queue for a higher-priority task", now
+                )
+            except Exception as error:
+                if not (is_conflict(error) or is_not_found(error)):
+                    raise
 
     async def _assign(self, task: TaskView, pod: str, now: dt.datetime) -> None:
+        """Two requests: the status (guarded by the resourceVersion the index saw, so a task that changed meanwhile
+        is left for the next pass) and the labels the pod's agent watches."""
         attempt = task.attempts + 1
         message = f"assigned to pod {pod} (attempt {attempt})"
+        conditions = set_condition(task.conditions, "Scheduled", True, "Assigned", message, now)
         try:
-            current = await self.kube.get_task(task.namespace, task.name)
-            status = current.get("status") or {}
-            if status.get("phase") != Phase.PENDING.value:
-                return
-            conditions = set_condition(status.get("conditions"), "Scheduled", True, "Assigned", message, now)
             await self.kube.patch_task_status(
                 task.namespace,
                 task.name,
@@ -266,23 +404,27 @@ class RuntimeLoop:
                     "message": message,
                     "conditions": conditions,
                 },
-                current["metadata"]["resourceVersion"],
+                task.resource_version,
             )
+            self.state.claims[task.name] = Claim(pod, task.model, now)
             # The agent of that pod watches this label; it acts once it sees status.pod naming its pod.
-            await self.kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: pod})
+            await self.kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: pod, LABEL_RUNTIME: task.runtime})
         except Exception as error:
             if is_conflict(error) or is_not_found(error):
                 return
             raise
-        self.state.claims[pod] = (task.name, now)
         metrics.task_dispatched(task.namespace, task.runtime, (now - task.created).total_seconds())
-        await self.kube.post_event(current, "Normal", "Scheduled", message, COMPONENT)
 
     # --- status -------------------------------------------------------------------------------------------------------
     async def _report(
-        self, runtime: dict[str, Any], desired: int, pods: list[PodView], tasks: list[TaskView], now: dt.datetime
+        self,
+        runtime: dict[str, Any],
+        desired: int,
+        pods: list[PodView],
+        tasks: list[TaskView],
+        work: Mapping[str, PodWork],
+        now: dt.datetime,
     ) -> None:
-        running_by_pod = {t.pod: t.name for t in tasks if t.phase in ACTIVE_PHASES and t.pod}
         previous = (runtime.get("status") or {}).get("conditions")
         live = [p for p in pods if not p.deleting]
         status = {
@@ -296,8 +438,8 @@ class RuntimeLoop:
                 {
                     "name": p.name,
                     "ready": p.ready,
-                    "busy": p.name in running_by_pod,
-                    "task": running_by_pod.get(p.name, ""),
+                    "busy": p.name in work and work[p.name].load > 0,
+                    "task": work[p.name].running if p.name in work else "",
                     "model": p.model or "",
                     "node": p.node,
                     "phase": p.phase,
@@ -312,6 +454,11 @@ class RuntimeLoop:
         ]
         if comparable == self.state.last_status:
             return
+        # Only the per-task fields changed: at most once a second (the loop ticks every second, so it gets written).
+        structural = ("observedGeneration", "desiredReplicas", "replicas", "readyReplicas", "conditions")
+        unchanged = all(comparable[k] == self.state.last_status.get(k) for k in structural)
+        if unchanged and time.monotonic() - self.state.last_status_at < STATUS_MIN_INTERVAL_SECONDS:
+            return
         try:
             await self.kube.patch_runtime_status(runtime["metadata"]["namespace"], runtime["metadata"]["name"], status)
         except Exception as error:
@@ -319,3 +466,4 @@ class RuntimeLoop:
                 return
             raise
         self.state.last_status = comparable
+        self.state.last_status_at = time.monotonic()

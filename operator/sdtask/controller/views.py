@@ -34,6 +34,7 @@ class TaskView:
     ttl_seconds_after_finished: int | None
     completion_time: dt.datetime | None
     start_time: dt.datetime | None
+    conditions: list[dict[str, Any]] | None = None  # to patch them without reading the task again
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
         completion_time=parse_time(status.get("completionTime")),
         start_time=parse_time(status.get("startTime")),
+        conditions=[dict(c) for c in status.get("conditions") or []],
     )
 
 

@@ -84,13 +84,16 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 # --- indices: the operator's in-memory view of the cluster ---------------------------------------------------------
-@kopf.index(GROUP, VERSION, TASK_PLURAL)
-def task_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any] | None:
-    """Unfinished tasks only: finished ones need nothing but their TTL timer, and would make every pass and the
-    operator's memory grow with the history."""
+def _unfinished(body: kopf.Body, **_: Any) -> bool:
+    return (body.get("status") or {}).get("phase") not in {p.value for p in FINISHED_PHASES}
+
+
+# Unfinished tasks only: finished ones need nothing but their TTL timer, and would make every pass and the operator's
+# memory grow with the history. A filter, not a None result: kopf keeps an object's old entry when the handler
+# returns None, and drops it when the object stops matching the filter.
+@kopf.index(GROUP, VERSION, TASK_PLURAL, when=_unfinished)
+def task_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
     view = task_view(body)
-    if view.phase in FINISHED_PHASES:
-        return None
     return {(view.namespace, view.runtime): view}
 
 

@@ -319,6 +319,7 @@ class RuntimeLoop:
             },
             task.resource_version,
         )
+        self.state.claims.pop(task.name, None)
         await self.kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: None})
         log.info("task %s/%s taken back from pod %s: %s", task.namespace, task.name, task.pod, message)
 

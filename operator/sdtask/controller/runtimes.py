@@ -200,7 +200,7 @@ class RuntimeLoop:
         if not external and desired < current:
             await self._pick_pods_to_remove(runtime, live, busy, current - desired)
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
-        await self._dispatch(spec, queued, tasks, live, work, now)
+        await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
         await self._report(runtime, desired, pods, tasks, work, now)
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
@@ -331,13 +331,21 @@ class RuntimeLoop:
         live: list[PodView],
         work: Mapping[str, PodWork],
         now: dt.datetime,
+        *,
+        scaling_up: bool = False,
     ) -> None:
         if not queued:
             return
         settings = scheduling_settings(spec)
         ready = [p for p in live if p.ready and p.name not in self.state.draining]
+        # While pods are still coming (scaling up, or starting), nothing is assigned ahead to a busy pod: a new pod
+        # will be idle sooner than a busy one.
+        coming = [p for p in live if not p.ready and p.name not in self.state.draining]
+        depth = 1 if scaling_up or coming else settings.depth
+        # Models matter only where pods switch them: on a static runtime every task fits every pod.
+        dynamic = bool(spec.get("dynamicModel"))
         slots = [
-            IdlePod(p.name, work[p.name].model, settings.depth - work[p.name].load, work[p.name].load)
+            IdlePod(p.name, work[p.name].model if dynamic else None, depth - work[p.name].load, work[p.name].load)
             for p in ready
             if p.name in work
         ]
@@ -348,7 +356,7 @@ class RuntimeLoop:
         ]
         if not ahead and not any(s.free > 0 for s in slots):
             return  # nothing to decide: don't even sort the queue (it may hold thousands)
-        queue = [QueuedTask(t.name, t.priority, t.created, t.model, t.not_before) for t in queued]
+        queue = [QueuedTask(t.name, t.priority, t.created, t.model if dynamic else None, t.not_before) for t in queued]
         if ahead:
             await self._take_back_for_priority(queue, tasks, ahead, slots, now)
         if not any(s.free > 0 for s in slots):

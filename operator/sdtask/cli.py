@@ -44,6 +44,14 @@ def _agent(args: argparse.Namespace) -> int:
     return asyncio.run(run_agent(AgentSettings.from_env()))
 
 
+def _fetch_model(args: argparse.Namespace) -> int:
+    from sdtask.agent.models import run_fetch_model
+    from sdtask.config import AgentSettings
+
+    _logging(args.log_level)
+    return run_fetch_model(AgentSettings.from_env())
+
+
 def _standin(args: argparse.Namespace) -> int:
     from sdtask.standin.server import main as standin_main
 
@@ -84,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     operator.set_defaults(handler=_operator)
 
     commands.add_parser("agent", help="run the agent sidecar of a runtime pod").set_defaults(handler=_agent)
+    commands.add_parser(
+        "fetch-model", help="init container: fetch a static runtime's checkpoint from models.s3Prefix"
+    ).set_defaults(handler=_fetch_model)
 
     standin = commands.add_parser("webui-standin", help="run the stand-in SD Web UI (tests, dev)", add_help=False)
     standin.add_argument("rest", nargs=argparse.REMAINDER)

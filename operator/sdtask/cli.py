@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,10 @@ def _fetch_model(args: argparse.Namespace) -> int:
     from sdtask.config import AgentSettings
 
     _logging(args.log_level)
-    return run_fetch_model(AgentSettings.from_env())
+    # The kubelet reads the container's termination message from here (terminationMessagePath's default).
+    return run_fetch_model(
+        AgentSettings.from_env(), Path(os.environ.get("SDTASK_TERMINATION_LOG", "/dev/termination-log"))
+    )
 
 
 def _standin(args: argparse.Namespace) -> int:

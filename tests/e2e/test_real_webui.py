@@ -48,8 +48,8 @@ def t2i(task_id: str, runtime: str, checkpoint: str | None = None, **content: An
         "content": {
             "prompt": "a lighthouse",
             "steps": 4,
-            "width": 32,
-            "height": 32,
+            "width": 64,
+            "height": 64,
             "alwayson_scripts": scripts,
             **content,
         },
@@ -119,11 +119,12 @@ def test_a_static_runtime_whose_checkpoint_is_missing_is_degraded_and_runs_nothi
     assert f"{prefix}absent.safetensors" in condition["message"]
     assert cluster.status("never-on-fallback")["phase"] == "Pending"  # waits: never generated on another model
     assert cluster.s3_keys("real-webui/never-on-fallback/") == []
+    cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdruntimes", "missing")
 
 
 def test_a_runtime_whose_web_ui_runs_api_only_becomes_ready_and_serves_a_task(cluster: Cluster) -> None:
     cluster.models("api-only", GOOD)
-    cluster.runtime("api-only", "pool-a", checkpoint=GOOD, args=["--nowebui"])
+    cluster.runtime("api-only", "pool-b", checkpoint=GOOD, args=["--nowebui"])
 
     def ready() -> bool:
         conditions = cluster.get_runtime("api-only").get("status", {}).get("conditions", [])
@@ -161,8 +162,8 @@ def animatediff_legacy_body(task_id: str, formats: list[str]) -> dict[str, Any]:
         "batch_size": 4,
         "prompt": "a cat walking",
         "steps": 4,
-        "width": 32,
-        "height": 32,
+        "width": 64,
+        "height": 64,
     }
 
 

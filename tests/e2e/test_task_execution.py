@@ -345,6 +345,7 @@ def test_a_dynamic_runtime_fetches_a_missing_checkpoint_from_its_model_prefix(cl
 
 def test_an_unwritable_output_bucket_is_retried_then_fails_clearly(cluster: Cluster) -> None:
     output = {"bucket": "missing-bucket", "endpoint": cluster.stack.s3.url, "credentialsSecret": "s3"}
+    cluster.models("no-bucket", STATIC_MODEL)
     cluster.runtime("no-bucket", "pool-a", checkpoint=STATIC_MODEL, output=output)
     cluster.submit(text_task("nowhere-to-write", runtime="no-bucket"), maxRetries=1)
     status = cluster.wait_finished("nowhere-to-write")["status"]

@@ -10,6 +10,8 @@ followed the real server:
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,6 +136,24 @@ def test_a_runtime_whose_web_ui_runs_api_only_becomes_ready_and_serves_a_task(cl
     status = cluster.wait_finished("api-only-task")["status"]
     assert status["phase"] == "Succeeded", status
     wait_for(ready, 30, "the API-only runtime to be Ready")
+    cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdruntimes", "api-only")
+
+
+def test_a_web_ui_started_with_api_auth_serves_tasks_with_credentials_from_a_secret(cluster: Cluster) -> None:
+    cluster.core.create_namespaced_secret(
+        cluster.namespace, {"metadata": {"name": "webui-auth"}, "stringData": {"api-auth": "sd:s3cret,ops:other"}}
+    )
+    cluster.models("guarded", GOOD)
+    cluster.runtime("guarded", "pool-b", checkpoint=GOOD, apiAuth={"secretName": "webui-auth"})
+    cluster.submit(t2i("guarded-task", "guarded"))
+    status = cluster.wait_finished("guarded-task")["status"]
+    assert status["phase"] == "Succeeded", status
+    pod = next(p for p in cluster.runtime_pods("guarded") if p.status.phase == "Running")
+    url = cluster.system.sidecars.webui_url(cluster.namespace, pod.metadata.name)
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the Web UI really requires them
+        urllib.request.urlopen(f"{url}/sdapi/v1/options", timeout=5)
+    assert refused.value.code == 401
+    cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdruntimes", "guarded")
 
 
 def animatediff_legacy_body(task_id: str, formats: list[str]) -> dict[str, Any]:

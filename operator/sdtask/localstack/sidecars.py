@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -178,8 +179,12 @@ class SidecarSimulator:
         ).start()
         # The kubelet probes the pod's IP, not the container's loopback: POD_IP plays it (all of 127/8 is loopback
         # here), so a Web UI started without --listen (bound to 127.0.0.1 only) never becomes Ready.
-        probe = probe_url(webui_spec.get("readinessProbe") or {}, POD_IP, port)
-        webui.wait_until(lambda: http_ok(probe), 30, f"ready ({probe})")
+        readiness = webui_spec.get("readinessProbe") or {}
+        probe = probe_url(readiness, POD_IP, port)
+        if "tcpSocket" in readiness:
+            webui.wait_until(lambda: tcp_open(POD_IP, port), 30, f"ready (TCP {POD_IP}:{port})")
+        else:
+            webui.wait_until(lambda: http_ok(probe), 30, f"ready ({probe})")
         set_pod_ready(core, namespace, name, True, "")
         webui_url = f"http://127.0.0.1:{port}"
         env = resolve_env(core, serialized, agent_spec.get("env") or [])
@@ -262,9 +267,14 @@ def local_webui_args(args: list[str], mount: str, models: Path, port: int) -> li
 
 
 def probe_url(probe: dict[str, Any], host: str, port: int) -> str:
-    """Where the kubelet's readiness probe goes: its httpGet path (for a TCP probe, any HTTP answer will do)."""
+    """Where the kubelet's httpGet readiness probe goes."""
     path = (probe.get("httpGet") or {}).get("path")
     return f"http://{host}:{port}{path or '/'}"
+
+
+def tcp_open(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=2):
+        return True
 
 
 def set_pod_ready(core: CoreV1Api, namespace: str, name: str, ready: bool, reason: str) -> None:

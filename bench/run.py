@@ -49,6 +49,7 @@ from sdtask.localstack.sidecars import StandinTiming
 from sdtask.localstack.stack import LocalStack
 from sdtask.localstack.system import LocalSystem
 from sdtask.localstack.waiting import wait_for
+from sdtask.standin.weights import write_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 GROUP, VERSION = "sdtask.io", "v1alpha1"
@@ -174,6 +175,10 @@ class Bench:
 
     def runtime(self, name: str, *, namespace: str | None = None, timing: StandinTiming, **spec: Any) -> None:
         self.system.sidecars.timings[name] = timing
+        # The runtime's models volume, pre-loaded with loadable checkpoints (all eight: dynamic runtimes use them).
+        folder = self.system.sidecars.models_dir(namespace or self.namespace, name)
+        for checkpoint in CHECKPOINTS:
+            write_checkpoint(folder / checkpoint)
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "SDRuntime",
@@ -231,11 +236,6 @@ class Bench:
             return len(annotated) == count
 
         wait_for(ready, 120, f"{count} ready pods of {runtime}", interval=0.2)
-
-    def models_dir_with_checkpoints(self, runtime: str) -> None:
-        folder = self.system.sidecars.models_dir(self.namespace, runtime)
-        for name in CHECKPOINTS:
-            (folder / name).write_bytes(b"stand-in weights")
 
     # --- API server request counts ------------------------------------------------------------------------------------
     def request_counts(self) -> dict[tuple[str, str, str], float]:
@@ -319,7 +319,6 @@ class Bench:
 
     def switching(self, policy: str, pods: int = 4, count: int = 64) -> dict[str, Any]:
         name = f"switch-{policy}"
-        self.models_dir_with_checkpoints(name)
         self.runtime(
             name,
             timing=StandinTiming(load_delay=5.0, image_delay=0.5),

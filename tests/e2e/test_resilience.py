@@ -62,8 +62,8 @@ def test_higher_priority_tasks_run_first(cluster: Cluster) -> None:
 
     for name in ("low", "normal", "urgent"):
         assert cluster.wait_finished(name)["status"]["phase"] == "Succeeded"
-    # Events carry microsecond times (status times are whole seconds).
-    assert sorted(("low", "normal", "urgent"), key=lambda name: cluster.event_time(name, "Started")) == [
+    # startTime carries microseconds (other status times are whole seconds).
+    assert sorted(("low", "normal", "urgent"), key=lambda name: cluster.status(name)["startTime"]) == [
         "urgent",
         "normal",
         "low",

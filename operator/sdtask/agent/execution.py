@@ -148,12 +148,13 @@ class TaskExecution:
             "phase": Phase.RUNNING.value,
             "reason": "Started",
             "message": message,
-            "startTime": now_iso(now),
+            # Microseconds: tasks started within one second still order (whole seconds elsewhere, as Kubernetes).
+            "startTime": now.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "conditions": conditions,
         }
-        updated = await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
-        await self.kube.post_event(task, "Normal", "Started", message, COMPONENT)
-        return updated
+        # Guarded by the resourceVersion this agent saw: a task the operator took back meanwhile (409) is not run.
+        # No Event: the Running condition says it (Events are for outcomes and problems).
+        return await self.kube.patch_task_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
 
     async def _generate(self, task: dict[str, Any], started: dt.datetime) -> tuple[str | None, dict[str, Any]]:
         request = task["spec"]["task"]

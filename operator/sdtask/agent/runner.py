@@ -8,6 +8,7 @@ are numbered per task, so running it again overwrites, never duplicates). SIGTER
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -41,6 +42,11 @@ class Agent:
         self.kube = kube
         self.execution = execution
         self.ready: asyncio.Queue[str] = asyncio.Queue()
+        # The newest object the watch showed per queued task: the agent starts from it instead of reading the task
+        # again (its Running patch is guarded by that object's resourceVersion, so a stale one costs a retry only).
+        self.latest: dict[str, dict[str, Any]] = {}
+        # (uid, attempt) of the attempts this process started: the watch echoes our own patches, never run twice.
+        self.started: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self.stopping = threading.Event()
         self.busy_marker = Path(settings.state_dir) / "busy"
 
@@ -75,17 +81,25 @@ class Agent:
         return getter.result() if getter in done else None
 
     async def _run_one(self, name: str) -> None:
-        try:
-            task = await self.kube.get_task(self.settings.namespace, name)
-        except ApiException as error:
-            if error.status == 404:
-                return
-            raise
-        if not is_mine(task, self.settings.pod_name):
+        task = self.latest.pop(name, None)
+        if task is None or not is_mine(task, self.settings.pod_name) or self._attempt(task) in self.started:
             return
+        self._remember(task)
         self._set_busy(True)
         try:
-            phase = await self.execution.execute(task)
+            try:
+                phase = await self.execution.execute(task)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                # Changed since the watch showed it (the operator may have taken it back): read it and decide again.
+                self.started.pop(self._attempt(task), None)  # not started: the same attempt may come back to us
+                task = await self.kube.get_task(self.settings.namespace, name)
+                if not is_mine(task, self.settings.pod_name):
+                    log.info("task %s is no longer this pod's", name)
+                    return
+                self._remember(task)
+                phase = await self.execution.execute(task)
             log.info("task %s: %s", name, phase or "cancelled")
         except ApiException as error:
             if error.status != 404:
@@ -96,6 +110,15 @@ class Agent:
             log.exception("task %s: unexpected error", name)
         finally:
             self._set_busy(False)
+
+    @staticmethod
+    def _attempt(task: dict[str, Any]) -> tuple[str, int]:
+        return task["metadata"].get("uid", ""), int((task.get("status") or {}).get("attempts") or 0)
+
+    def _remember(self, task: dict[str, Any]) -> None:
+        self.started[self._attempt(task)] = None
+        while len(self.started) > 1000:
+            self.started.popitem(last=False)
 
     def _set_busy(self, busy: bool) -> None:
         try:
@@ -126,6 +149,8 @@ class Agent:
                             self._offer(loop, obj)
                         elif event["type"] == "DELETED" and self._deleted_for_real(obj):
                             asyncio.run_coroutine_threadsafe(self.execution.cancel(obj["metadata"]["uid"]), loop)
+                        elif event["type"] == "DELETED":  # taken back from this pod before it started
+                            loop.call_soon_threadsafe(self.latest.pop, obj["metadata"]["name"], None)
                         if self.stopping.is_set():
                             return
             except ApiException as error:
@@ -143,7 +168,16 @@ class Agent:
 
     def _offer(self, loop: asyncio.AbstractEventLoop, task: dict[str, Any]) -> None:
         if is_mine(task, self.settings.pod_name):
-            loop.call_soon_threadsafe(self.ready.put_nowait, task["metadata"]["name"])
+            loop.call_soon_threadsafe(self._enqueue, task)
+
+    def _enqueue(self, task: dict[str, Any]) -> None:
+        """On the loop: a task queued once however many events show it, with the newest object."""
+        name = task["metadata"]["name"]
+        if self._attempt(task) in self.started:
+            return  # our own Running/Succeeded patches coming back
+        if name not in self.latest:
+            self.ready.put_nowait(name)
+        self.latest[name] = task
 
 
 async def run_agent(settings: AgentSettings) -> int:

@@ -237,6 +237,23 @@ class Bench:
 
         wait_for(ready, 120, f"{count} ready pods of {runtime}", interval=0.2)
 
+    def wait_loaded(self, runtime: str, count: int) -> dict[str, str]:
+        """Dynamic runtime: pods Running with their Web UI done loading its first checkpoint (the stand-in logs
+        it; the agent may have asked before the load ended). Returns pod -> loaded model."""
+        pattern = re.compile(r"loaded (\S+) \[")
+
+        def loaded() -> dict[str, str] | None:
+            pods = [p for p in self.pods(runtime) if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+            found = {}
+            for pod in pods:
+                log = self.system.sidecars.workdir / "pods" / self.namespace / pod.metadata.name / "webui.log"
+                match = pattern.search(log.read_text()) if log.exists() else None
+                if match:
+                    found[pod.metadata.name] = match.group(1)
+            return found if len(found) == count else None
+
+        return wait_for(loaded, 120, f"{count} pods of {runtime} with a model loaded", interval=0.2)
+
     # --- API server request counts ------------------------------------------------------------------------------------
     def request_counts(self) -> dict[tuple[str, str, str], float]:
         response = self.client.call_api(
@@ -326,8 +343,7 @@ class Bench:
             scaling={"minReplicas": pods, "maxReplicas": pods},
             scheduling={"policy": policy},
         )
-        self.wait_ready(name, pods)
-        initial = {p.metadata.name: p.metadata.annotations[ANNOTATION_MODEL] for p in self.pods(name)}
+        initial = self.wait_loaded(name, pods)
         names = [f"{name}-{index}" for index in range(count)]
         tasks = [(n, name, CHECKPOINTS[index % len(CHECKPOINTS)]) for index, n in enumerate(names)]
         began = time.monotonic()

@@ -80,6 +80,7 @@ class TaskExecution:
         self.s3 = s3
         self.fetcher = fetcher
         self.current = ""  # uid of the task being executed
+        self._free: asyncio.Event | None = None  # set when the Web UI is done with the current task
         self.cancelled = ""
         self.callbacks = CallbackPolicy(
             allow_private=settings.allow_private_links,
@@ -94,22 +95,36 @@ class TaskExecution:
             self.cancelled = uid
             await self.webui.interrupt()
 
-    async def execute(self, task: dict[str, Any]) -> Phase | None:
-        """Run one task to its end; None when it was cancelled (deleted) on the way."""
-        self.current, self.cancelled = task["metadata"].get("uid", ""), ""
+    async def execute(self, task: dict[str, Any], webui_free: asyncio.Event | None = None) -> Phase | None:
+        """Run one task to its end; None when it was cancelled (deleted) on the way.
+
+        `webui_free` is set as soon as the Web UI is done with this task (its outputs are then stored and reported):
+        the runner starts the next task's generation meanwhile.
+        """
+        uid = task["metadata"].get("uid", "")
+        self.current, self.cancelled = uid, ""
+        self._free = webui_free
         try:
             return await self._execute(task)
         except CancelledTask:
             log.info("task %s was deleted: cancelled", task["metadata"]["name"])
             return None
         finally:
+            self._release(uid, webui_free)
+
+    def _release(self, uid: str, webui_free: asyncio.Event | None) -> None:
+        """The generation is over: cancelling this task can no longer stop anything."""
+        if self.current == uid:
             self.current = ""
+        if webui_free is not None:
+            webui_free.set()
 
     def _check_not_cancelled(self) -> None:
         if self.cancelled and self.cancelled == self.current:
             raise CancelledTask()
 
     async def _execute(self, task: dict[str, Any]) -> Phase:
+        uid, free, generated = task["metadata"].get("uid", ""), self._free, False
         started = dt.datetime.now(dt.UTC)
         task = await self._mark_running(task, started)
         metadata = task["spec"]["task"]["metadata"]
@@ -121,9 +136,13 @@ class TaskExecution:
         try:
             model, response = await self._generate(task, started)
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
+            generated = True
+            self._release(uid, free)  # from here on the next task may use the Web UI
             outputs = await self._store(task, prefix, task_id, response, model, started)
         except AttemptFailed as failure:
-            self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
+            if not generated:
+                self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
+                self._release(uid, free)
             await self._store_error_record(task, prefix, task_id, failure, started)
             return await self._fail(task, failure)
         count = len(outputs.images)
@@ -271,6 +290,7 @@ class TaskExecution:
     ) -> StoredOutputs:
         bucket = self.settings.output_bucket
         uris = []
+        uploads = []
         try:
             for index, encoded in enumerate(result_images(response), start=1):
                 try:
@@ -279,11 +299,13 @@ class TaskExecution:
                     raise AttemptFailed("BadOutput", f"image {index} from the Web UI is unreadable: {error}") from None
                 media = detect_format(data)
                 key = image_key(prefix, task_id, index, media.extension)
-                await put_object(self.s3, bucket, key, data, media.content_type)
+                uploads.append(put_object(self.s3, bucket, key, data, media.content_type))
                 uris.append(s3_uri(bucket, key))
             record = record_key(prefix, task_id)
             body = success_record(self._context(task, started, model), uris, response, legacy=is_legacy(task))
-            await put_json(self.s3, bucket, record, body)
+            # The keys are known before any upload: images and record go up at once (the status, written after,
+            # is what tells a user they are complete).
+            await asyncio.gather(*uploads, put_json(self.s3, bucket, record, body))
         except AttemptFailed:
             raise
         except Exception as error:  # S3 down or refusing: the generation may be retried

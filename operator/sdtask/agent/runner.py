@@ -28,6 +28,7 @@ from sdtask.links import LinkFetcher
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 30
+MAX_FINISHING = 2  # tasks whose outputs may be stored and reported while the next one generates
 TAKEN_PHASES = {Phase.SCHEDULED.value, Phase.RUNNING.value}
 
 
@@ -42,6 +43,7 @@ class Agent:
         self.kube = kube
         self.execution = execution
         self.ready: asyncio.Queue[str] = asyncio.Queue()
+        self.finishing: set[asyncio.Task[None]] = set()  # tasks generated, their outputs being stored and reported
         # The newest object the watch showed per queued task: the agent starts from it instead of reading the task
         # again (its Running patch is guarded by that object's resourceVersion, so a stale one costs a retry only).
         self.latest: dict[str, dict[str, Any]] = {}
@@ -69,6 +71,8 @@ class Agent:
                 name = await self._next(stop)
                 if name:
                     await self._run_one(name)
+            if self.finishing:  # SIGTERM: the tasks already generated are stored and reported first
+                await asyncio.wait(self.finishing)
         finally:
             self.stopping.set()
 
@@ -81,14 +85,32 @@ class Agent:
         return getter.result() if getter in done else None
 
     async def _run_one(self, name: str) -> None:
+        """Start the task and return as soon as the Web UI is free again: its outputs are stored and reported in
+        the background while the next task generates (at most MAX_FINISHING at once)."""
         task = self.latest.pop(name, None)
         if task is None or not is_mine(task, self.settings.pod_name) or self._attempt(task) in self.started:
             return
+        while len(self.finishing) >= MAX_FINISHING:
+            await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
         self._remember(task)
         self._set_busy(True)
+        free = asyncio.Event()
+        job = asyncio.create_task(self._execute(name, task, free))
+        self.finishing.add(job)
+        job.add_done_callback(self._finished)
+        waiter = asyncio.ensure_future(free.wait())
+        await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self.finishing.discard(job)
+        if not self.finishing:
+            self._set_busy(False)
+
+    async def _execute(self, name: str, task: dict[str, Any], free: asyncio.Event) -> None:
         try:
             try:
-                phase = await self.execution.execute(task)
+                phase = await self.execution.execute(task, free)
             except ApiException as error:
                 if error.status != 409:
                     raise
@@ -99,7 +121,7 @@ class Agent:
                     log.info("task %s is no longer this pod's", name)
                     return
                 self._remember(task)
-                phase = await self.execution.execute(task)
+                phase = await self.execution.execute(task, free)
             log.info("task %s: %s", name, phase or "cancelled")
         except ApiException as error:
             if error.status != 404:
@@ -109,7 +131,7 @@ class Agent:
         except Exception:  # a bug or an API outage must not kill the agent; the operator requeues
             log.exception("task %s: unexpected error", name)
         finally:
-            self._set_busy(False)
+            free.set()
 
     @staticmethod
     def _attempt(task: dict[str, Any]) -> tuple[str, int]:

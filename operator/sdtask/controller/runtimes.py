@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdtask.api.runtime import QUEUE_HEAD_LENGTH
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import CallbackPolicy, end_failed_attempt
 from sdtask.conditions import set_condition
@@ -23,7 +24,7 @@ from sdtask.controller import metrics
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
 from sdtask.scaling import ScalingPolicy, demand, desired_replicas
-from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments
+from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments, queue_summary
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-operator"
@@ -292,6 +293,10 @@ class RuntimeLoop:
             "readyReplicas": sum(1 for p in live if p.ready),
             "queued": sum(1 for t in tasks if t.phase == Phase.PENDING),
             "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
+            "queue": queue_summary(
+                [QueuedTask(t.name, t.priority, t.created, t.model) for t in tasks if t.phase == Phase.PENDING],
+                QUEUE_HEAD_LENGTH,
+            ),
             "pods": [
                 {
                     "name": p.name,

@@ -1,0 +1,109 @@
+"""The commands that run the system's parts (the image's ENTRYPOINT is `sdtask`): operator, agent, the stand-in Web UI,
+and the local dev tools. Their flags are a contract with the chart, the Makefile and the tests: keep them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sdtask.cli.state import settings
+
+app = typer.Typer()
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "urllib3", "httpx", "httpcore", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command(rich_help_panel="Services")
+def operator(
+    liveness: Annotated[
+        str, typer.Option(help="kopf's liveness endpoint ('' = off)")
+    ] = "http://0.0.0.0:8081/healthz",
+) -> None:
+    """Run the operator (kopf)."""
+    import kopf
+
+    import sdtask.controller.main  # noqa: F401 - registers the handlers
+    from sdtask.config import OperatorSettings
+
+    level = settings().log_level
+    config = OperatorSettings.from_env()
+    kopf.configure(verbose=level == "debug", debug=False)  # kopf sets up logging itself
+    if level != "debug":
+        # kopf logs every handled event at INFO; our Events and logs already tell each task's story.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=True,  # one replica by design; no peering objects needed
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=liveness or None,
+    )
+
+
+@app.command(rich_help_panel="Services")
+def agent() -> None:
+    """Run the agent sidecar of a runtime pod."""
+    from sdtask.agent.runner import run_agent
+    from sdtask.config import AgentSettings
+
+    _logging(settings().log_level)
+    raise typer.Exit(asyncio.run(run_agent(AgentSettings.from_env())))
+
+
+# Every argument after the command, options and --help included, is the stand-in's own.
+@app.command(
+    "webui-standin",
+    rich_help_panel="Services",
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+def webui_standin(ctx: typer.Context) -> None:
+    """Run the stand-in SD Web UI (tests, dev); its options follow the command (--help lists them)."""
+    from sdtask.standin.server import main as standin_main
+
+    raise typer.Exit(standin_main(list(ctx.args)))
+
+
+@app.command(rich_help_panel="Local system")
+def dev(
+    state_dir: Annotated[str, typer.Option(help="where the kubeconfig, env file and logs go")] = ".dev",
+) -> None:
+    """Run the whole system locally until Ctrl-C."""
+    from sdtask.localstack.dev import run_dev
+
+    _logging(settings().log_level)
+    raise typer.Exit(run_dev(Path(state_dir)))
+
+
+@app.command(rich_help_panel="Local system")
+def demo(
+    out: Annotated[str, typer.Option(help="where the result images are downloaded")] = "demo-output",
+) -> None:
+    """Run the seed image-to-image task end to end on a local stack."""
+    from sdtask.localstack.demo import run_demo
+
+    _logging(settings().log_level)
+    raise typer.Exit(run_demo(Path(out)))
+
+
+@app.command(rich_help_panel="Tasks")
+def submit(
+    file: Annotated[str, typer.Argument(help="JSON or YAML request body; - for stdin")],
+    name: Annotated[str | None, typer.Option(help="SDTask name (default: derived from the task id)")] = None,
+    namespace: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Print the SDTask for a request body (new or legacy form), for kubectl apply or GitOps."""
+    import yaml
+
+    from sdtask.submit import manifest_from_body, read_body
+
+    manifest = manifest_from_body(read_body(file), name=name, namespace=namespace)
+    sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))

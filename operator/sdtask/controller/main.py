@@ -52,6 +52,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         allow_private=config.allow_private_callbacks, allowed_hosts=config.allowed_callback_hosts
     )
     memo.housekeeper = None
+    memo.outcomes = metrics.OutcomeRecorder()
     metrics.serve(config.metrics_port)
 
 
@@ -99,6 +100,7 @@ async def task_event(type: str, body: kopf.Body, namespace: str | None, memo: ko
         # kopf hands indices only to handlers, and they are live: the first task event gives them to the housekeeper.
         memo.housekeeper = asyncio.create_task(housekeeper(memo, task_index, runtime_index))
     view = task_view(body)
+    memo.outcomes.observe(type, body)
     if type != "DELETED" and view.phase is None:
         await admit_task(memo.kube, dict(body), list(runtime_index.get(namespace or "", [])), memo.callbacks)
     _wake(memo, namespace, view.runtime)

@@ -60,6 +60,13 @@ CLAIM_TTL = dt.timedelta(seconds=30)
 INITIAL_REPLICAS_MANAGER = "sdtask-operator-initial-replicas"
 
 
+def queued_by_model(queued: list[TaskView]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task in queued:
+        counts[task.model or ""] = counts.get(task.model or "", 0) + 1
+    return counts
+
+
 def busy_pods(tasks: list[TaskView], claims: Mapping[str, object]) -> set[str]:
     return {t.pod for t in tasks if t.phase in ACTIVE_PHASES and t.pod} | set(claims)
 
@@ -142,6 +149,7 @@ class RuntimeLoop:
             running=len(running),
             desired=desired,
             ready=sum(1 for p in live if p.ready),
+            queued_by_model=queued_by_model(queued),
         )
 
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
@@ -202,7 +210,7 @@ class RuntimeLoop:
                 body = await self.kube.get_task(task.namespace, task.name)
                 if (body.get("status") or {}).get("pod") != task.pod:
                     continue  # the index was behind; the task moved on
-                phase = await end_failed_attempt(
+                await end_failed_attempt(
                     self.kube,
                     body,
                     "PodLost",
@@ -216,8 +224,6 @@ class RuntimeLoop:
                 if is_conflict(error) or is_not_found(error):
                     continue
                 raise
-            if phase == Phase.FAILED:
-                metrics.task_finished(task.namespace, task.runtime, phase.value, "PodLost")
 
     async def _dispatch(
         self,

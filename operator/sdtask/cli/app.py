@@ -26,8 +26,10 @@ for part in (services.app, tasks.app, runtimes.app):
 
 @app.callback()
 def _global(
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
-    log_format: Annotated[str, typer.Option(help="json, text, or auto (text on a terminal, else json)")] = "auto",
+    log_level: Annotated[str, typer.Option(envvar="SDTASK_LOG_LEVEL", help="debug, info, warning or error")] = "info",
+    log_format: Annotated[
+        str, typer.Option(envvar="SDTASK_LOG_FORMAT", help="json, text, or auto (text on a terminal, else json)")
+    ] = "auto",
 ) -> None:
     settings().log_level = log_level.lower()
     settings().log_format = log_format.lower()

@@ -16,10 +16,10 @@ from sdtask.cli.state import settings
 app = typer.Typer()
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("botocore", "urllib3", "httpx", "httpcore", "kubernetes"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _logging(component: str) -> None:
+    from sdtask.logs import configure
+
+    configure(settings().log_level, settings().log_format, component)
 
 
 @app.command(rich_help_panel="Services")
@@ -34,10 +34,9 @@ def operator(
     import sdtask.controller.main  # noqa: F401 - registers the handlers
     from sdtask.config import OperatorSettings
 
-    level = settings().log_level
     config = OperatorSettings.from_env()
-    kopf.configure(verbose=level == "debug", debug=False)  # kopf sets up logging itself
-    if level != "debug":
+    _logging("operator")  # instead of kopf.configure: one format for kopf's lines and ours
+    if settings().log_level != "debug":
         # kopf logs every handled event at INFO; our Events and logs already tell each task's story.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
@@ -54,7 +53,7 @@ def agent() -> None:
     from sdtask.agent.runner import run_agent
     from sdtask.config import AgentSettings
 
-    _logging(settings().log_level)
+    _logging("agent")
     raise typer.Exit(asyncio.run(run_agent(AgentSettings.from_env())))
 
 
@@ -79,7 +78,7 @@ def dev(
     """Run the whole system locally until Ctrl-C."""
     from sdtask.localstack.dev import run_dev
 
-    _logging(settings().log_level)
+    _logging("dev")
     raise typer.Exit(run_dev(Path(state_dir)))
 
 
@@ -90,7 +89,7 @@ def demo(
     """Run the seed image-to-image task end to end on a local stack."""
     from sdtask.localstack.demo import run_demo
 
-    _logging(settings().log_level)
+    _logging("demo")
     raise typer.Exit(run_demo(Path(out)))
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
+from sdtask.agent import metrics
 from sdtask.checkpoints import Checkpoint, match_checkpoint
 
 __all__ = [
@@ -169,16 +171,27 @@ class WebUIClient:
 
     async def switch_checkpoint(self, title: str, *, timeout: float | None = None) -> None:
         """Load `title`. Call `match_checkpoint` first: the Web UI unloads the current model before failing."""
-        await self._call(
-            "POST",
-            f"{API}/options",
-            json_body={"sd_model_checkpoint": title},
-            timeout=self.switch_timeout if timeout is None else timeout,
-        )
+        started, result = time.monotonic(), "error"
+        try:
+            await self._call(
+                "POST",
+                f"{API}/options",
+                json_body={"sd_model_checkpoint": title},
+                timeout=self.switch_timeout if timeout is None else timeout,
+            )
+            result = "ok"
+        finally:
+            metrics.SWITCH.labels(result).observe(time.monotonic() - started)
+            metrics.SWITCHES.labels(result).inc()
 
     async def generate(self, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         """POST /sdapi/v1/<endpoint> (txt2img, img2img, extra-single-image, extra-batch-images)."""
-        result = await self._call("POST", f"{API}/{endpoint.strip('/')}", json_body=payload, timeout=timeout)
+        started, outcome = time.monotonic(), "error"
+        try:
+            result = await self._call("POST", f"{API}/{endpoint.strip('/')}", json_body=payload, timeout=timeout)
+            outcome = "ok"
+        finally:
+            metrics.GENERATION.labels(metrics.endpoint_label(endpoint), outcome).observe(time.monotonic() - started)
         if not isinstance(result, dict):
             raise WebUIError(200, f"{endpoint} did not return an object")
         return result
@@ -196,6 +209,13 @@ class WebUIClient:
         return self.base_url + path
 
     async def _call(self, method: str, path: str, *, timeout: float, json_body: Any = None) -> Any:
+        try:
+            return await self._request(method, path, timeout=timeout, json_body=json_body)
+        except WebUIException as error:
+            metrics.webui_error(path, error)
+            raise
+
+    async def _request(self, method: str, path: str, *, timeout: float, json_body: Any = None) -> Any:
         try:
             # httpx's timeout is per read; the outer one bounds the whole call.
             async with asyncio.timeout(timeout):

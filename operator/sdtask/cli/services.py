@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +58,18 @@ def agent() -> None:
     raise typer.Exit(asyncio.run(run_agent(AgentSettings.from_env())))
 
 
+@app.command("fetch-model", rich_help_panel="Services")
+def fetch_model() -> None:
+    """Init container: fetch a static runtime's checkpoint from models.s3Prefix."""
+    from sdtask.agent.models import run_fetch_model
+    from sdtask.config import AgentSettings
+
+    _logging("fetch-model")
+    # The kubelet reads the container's termination message from here (terminationMessagePath's default).
+    termination_log = Path(os.environ.get("SDTASK_TERMINATION_LOG", "/dev/termination-log"))
+    raise typer.Exit(run_fetch_model(AgentSettings.from_env(), termination_log))
+
+
 # Every argument after the command, options and --help included, is the stand-in's own.
 @app.command(
     "webui-standin",
@@ -65,10 +78,10 @@ def agent() -> None:
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 def webui_standin(ctx: typer.Context) -> None:
-    """Run the stand-in SD Web UI (tests, dev); its options follow the command (--help lists them)."""
-    from sdtask.standin.server import main as standin_main
+    """Run the stand-in SD Web UI (tests, dev); its options (the real Web UI's flags) follow; --help lists them."""
+    from sdtask.standin.cli import main as standin_main
 
-    raise typer.Exit(standin_main(list(ctx.args)))
+    raise typer.Exit(standin_main(list(ctx.args), prog="sdtask webui-standin"))
 
 
 @app.command(rich_help_panel="Local system")

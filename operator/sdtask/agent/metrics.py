@@ -49,7 +49,7 @@ def serve(port: int) -> None:
 
 def endpoint_label(path: str) -> str:
     """/sdapi/v1/txt2img -> txt2img: the API's fixed set of paths, never free text."""
-    return path.rstrip("/").rsplit("/", 1)[-1] or "-"
+    return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "-"
 
 
 def webui_error(path: str, error: BaseException) -> None:

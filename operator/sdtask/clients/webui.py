@@ -33,6 +33,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 # Loading a checkpoint from network storage onto the GPU can take minutes.
 DEFAULT_SWITCH_TIMEOUT = 600.0
 INTERRUPT_TIMEOUT = 10.0
+PROGRESS_TIMEOUT = 5.0
 _MESSAGE_LIMIT = 2000
 _ERROR_BODY_LIMIT = 16 * 1024
 
@@ -240,6 +241,13 @@ class WebUIClient:
             metrics.GENERATION.labels(metrics.endpoint_label(endpoint), outcome).observe(time.monotonic() - started)
         if not isinstance(result, dict):
             raise WebUIError(200, f"{endpoint} did not return an object")
+        return result
+
+    async def progress(self) -> dict[str, Any]:
+        """GET /sdapi/v1/progress: answered during a generation (it takes no queue lock); no preview image."""
+        result = await self._call("GET", f"{API}/progress?skip_current_image=true", timeout=PROGRESS_TIMEOUT)
+        if not isinstance(result, dict):
+            raise WebUIError(200, "progress did not return an object")
         return result
 
     async def interrupt(self) -> bool:

@@ -72,26 +72,34 @@ class ProgressReporter:
         self.write = write
         self.interval = max(interval, 0.1)
         self.writes = 0
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        if self.interval > 0:
-            self._task = asyncio.create_task(self._loop(), name="progress-reporter")
+        self._task = asyncio.create_task(self._loop(), name="progress-reporter")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # Stop, then wait for a write in flight: none may land after the final status the caller writes next.
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(self._task, timeout=30)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
 
     async def _loop(self) -> None:
         last: str | None = None
         while True:
             # One read per interval: the write rate can then never exceed it.
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
+            if self._stop.is_set():
+                return
             try:
                 progress = progress_status(await self.read(), dt.datetime.now(dt.UTC))
             except Exception as error:  # the Web UI busy or restarting: try again next interval

@@ -23,6 +23,7 @@ from sdtask.constants import ACTIVE_PHASES, LABEL_POD, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
+from sdtask.logs import log_context
 from sdtask.scaling import ScalingPolicy, demand, desired_replicas
 from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments, queue_summary
 
@@ -289,7 +290,10 @@ class RuntimeLoop:
                 return
             raise
         self.state.claims[pod] = (task.name, now)
-        metrics.task_dispatched(task.namespace, task.runtime, (now - task.created).total_seconds())
+        waited = (now - task.created).total_seconds()
+        metrics.task_dispatched(task.namespace, task.runtime, waited)
+        with log_context(task=task.name):  # the daemon's context already names the namespace and runtime
+            log.info("task %s %s after %.1fs in the queue", task.name, message, waited)
         await self.kube.post_event(current, "Normal", "Scheduled", message, COMPONENT)
 
     # --- status -------------------------------------------------------------------------------------------------------

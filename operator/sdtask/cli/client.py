@@ -19,6 +19,7 @@ from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
 from sdtask.constants import GROUP, LABEL_RUNTIME, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 from sdtask.naming import parse_s3_uri
 
+FIELD_MANAGER = "sdtask-cli"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 __all__ = ["ApiException", "Cluster", "ClusterError", "download_outputs"]
@@ -91,6 +92,23 @@ class Cluster:
         selector = f"involvedObject.name={name}" + (f",involvedObject.uid={uid}" if uid else "")
         items = self.core.list_namespaced_event(self.namespace, field_selector=selector).items
         return sorted(items, key=lambda e: (e.event_time or e.last_timestamp or e.first_timestamp, e.metadata.name))
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of an SDTask or SDRuntime (what `kubectl apply --server-side` does)."""
+        plural = {"SDTask": TASK_PLURAL, "SDRuntime": RUNTIME_PLURAL}[manifest["kind"]]
+        namespace = (manifest.get("metadata") or {}).get("namespace") or self.namespace
+        result: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            manifest["metadata"]["name"],
+            manifest,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        return result
 
     # --- runtimes -----------------------------------------------------------------------------------------------------
     def list_runtimes(self) -> list[dict[str, Any]]:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from sdtask.cli.client import ApiException
 from sdtask.cli.common import Context, Kubeconfig, Namespace, cluster, err, fail, out
-from sdtask.cli.views import EXIT_FAILED, age, created
+from sdtask.cli.views import EXIT_BAD_INPUT, EXIT_FAILED, age, api_rejection, created
 
 app = typer.Typer()
 
@@ -56,6 +59,33 @@ def render_runtime(runtime: Mapping[str, Any], now: dt.datetime) -> RenderableTy
             )
         return Group(*lines, table)
     return Group(*lines, Text("  no pods (scaled to zero until a task arrives)"))
+
+
+@app.command(rich_help_panel="Tasks")
+def apply(
+    files: Annotated[list[str], typer.Option("--filename", "-f", help="SDRuntime or SDTask YAML files")],
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Create or update SDRuntimes and SDTasks from YAML files (server-side apply, like kubectl apply)."""
+    kube = cluster(kubeconfig, context, namespace)
+    for path in files:
+        try:
+            documents = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+        except (OSError, yaml.YAMLError) as error:
+            fail(f"{path}: {error}", EXIT_BAD_INPUT)
+        for document in documents:
+            kind = document.get("kind") if isinstance(document, dict) else None
+            if kind not in ("SDRuntime", "SDTask"):
+                fail(f"{path}: only SDRuntime and SDTask objects, not {kind}", EXIT_BAD_INPUT)
+            try:
+                kube.apply(document)
+            except ApiException as error:
+                if error.status in (400, 422):
+                    fail(str(api_rejection(path, str(error.body or ""))), EXIT_BAD_INPUT)
+                raise
+            out.print(f"{kind.lower()}/{document['metadata']['name']} applied", highlight=False)
 
 
 @app.command(rich_help_panel="Tasks")

@@ -19,6 +19,7 @@ from sdtask.conditions import now_iso
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_SECONDS = 5.0
+FIRST_READ_SECONDS = 1.0
 
 
 def _number(value: Any) -> float | None:
@@ -94,10 +95,13 @@ class ProgressReporter:
 
     async def _loop(self) -> None:
         last: str | None = None
+        # The first read comes soon (a person watching wants to see it move), then one read per interval: the write
+        # rate can never exceed one per interval.
+        wait = min(FIRST_READ_SECONDS, self.interval)
         while True:
-            # One read per interval: the write rate can then never exceed it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
+                await asyncio.wait_for(self._stop.wait(), timeout=wait)
+            wait = self.interval
             if self._stop.is_set():
                 return
             try:

@@ -148,3 +148,10 @@ def test_api_server_rejection_names_the_field() -> None:
         }
     )
     assert str(api_rejection("b.json", body)) == "b.json: task.metadata.runtime: must be set"
+
+
+def test_a_body_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(ENVELOPE)))
+    assert load_request("-", None)["spec"]["task"]["metadata"]["id"] == "t-1"

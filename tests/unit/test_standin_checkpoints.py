@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,16 @@ import pytest
 
 from sdtask.standin import write_checkpoint
 from sdtask.standin.weights import SafetensorError, checkpoint_bytes, load_checkpoint, read_metadata
-from tests.standin_support import Start, decoded_images, loaded_option, metadata, stats, titles
+from tests.standin_support import (
+    Start,
+    decoded_images,
+    loaded_option,
+    metadata,
+    running_job,
+    stats,
+    titles,
+    wait_until,
+)
 
 
 def sha256_of(path: Path) -> str:
@@ -302,22 +312,16 @@ def test_override_with_unknown_model_is_ignored_but_unknown_option_fails(client:
 
 
 def test_refresh_waits_for_the_running_generation(start: Start) -> None:
-    import threading
-
     client = start(image_delay=0.3)
-    done: dict[str, float] = {}
 
     def generate() -> None:
         with httpx.Client(base_url=str(client.base_url), timeout=10) as own:
-            own.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8})
-            done["generation"] = time.monotonic()
+            assert own.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}).status_code == 200
 
     worker = threading.Thread(target=generate)
     worker.start()
-    deadline = time.monotonic() + 5
-    while client.get("/sdapi/v1/progress").json()["state"]["job"] == "" and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: running_job(client)["job"] != "")
     client.post("/sdapi/v1/refresh-checkpoints")  # takes the queue lock, as api.py does
-    refreshed = time.monotonic()
+    # The generation ends its job inside the lock: a refresh that got the lock comes after that end.
+    assert running_job(client)["job"] == ""
     worker.join(timeout=5)
-    assert refreshed >= done["generation"]

@@ -636,13 +636,19 @@ class StandinWebUI:
 
     def _extra_batch_images(self, body: bytes) -> dict[str, Any]:
         request = parse_json_object(body)
-        items = request.get("imageList", [])
+        if "imageList" not in request:  # ExtrasBatchImagesRequest.imageList has no default
+            raise validation_error(["imageList"], "field required", "value_error.missing")
+        items = request["imageList"]
         if not isinstance(items, list):
             raise validation_error(["imageList"], "value is not a valid list", "type_error.list")
         sources = []
         for position, item in enumerate(items):
-            if not isinstance(item, dict) or "data" not in item:
-                raise validation_error(["imageList", position, "data"], "field required", "value_error.missing")
+            # models.py FileData: `data` and `name` are both required strings.
+            for key in ("data", "name"):
+                if not isinstance(item, dict) or key not in item:
+                    raise validation_error(["imageList", position, key], "field required", "value_error.missing")
+                if not isinstance(item[key], str):
+                    raise validation_error(["imageList", position, key], "str type expected", "type_error.str")
             try:
                 sources.append(decode_image_payload(item["data"]))
             except InvalidImageError as error:

@@ -325,3 +325,11 @@ def test_refresh_waits_for_the_running_generation(start: Start) -> None:
     # The generation ends its job inside the lock: a refresh that got the lock comes after that end.
     assert running_job(client)["job"] == ""
     worker.join(timeout=5)
+
+
+def test_skip_load_model_at_start_loads_on_the_first_generation(start: Start) -> None:
+    client = start(load_at_start=False)
+    assert loaded_option(client) is None
+    assert stats(client)["loaded_model"] is None
+    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}))[0]
+    assert metadata(image)["model"] == loaded_option(client) == titles(client)["alpha"]

@@ -165,6 +165,7 @@ class StandinWebUI:
         api_auth: str | None = None,
         no_download_sd_model: bool = False,
         no_hashing: bool = False,
+        load_at_start: bool = True,
         load_delay: float = 0.0,
         image_delay: float = 0.0,
     ) -> None:
@@ -176,6 +177,7 @@ class StandinWebUI:
         self.serves_api = api or api_only
         self._credentials = parse_api_auth(api_auth) if api_auth else None
         self.no_download_sd_model, self.no_hashing = no_download_sd_model, no_hashing
+        self.load_at_start = load_at_start
         self.load_delay, self.image_delay = max(0.0, load_delay), max(0.0, image_delay)
         # The queue lock serialises generations, model loads and refreshes, like the real server's; the state lock
         # guards the fields below and is never held while waiting.
@@ -233,7 +235,7 @@ class StandinWebUI:
             daemon=True,
         )
         self._thread.start()
-        if self._loader is None:
+        if self._loader is None and self.load_at_start:
             # initialize.py: the model loads in a thread while the server already answers.
             self._loader = threading.Thread(target=self._load_at_start, name="standin-load-model", daemon=True)
             self._loader.start()
@@ -455,7 +457,13 @@ class StandinWebUI:
             self._model_on_device = True
 
     def _unload(self) -> dict[str, Any]:
-        """api.py unloadapi -> unload_model_weights: the weights go to the CPU; the option keeps its title."""
+        """api.py unloadapi -> unload_model_weights: the weights go to the CPU; the option keeps its title.
+
+        The real reload_model_weights returns early for the file already loaded, so nothing there moves the weights
+        back before the next generation; what that generation then does on a GPU is not established from the
+        source. The stand-in moves them back (charging the load delay) and generates; a client should call
+        reload-checkpoint after an unload rather than rely on this.
+        """
         with self._state_lock:
             self._model_on_device = False
         return {}

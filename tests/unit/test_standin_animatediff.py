@@ -88,6 +88,7 @@ def test_animatediff_is_off_unless_enabled(client: httpx.Client, scripts: dict[s
     [
         ({"enable": True, "fps": 0}, "AssertionError"),
         ({"enable": True, "format": ["TXT"]}, "AssertionError"),
+        ({"enable": True, "format": "GIF"}, "AssertionError"),  # a string, not a list
         ({"enable": True, "no_such_parameter": 1}, "TypeError"),
     ],
 )

@@ -102,7 +102,7 @@ def parse_animatediff(scripts: dict[str, Any]) -> Animation | None:
     if not (video_length >= 0 and fps > 0):
         raise _error("AssertionError", "Video length and FPS should be positive.")
     formats = options.get("format", PARAMETERS["format"])
-    formats = [formats] if isinstance(formats, str) else formats
+    # _check: `set(...).isdisjoint(self.format)`; a bare string ("GIF") is iterated as its characters, so it fails.
     if not isinstance(formats, list) or CHECKED_FORMATS.isdisjoint(f for f in formats if isinstance(f, str)):
         raise _error("AssertionError", "At least one saving format should be selected.")
     context = _number(options, "batch_size")

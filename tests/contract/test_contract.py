@@ -179,7 +179,6 @@ def test_legacy_bodies_become_requests_the_real_server_accepts(name: str) -> Non
     assert_fits(task["metadata"]["tasktype"], task["content"])
 
 
-@pytest.mark.xfail(strict=True, reason="the agent does not strip uid/sd_vae yet (issue 9, the lead's agent change)")
 @pytest.mark.parametrize("name", LEGACY_WITH_FOREIGN_KEYS)
 def test_legacy_bodies_with_uid_or_sd_vae_become_requests_the_real_server_accepts(name: str) -> None:
     task = legacy_to_task(LEGACY_WITH_FOREIGN_KEYS[name])

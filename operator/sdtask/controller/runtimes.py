@@ -263,6 +263,8 @@ class RuntimeLoop:
     async def _assign(self, task: TaskView, pod: str, now: dt.datetime) -> None:
         attempt = task.attempts + 1
         message = f"assigned to pod {pod} (attempt {attempt})"
+        # The agent may post "Started" before our "Scheduled" is posted: the event carries the time of assignment.
+        assigned_at = dt.datetime.now(dt.UTC)
         try:
             current = await self.kube.get_task(task.namespace, task.name)
             status = current.get("status") or {}
@@ -294,7 +296,7 @@ class RuntimeLoop:
         metrics.task_dispatched(task.namespace, task.runtime, waited)
         with log_context(task=task.name):  # the daemon's context already names the namespace and runtime
             log.info("task %s %s after %.1fs in the queue", task.name, message, waited)
-        await self.kube.post_event(current, "Normal", "Scheduled", message, COMPONENT)
+        await self.kube.post_event(current, "Normal", "Scheduled", message, COMPONENT, when=assigned_at)
 
     # --- status -------------------------------------------------------------------------------------------------------
     async def _report(

@@ -2,7 +2,17 @@ import datetime as dt
 
 import pytest
 
-from sdtask.scheduling import AheadTask, IdlePod, Policy, QueuedTask, plan_assignments, queue_order, reclaims
+from sdtask.scheduling import (
+    AheadTask,
+    IdlePod,
+    Policy,
+    QueuedTask,
+    plan_assignments,
+    queue_order,
+    queue_positions,
+    queue_summary,
+    reclaims,
+)
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -224,3 +234,15 @@ def test_each_waiting_urgent_task_takes_back_one() -> None:
     waiting = [task("u1", 1, priority=9), task("u2", 2, priority=9), task("u3", 3, priority=9)]
     taken = reclaims(waiting, [ahead("a", 0, 1), ahead("b", 0, 2)], 0, T0)
     assert [a.name for a in taken] == ["b", "a"]  # the most recently assigned first
+
+
+def test_queue_positions_follow_dispatch_order() -> None:
+    tasks = [task("old-low", 0), task("new-high", 5, priority=10), task("mid-low", 2)]
+    assert queue_positions(tasks) == {"new-high": 1, "old-low": 2, "mid-low": 3}
+
+
+def test_queue_summary_has_the_head_and_a_count_per_model() -> None:
+    tasks = [task(f"t{i}", i, model="a.safetensors" if i % 2 else None) for i in range(5)]
+    summary = queue_summary(tasks, head_length=3)
+    assert summary["head"] == ["t0", "t1", "t2"]
+    assert summary["byModel"] == [{"model": "", "tasks": 3}, {"model": "a.safetensors", "tasks": 2}]

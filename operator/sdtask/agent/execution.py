@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
+from sdtask.agent.progress import ProgressReporter
 from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.kube import Kube
 from sdtask.clients.s3 import describe_s3_error, put_json, put_object
@@ -26,15 +28,16 @@ from sdtask.clients.webui import (
     WebUIUnavailable,
     match_checkpoint,
 )
-from sdtask.completion import CallbackPolicy, Outcome, end_failed_attempt, finish_task, is_legacy
+from sdtask.completion import CallbackPolicy, Outcome, announce_start, end_failed_attempt, finish_task, is_legacy
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
 from sdtask.links import LinkError, LinkFetcher, replace_links
+from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
 from sdtask.records import RecordContext, failure_record, result_images, success_record
-from sdtask.request import prepare_payload
+from sdtask.request import makes_videos, prepare_payload
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
@@ -81,6 +84,7 @@ class TaskExecution:
         self.fetcher = fetcher
         self.current = ""  # uid of the task being executed
         self._free: asyncio.Event | None = None  # set when the Web UI is done with the current task
+        self._background: set[asyncio.Task[bool]] = set()  # start callbacks in flight
         self.cancelled = ""
         self.callbacks = CallbackPolicy(
             allow_private=settings.allow_private_links,
@@ -104,8 +108,14 @@ class TaskExecution:
         uid = task["metadata"].get("uid", "")
         self.current, self.cancelled = uid, ""
         self._free = webui_free
+        meta = task["metadata"]
+        agent_metrics.BUSY.set(1)
         try:
-            return await self._execute(task)
+            with log_context(namespace=meta.get("namespace"), task=meta.get("name"), runtime=self.settings.runtime):
+                log.info("task %s started", meta.get("name"))
+                phase = await self._execute(task)
+                log.info("task %s ended: %s", meta.get("name"), phase.value)
+                return phase
         except CancelledTask:
             log.info("task %s was deleted: cancelled", task["metadata"]["name"])
             return None
@@ -116,6 +126,7 @@ class TaskExecution:
         """The generation is over: cancelling this task can no longer stop anything."""
         if self.current == uid:
             self.current = ""
+            agent_metrics.BUSY.set(0)
         if webui_free is not None:
             webui_free.set()
 
@@ -134,11 +145,11 @@ class TaskExecution:
         except ValueError as error:
             return await self._fail(task, AttemptFailed("InvalidTask", str(error)))
         try:
-            model, response = await self._generate(task, started)
+            model, response, images = await self._generate(task, started)
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
             generated = True
             self._release(uid, free)  # from here on the next task may use the Web UI
-            outputs = await self._store(task, prefix, task_id, response, model, started)
+            outputs = await self._store(task, prefix, task_id, response, images, model, started)
         except AttemptFailed as failure:
             if not generated:
                 self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
@@ -173,9 +184,20 @@ class TaskExecution:
         }
         # Guarded by the resourceVersion this agent saw: a task the operator took back meanwhile (409) is not run.
         # No Event: the Running condition says it (Events are for outcomes and problems).
-        return await self.kube.patch_task_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
+        updated = await self.kube.patch_task_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
+        attempt = int(status.get("attempts") or 1)
+        # The opt-in start callback goes in the background: it never delays the generation.
+        announcing = asyncio.create_task(
+            announce_start(self.kube, updated, self.settings.pod_name, attempt, self.callbacks)
+        )
+        self._background.add(announcing)
+        announcing.add_done_callback(self._background.discard)
+        return updated
 
-    async def _generate(self, task: dict[str, Any], started: dt.datetime) -> tuple[str | None, dict[str, Any]]:
+    async def _generate(
+        self, task: dict[str, Any], started: dt.datetime
+    ) -> tuple[str | None, dict[str, Any], list[str]]:
+        """The model it ran on, the Web UI's answer and its images (base64, the grid left out)."""
         request = task["spec"]["task"]
         try:
             call = prepare_payload(str(request["metadata"].get("tasktype", "")), dict(request.get("content") or {}))
@@ -189,8 +211,16 @@ class TaskExecution:
         model = await self._ensure_model(wanted)
         timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
+        meta = task["metadata"]
+
+        async def write_progress(patch: dict[str, Any]) -> None:
+            await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
+
         try:
-            response = await self.webui.generate(call.endpoint, payload, timeout)
+            async with ProgressReporter(
+                self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds
+            ):
+                response = await self.webui.generate(call.endpoint, payload, timeout)
         except WebUITimeout as error:
             interrupted = await self.webui.interrupt()
             note = "; generation interrupted" if interrupted else "; interrupt failed"
@@ -199,9 +229,10 @@ class TaskExecution:
             raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
         except WebUIError as error:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
-        if not result_images(response):
+        images = result_images(response, videos=makes_videos(payload))
+        if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
-        return model, response
+        return model, response, images
 
     async def _ensure_model(self, wanted: str | None) -> str | None:
         """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
@@ -285,6 +316,7 @@ class TaskExecution:
         prefix: str,
         task_id: str,
         response: dict[str, Any],
+        images: list[str],
         model: str | None,
         started: dt.datetime,
     ) -> StoredOutputs:
@@ -292,7 +324,7 @@ class TaskExecution:
         uris = []
         uploads = []
         try:
-            for index, encoded in enumerate(result_images(response), start=1):
+            for index, encoded in enumerate(images, start=1):
                 try:
                     data = decode_image_payload(encoded)
                 except ValueError as error:

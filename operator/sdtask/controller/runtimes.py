@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdtask.api.runtime import QUEUE_HEAD_LENGTH
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import CallbackPolicy, end_failed_attempt
 from sdtask.conditions import set_condition
@@ -23,8 +24,9 @@ from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, POD_DELETI
 from sdtask.controller import metrics
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
+from sdtask.logs import log_context
 from sdtask.scaling import ScalingPolicy, demand, desired_replicas
-from sdtask.scheduling import AheadTask, IdlePod, Policy, QueuedTask, plan_assignments, reclaims
+from sdtask.scheduling import AheadTask, IdlePod, Policy, QueuedTask, plan_assignments, queue_summary, reclaims
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-operator"
@@ -128,6 +130,13 @@ def busy_pods(work: Mapping[str, PodWork]) -> set[str]:
     return {pod for pod, held in work.items() if held.load > 0}
 
 
+def queued_by_model(queued: list[TaskView]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task in queued:
+        counts[task.model or ""] = counts.get(task.model or "", 0) + 1
+    return counts
+
+
 def runtime_conditions(
     previous: list[dict[str, Any]] | None, desired: int, pods: list[PodView], now: dt.datetime
 ) -> list[dict[str, Any]]:
@@ -216,6 +225,7 @@ class RuntimeLoop:
             running=len(running),
             desired=desired,
             ready=sum(1 for p in live if p.ready),
+            queued_by_model=queued_by_model(queued),
         )
 
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
@@ -296,7 +306,7 @@ class RuntimeLoop:
         body = await self.kube.get_task(task.namespace, task.name)
         if (body.get("status") or {}).get("pod") != task.pod:
             return  # the index was behind; the task moved on
-        phase = await end_failed_attempt(
+        await end_failed_attempt(
             self.kube,
             body,
             "PodLost",
@@ -306,8 +316,6 @@ class RuntimeLoop:
             component=COMPONENT,
             policy=self.callbacks,
         )
-        if phase == Phase.FAILED:
-            metrics.task_finished(task.namespace, task.runtime, phase.value, "PodLost")
 
     async def _take_back(self, task: TaskView, reason: str, message: str, now: dt.datetime) -> None:
         """Back to the queue without counting an attempt: it never started. The resourceVersion guard fails (409)
@@ -429,7 +437,10 @@ class RuntimeLoop:
             if is_conflict(error) or is_not_found(error):
                 return
             raise
-        metrics.task_dispatched(task.namespace, task.runtime, (now - task.created).total_seconds())
+        waited = (now - task.created).total_seconds()
+        metrics.task_dispatched(task.namespace, task.runtime, waited)
+        with log_context(task=task.name):  # the daemon's context already names the namespace and runtime
+            log.info("task %s %s after %.1fs in the queue", task.name, message, waited)
 
     # --- status -------------------------------------------------------------------------------------------------------
     async def _report(
@@ -450,6 +461,10 @@ class RuntimeLoop:
             "readyReplicas": sum(1 for p in live if p.ready),
             "queued": sum(1 for t in tasks if t.phase == Phase.PENDING),
             "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
+            "queue": queue_summary(
+                [QueuedTask(t.name, t.priority, t.created, t.model) for t in tasks if t.phase == Phase.PENDING],
+                QUEUE_HEAD_LENGTH,
+            ),
             "pods": [
                 {
                     "name": p.name,

@@ -21,21 +21,25 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from sdtask.clients.s3 import S3Client, describe_s3_error, get_object_capped
+from sdtask.addresses import IPAddress
+from sdtask.addresses import address_refusal as address_refusal  # re-exported: its old home
+from sdtask.clients.s3 import S3Client, describe_s3_error, get_object_capped  # the old fetcher below; goes in phase 2
 from sdtask.naming import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 DEFAULT_MAX_BYTES = 50 * MiB
+DEFAULT_MAX_LINKS = 16
+DEFAULT_MAX_TOTAL_BYTES = 100 * MiB
 MAX_REDIRECTS = 5
 MAX_LINK_LENGTH = 8192
 LINK_SCHEMES = frozenset({"http", "https", "s3"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 JsonPath = tuple[str | int, ...]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Fetch = Callable[[str], Awaitable[bytes]]
+# A fetch gets the URL and the task's shared byte budget, which it charges as bytes arrive.
+Fetch = Callable[[str, "ByteBudget"], Awaitable[bytes]]
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
@@ -127,33 +131,139 @@ def _substitute(node: Any, replacements: dict[str, str]) -> Any:
     return node
 
 
-async def replace_links(content: Any, fetch: Fetch, *, max_concurrency: int = 4) -> Any:
+class LinkLimitError(LinkError):
+    """The task's links as a whole are over a limit (count, total bytes, total time): no single URL is to blame."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("", reason)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class LinkLimits:
+    """Caps on a task's links as a whole. The per-link size cap belongs to the fetcher."""
+
+    max_links: int = DEFAULT_MAX_LINKS
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    seconds: float | None = None  # the whole link phase; the caller gives what is left of the attempt's timeout
+
+
+class ByteBudget:
+    """The bytes a task's links may still bring in, shared by their concurrent downloads.
+
+    A fetcher charges every piece as it arrives (`take`), so the total is enforced while streaming, not after six
+    downloads of the per-link maximum are already in memory.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.max_bytes - self.used)
+
+    def take(self, count: int) -> None:
+        self.used += count
+        if self.used > self.max_bytes:
+            raise LinkLimitError(f"the task's links are over the {self.max_bytes}-byte total limit")
+
+
+@dataclass(frozen=True)
+class Inlined:
+    """Content with its links replaced, and what each inlined base64 string stood for (to take it out again)."""
+
+    content: Any
+    sources: dict[str, str]  # base64 -> the URL it was fetched from
+
+
+async def inline_links(
+    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
+) -> Inlined:
     """A copy of `content` with every link replaced by the base64 of its bytes. The input is not mutated.
 
-    Each distinct URL is fetched once, at most `max_concurrency` at a time. The first failure cancels the other
-    downloads and is raised as LinkError.
+    Each distinct URL is fetched once, at most `max_concurrency` at a time, within `limits` (count checked before any
+    download, bytes while downloading, time for the whole phase). The first failure cancels the other downloads and
+    is raised as LinkError (LinkLimitError for a limit).
     """
+    limits = limits or LinkLimits()
     urls = list(dict.fromkeys(ref.url for ref in find_links(content)))
     if not urls:
-        return _substitute(content, {})
+        return Inlined(_substitute(content, {}), {})
+    if len(urls) > limits.max_links:
+        raise LinkLimitError(f"the task has {len(urls)} links, over the limit of {limits.max_links}")
     semaphore = asyncio.Semaphore(max(1, max_concurrency))
+    budget = ByteBudget(limits.max_total_bytes)
+    fetched = 0
 
     async def fetch_one(url: str) -> str:
+        nonlocal fetched
         async with semaphore:
             try:
-                data = await fetch(url)
+                data = await fetch(url, budget)
             except LinkError:
                 raise
             except Exception as exc:  # a fetch must fail as LinkError, whatever went wrong inside it
                 raise LinkError(url, f"{type(exc).__name__}: {exc}") from exc
+        fetched += len(data)  # a backstop for a fetcher that doesn't charge the budget
+        if fetched > limits.max_total_bytes:
+            raise LinkLimitError(f"the task's links are over the {limits.max_total_bytes}-byte total limit")
         return base64.b64encode(data).decode("ascii")
 
     try:
-        async with asyncio.TaskGroup() as group:
+        async with asyncio.timeout(limits.seconds), asyncio.TaskGroup() as group:
             tasks = {url: group.create_task(fetch_one(url)) for url in urls}
+    except TimeoutError:
+        raise LinkLimitError(f"fetching the task's links took longer than {limits.seconds:g}s in all") from None
     except BaseExceptionGroup as group_error:
         raise _first_link_error(group_error) from None
-    return _substitute(content, {url: task.result() for url, task in tasks.items()})
+    replacements = {url: task.result() for url, task in tasks.items()}
+    return Inlined(_substitute(content, replacements), {data: url for url, data in replacements.items()})
+
+
+async def replace_links(
+    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
+) -> Any:
+    """`inline_links`, content only."""
+    return (await inline_links(content, fetch, limits=limits, max_concurrency=max_concurrency)).content
+
+
+MAX_RESTORE_DEPTH = 128
+
+
+def restore_links(value: Any, sources: dict[str, str]) -> Any:
+    """A copy of `value` (e.g. the Web UI's echo of the request) with the inlined link data taken out again.
+
+    The `.out` record must not carry the bytes of fetched inputs: whoever reads the record could then read whatever
+    the agent's credentials reach through an s3:// link. A string that is an inlined base64 becomes the (redacted)
+    link it came from; a string holding one (a data: URI) gets it replaced in place. Pure.
+    """
+    if not sources:
+        return value
+    return _restore(value, sources, 0)
+
+
+def _restore(value: Any, sources: dict[str, str], depth: int) -> Any:
+    if isinstance(value, str):
+        if value in sources:
+            return redact_url(sources[value])
+        if len(value) >= _MIN_INLINED_LENGTH:
+            for data, url in sources.items():
+                if data and data in value:
+                    value = value.replace(data, redact_url(url))
+        return value
+    if depth >= MAX_RESTORE_DEPTH:
+        return "<nested too deep to store>"
+    if isinstance(value, dict):
+        return {key: _restore(item, sources, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_restore(item, sources, depth + 1) for item in value]
+    return value
+
+
+_MIN_INLINED_LENGTH = 4  # base64 of one byte
 
 
 def _first_link_error(group_error: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -189,28 +299,38 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
-# --- address policy -------------------------------------------------------------------------------------------------
+# --- address policy (sdtask.addresses) and S3 allow-list -------------------------------------------------------------
 
 
-def address_refusal(address: IPAddress) -> str | None:
-    """Why a link to `address` is refused by default ("a private address"...), or None for a public address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address_refusal(address.ipv4_mapped)
-    if address.is_unspecified:
-        return "an unspecified address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address (cloud metadata lives there)"
-    if address.is_multicast:
-        return "a multicast address"
-    if address.is_reserved:
-        return "a reserved address"
-    if address.is_private:
-        return "a private address"
-    if not address.is_global:  # carrier-grade NAT, documentation ranges, ...
-        return "a non-public address"
-    return None
+def s3_link_refusal(bucket: str, key: str, allowed_prefixes: list[str] | tuple[str, ...]) -> str | None:
+    """Why `s3://bucket/key` may not be read for a task, or None. Pure.
+
+    The agent's S3 credentials reach more than a task's author should (other teams' buckets, the models): an s3://
+    link is read only under a prefix the runtime allows (`s3://bucket/prefix`, matched as a string prefix of the
+    key, like S3 and IAM match prefixes; `s3://bucket` or `s3://bucket/` allows the whole bucket).
+    """
+    for allowed in allowed_prefixes:
+        try:
+            allowed_bucket, allowed_key = _split_s3(allowed)
+        except ValueError:
+            continue
+        if bucket == allowed_bucket and key.startswith(allowed_key):
+            return None
+    where = ", ".join(allowed_prefixes) if allowed_prefixes else "none"
+    return (
+        f"refused: s3://{bucket}/{key} is outside the runtime's allowed S3 prefixes ({where}); "
+        "see agent.allowedS3Prefixes"
+    )
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    text = uri.strip()
+    if not text.startswith("s3://"):
+        raise ValueError(uri)
+    bucket, _, key = text[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(uri)
+    return bucket, key
 
 
 def _refused_message(host: str, address: IPAddress, kind: str) -> str:
@@ -281,7 +401,7 @@ class LinkFetcher:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str, budget: ByteBudget | None = None) -> bytes:
         """The bytes behind `url`; LinkError for anything that goes wrong (never another exception)."""
         url = url.strip()
         scheme = url.partition("://")[0].lower()

@@ -6,32 +6,22 @@ deadline) end tasks, so both use this one path: every failure gets a reason, a m
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from sdtask.clients.callback import send_callback
+from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, task_metadata
 from sdtask.clients.kube import Kube
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import ANNOTATION_REQUEST_FORMAT, LABEL_POD, Phase
-from sdtask.links import address_refusal
-from sdtask.request import callback_payload, response_object
+from sdtask.request import response_object
+
+__all__ = ["CallbackPolicy", "Outcome", "end_failed_attempt", "final_status", "finish_task", "task_metadata"]
 from sdtask.retry import after_failed_attempt
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CallbackPolicy:
-    allow_private: bool = False
-    allowed_hosts: frozenset[str] = frozenset()
-    attempts: int = 5
-    base_delay: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,15 +37,6 @@ class Outcome:
 
 def is_legacy(task: Mapping[str, Any]) -> bool:
     return (task.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_REQUEST_FORMAT) == "legacy"
-
-
-def task_metadata(task: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's own metadata, with the runtime the operator routed it to (empty in the legacy form)."""
-    metadata = dict(((task.get("spec") or {}).get("task") or {}).get("metadata") or {})
-    routed = (task.get("status") or {}).get("runtime")
-    if routed:
-        metadata["runtime"] = routed
-    return metadata
 
 
 def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) -> dict[str, Any]:
@@ -86,93 +67,25 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
     }
 
 
-async def callback_refusal(url: str, policy: CallbackPolicy) -> str | None:
-    """The same address policy as for links: a task must not make the cluster call its own private services."""
-    host = urlsplit(url).hostname or ""
-    if not host:
-        return f"callback URL {url!r} has no host"
-    if policy.allow_private or host.lower() in policy.allowed_hosts:
-        return None
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError as error:
-        return f"callback host {host} does not resolve ({error.strerror or error})"
-    for info in infos:
-        refusal = address_refusal(ipaddress.ip_address(info[4][0]))
-        if refusal:
-            return f"callback to {host} refused: it resolves to {refusal}; allow private callbacks to permit it"
-    return None
-
-
 async def finish_task(
-    kube: Kube, task: dict[str, Any], outcome: Outcome, component: str, policy: CallbackPolicy
+    kube: Kube,
+    task: dict[str, Any],
+    outcome: Outcome,
+    component: str,
+    policy: CallbackPolicy,
+    outbox: CallbackOutbox | None = None,
 ) -> dict[str, Any]:
-    """Write the final status, post an Event, deliver the callback. Returns the status written."""
+    """Write the final status, post an Event, queue the callback (never waits for its delivery). Returns the status
+    written. Without an `outbox`, the process's shared one for `component` delivers it."""
     meta = task["metadata"]
     now = dt.datetime.now(dt.UTC)
     status = final_status(task, outcome, now)
     await kube.patch_task_status(meta["namespace"], meta["name"], status)
     event_type = "Normal" if outcome.phase == Phase.SUCCEEDED else "Warning"
     await kube.post_event(task, event_type, outcome.reason, outcome.message, component)
-    callback = (task.get("spec") or {}).get("callback") or {}
-    if callback.get("url"):
-        await deliver_callback(kube, task, status, callback, component, policy)
+    if ((task.get("spec") or {}).get("callback") or {}).get("url"):
+        (outbox or shared_outbox(kube, policy, component)).submit(task, status)
     return status
-
-
-async def deliver_callback(
-    kube: Kube,
-    task: dict[str, Any],
-    status: dict[str, Any],
-    callback: Mapping[str, Any],
-    component: str,
-    policy: CallbackPolicy,
-) -> None:
-    """Its state is its own condition: a callback that cannot be delivered never changes the task's result."""
-    meta = task["metadata"]
-    url = str(callback["url"])
-    failed = status["phase"] != Phase.SUCCEEDED.value
-    payload = callback_payload(
-        task_metadata(task),
-        output_location=status["output_location"],
-        image_urls=status["images"],
-        output_url=status["output_url"],
-        error=status["message"] if failed else "",
-        runtime=(task.get("status") or {}).get("runtime"),
-    )
-    refusal = await callback_refusal(url, policy)
-    token = None
-    secret_ref = callback.get("secretRef") or {}
-    if refusal is None and secret_ref.get("name"):
-        token = await kube.read_secret_value(meta["namespace"], secret_ref["name"], secret_ref.get("key", "token"))
-        if token is None:
-            refusal = f"callback secret {secret_ref['name']}/{secret_ref.get('key', 'token')} not found"
-    if refusal is None:
-        result = await send_callback(url, payload, token=token, attempts=policy.attempts, base_delay=policy.base_delay)
-        delivered, attempts, error = result.delivered, result.attempts, result.last_error
-    else:
-        delivered, attempts, error = False, 0, refusal
-    now = dt.datetime.now(dt.UTC)
-    message = f"delivered to {urlsplit(url).hostname}" if delivered else f"not delivered: {error}"
-    patch = {
-        "callback": {
-            "state": "Delivered" if delivered else "Failed",
-            "attempts": attempts,
-            "lastError": error,
-            "lastAttemptTime": now_iso(now),
-        },
-        "conditions": set_condition(
-            status["conditions"],
-            "CallbackDelivered",
-            delivered,
-            "Delivered" if delivered else "DeliveryFailed",
-            message,
-            now,
-        ),
-    }
-    await kube.patch_task_status(meta["namespace"], meta["name"], patch)
-    if not delivered:
-        await kube.post_event(task, "Warning", "CallbackFailed", message, component)
 
 
 async def end_failed_attempt(

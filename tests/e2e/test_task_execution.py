@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -306,8 +307,9 @@ def test_a_callback_with_a_secret_is_signed_and_verifiable(cluster: Cluster, cal
     assert cluster.wait_finished("signed")["status"]["phase"] == "Succeeded"
     delivered = wait_for(lambda: callbacks.for_id("signed"), 30, "the signed callback")[0]
     signature = delivered["headers"].get("X-SDTask-Signature")
-    assert verify_signature(delivered["raw"], "s3cr3t-token", signature)
-    assert not verify_signature(delivered["raw"], "another-token", signature)
+    timestamp = delivered["headers"].get("X-SDTask-Timestamp")
+    assert verify_signature(delivered["raw"], "s3cr3t-token", signature, timestamp, now=time.time())
+    assert not verify_signature(delivered["raw"], "another-token", signature, timestamp, now=time.time())
     status = cluster.task("signed")["status"]
     assert "s3cr3t-token" not in json.dumps(status)  # the token never reaches status
 

@@ -257,15 +257,18 @@ class Outbound:
         headers: dict[str, str] | None = None,
         follow_redirects: bool = True,
         budget: Budget | None = None,
+        truncate: bool = False,
     ) -> OutboundResponse:
         """Send the request; the response with at most `max_bytes` of decoded body. Raises OutboundError only.
 
         With `follow_redirects`, GET is repeated on each Location (up to max_redirects); a redirect is otherwise
-        returned as the response. `budget` sees every decoded piece (a total over several requests).
+        returned as the response. `budget` sees every decoded piece (a total over several requests). With
+        `truncate`, a longer body is cut at `max_bytes` (the rest never read) instead of refused.
         """
+        limit = _Limit(max_bytes, truncate, budget)
         try:
             async with asyncio.timeout(total_timeout):
-                return await self._request(method, url, max_bytes, content, headers, follow_redirects, budget)
+                return await self._request(method, url, limit, content, headers, follow_redirects)
         except TimeoutError:
             raise OutboundError(f"timed out after {total_timeout:g}s overall", retryable=True) from None
 
@@ -273,11 +276,10 @@ class Outbound:
         self,
         method: str,
         url: str,
-        max_bytes: int,
+        limit: _Limit,
         content: bytes | None,
         headers: dict[str, str] | None,
         follow_redirects: bool,
-        budget: Budget | None,
     ) -> OutboundResponse:
         try:
             current = httpx.URL(url.strip())
@@ -289,7 +291,7 @@ class Outbound:
                 raise OutboundError(f"unsupported scheme {current.scheme!r} (http and https are)")
             if not current.host:
                 raise OutboundError("the URL has no host")
-            response = await self._send(method, current, content, sent_headers, max_bytes, budget)
+            response = await self._send(method, current, content, sent_headers, limit)
             if not (follow_redirects and response.status in REDIRECT_STATUSES):
                 return response
             location = response.headers.get("Location")
@@ -309,15 +311,14 @@ class Outbound:
         url: httpx.URL,
         content: bytes | None,
         headers: dict[str, str],
-        max_bytes: int,
-        budget: Budget | None,
+        limit: _Limit,
     ) -> OutboundResponse:
         try:
             async with self._http.stream(method, url, content=content, headers=headers) as response:
                 if response.status_code in REDIRECT_STATUSES:
                     body = b""  # never read: a redirect's body is not what was asked for
                 else:
-                    body = await _read_capped(response, max_bytes, budget)
+                    body = await _read_capped(response, limit)
                 return OutboundResponse(
                     response.status_code, response.reason_phrase, response.headers, body, str(url)
                 )
@@ -337,24 +338,37 @@ class Outbound:
             raise OutboundError(f"{type(error).__name__}: {error}", retryable=True) from None
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int, budget: Budget | None) -> bytes:
+@dataclass(frozen=True)
+class _Limit:
+    max_bytes: int
+    truncate: bool
+    budget: Budget | None
+
+
+async def _read_capped(response: httpx.Response, limit: _Limit) -> bytes:
+    max_bytes = limit.max_bytes
     announced = response.headers.get("Content-Length")
-    if announced is not None and announced.isdigit() and int(announced) > max_bytes:
+    if not limit.truncate and announced is not None and announced.isdigit() and int(announced) > max_bytes:
         raise ResponseTooLarge(f"the body is {announced} bytes, over the {max_bytes}-byte limit")
     layers = _decoders(response.headers)
     chunks: list[bytes] = []
     raw_total = decoded_total = 0
     async for raw in response.aiter_raw():
         raw_total += len(raw)
-        if raw_total > max_bytes:
+        if raw_total > max_bytes and not limit.truncate:
             raise ResponseTooLarge(f"the body is over the {max_bytes}-byte limit")
         for piece in _through(layers, raw):
             decoded_total += len(piece)
             if decoded_total > max_bytes:
+                if limit.truncate:
+                    chunks.append(piece[: max_bytes - (decoded_total - len(piece))])
+                    return b"".join(chunks)
                 raise ResponseTooLarge(f"the body is over the {max_bytes}-byte limit once decoded")
-            if budget is not None:
-                budget(len(piece))
+            if limit.budget is not None:
+                limit.budget(len(piece))
             chunks.append(piece)
+        if limit.truncate and raw_total > max_bytes:
+            return b"".join(chunks)
     for layer in layers:
         layer.check_complete()
     return b"".join(chunks)

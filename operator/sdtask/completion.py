@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, task_metadata
-from sdtask.clients.kube import Kube
+from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import ANNOTATION_REQUEST_FORMAT, LABEL_POD, Phase
 from sdtask.request import response_object
@@ -67,6 +67,59 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
     }
 
 
+@dataclass(frozen=True)
+class Expect:
+    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod."""
+
+    phases: frozenset[str | None]
+    pod: str | None = None
+
+    def holds(self, task: Mapping[str, Any]) -> bool:
+        status = task.get("status") or {}
+        return status.get("phase") in self.phases and (self.pod is None or status.get("pod") == self.pod)
+
+
+def running_on(pod: str) -> Expect:
+    return Expect(frozenset({Phase.RUNNING.value}), pod)
+
+
+NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.value, Phase.RUNNING.value}))
+
+
+async def patch_status_if(
+    kube: Kube, task: Mapping[str, Any], status: dict[str, Any], expect: Expect | None, *, tries: int = 5
+) -> bool:
+    """Patch the status only while `expect` holds; False when it no longer does (nothing written).
+
+    The check and the write are one: the patch carries the resourceVersion of the read that passed the check, so
+    a deadline failure written meanwhile makes it fail (409) instead of being overwritten by a success.
+    """
+    meta = task["metadata"]
+    if expect is None:
+        await kube.patch_task_status(meta["namespace"], meta["name"], status)
+        return True
+    for _ in range(tries):
+        try:
+            current = await kube.get_task(meta["namespace"], meta["name"])
+        except Exception as error:
+            if is_not_found(error):
+                return False
+            raise
+        if not expect.holds(current):
+            return False
+        try:
+            await kube.patch_task_status(
+                meta["namespace"], meta["name"], status, current["metadata"]["resourceVersion"]
+            )
+            return True
+        except Exception as error:
+            if is_not_found(error):
+                return False
+            if not is_conflict(error):
+                raise
+    return False
+
+
 async def finish_task(
     kube: Kube,
     task: dict[str, Any],
@@ -74,13 +127,17 @@ async def finish_task(
     component: str,
     policy: CallbackPolicy,
     outbox: CallbackOutbox | None = None,
-) -> dict[str, Any]:
+    expect: Expect | None = None,
+) -> dict[str, Any] | None:
     """Write the final status, post an Event, queue the callback (never waits for its delivery). Returns the status
-    written. Without an `outbox`, the process's shared one for `component` delivers it."""
+    written, None when `expect` no longer held (someone else ended the task: no Event, no callback from here).
+    Without an `outbox`, the process's shared one for `component` delivers the callback."""
     meta = task["metadata"]
     now = dt.datetime.now(dt.UTC)
     status = final_status(task, outcome, now)
-    await kube.patch_task_status(meta["namespace"], meta["name"], status)
+    if not await patch_status_if(kube, task, status, expect):
+        log.info("%s/%s: no longer %s; its end is not written", meta["namespace"], meta["name"], expect)
+        return None
     event_type = "Normal" if outcome.phase == Phase.SUCCEEDED else "Warning"
     await kube.post_event(task, event_type, outcome.reason, outcome.message, component)
     if ((task.get("spec") or {}).get("callback") or {}).get("url"):
@@ -98,8 +155,11 @@ async def end_failed_attempt(
     backoff_seconds: float,
     component: str,
     policy: CallbackPolicy,
-) -> Phase:
-    """Requeue the task with back-off when it may be retried, else end it as Failed (with Event and callback)."""
+    outbox: CallbackOutbox | None = None,
+    expect: Expect | None = None,
+) -> Phase | None:
+    """Requeue the task with back-off when it may be retried, else end it as Failed (with Event and callback).
+    None when `expect` no longer held: nothing was written."""
     meta, status = task["metadata"], task.get("status") or {}
     attempts = int(status.get("attempts") or 0)
     spec = task.get("spec") or {}
@@ -109,24 +169,24 @@ async def end_failed_attempt(
     if outcome.phase == Phase.FAILED:
         if retryable:
             message += f" (no retries left after {attempts} attempt(s))"
-        await finish_task(kube, task, Outcome(Phase.FAILED, reason, message), component, policy)
-        return Phase.FAILED  # like a success, it keeps its pod label: which pod ran it
+        written = await finish_task(
+            kube, task, Outcome(Phase.FAILED, reason, message), component, policy, outbox, expect
+        )
+        return Phase.FAILED if written is not None else None  # like a success, it keeps its pod label
     retry_at = now_iso(outcome.not_before)
     message += f"; retrying after {retry_at} (attempt {attempts + 1} of {max_retries + 1})"
     conditions = set_condition(status.get("conditions"), "Running", False, reason, message, now)
     conditions = set_condition(conditions, "Scheduled", False, reason, message, now)
-    await kube.patch_task_status(
-        meta["namespace"],
-        meta["name"],
-        {
-            "phase": Phase.PENDING.value,
-            "reason": reason,
-            "message": message,
-            "pod": "",
-            "notBefore": retry_at,
-            "conditions": conditions,
-        },
-    )
+    requeue = {
+        "phase": Phase.PENDING.value,
+        "reason": reason,
+        "message": message,
+        "pod": "",
+        "notBefore": retry_at,
+        "conditions": conditions,
+    }
+    if not await patch_status_if(kube, task, requeue, expect):
+        return None
     await kube.patch_task_labels(meta["namespace"], meta["name"], {LABEL_POD: None})
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING

@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
 from sdtask.config import OperatorSettings
 from sdtask.constants import (
     AGENT_CONTAINER,
@@ -79,7 +80,9 @@ def _secret_env(name: str, secret: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}}
 
 
-def agent_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
+def agent_env(runtime: dict[str, Any], settings: OperatorSettings | None = None) -> list[dict[str, Any]]:
+    """`settings` gives the operator's callback policy: agents send callbacks under the same one."""
+    operator = settings or OperatorSettings()
     spec = runtime.get("spec", {})
     output = spec.get("output", {})
     models = spec.get("models", {})
@@ -99,7 +102,12 @@ def agent_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
         _env("SDTASK_REQUEST_TIMEOUT_SECONDS", spec.get("requestTimeoutSeconds", 600)),
         _env("SDTASK_ALLOW_PRIVATE_LINKS", bool(agent.get("allowPrivateLinks", False))),
         _env("SDTASK_ALLOWED_LINK_HOSTS", ",".join(agent.get("allowedLinkHosts", []))),
-        _env("SDTASK_MAX_DOWNLOAD_BYTES", agent.get("maxDownloadBytes", 50 * 1024 * 1024)),
+        _env("SDTASK_MAX_DOWNLOAD_BYTES", agent.get("maxDownloadBytes", DEFAULT_MAX_DOWNLOAD_BYTES)),
+        _env("SDTASK_MAX_LINKS", agent.get("maxLinks", DEFAULT_MAX_LINKS)),
+        _env("SDTASK_MAX_TOTAL_DOWNLOAD_BYTES", agent.get("maxTotalDownloadBytes", DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES)),
+        _env("SDTASK_ALLOWED_S3_PREFIXES", ",".join(agent.get("allowedS3Prefixes") or [])),
+        _env("SDTASK_ALLOW_PRIVATE_CALLBACKS", operator.allow_private_callbacks),
+        _env("SDTASK_ALLOWED_CALLBACK_HOSTS", ",".join(sorted(operator.allowed_callback_hosts))),
         _env("SDTASK_STATE_DIR", STATE_DIR),
     ]
     return env + _s3_credentials_env(output) + _api_auth_env(spec)
@@ -256,7 +264,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         "name": AGENT_CONTAINER,
         "image": agent.get("image") or settings.agent_image,
         "args": ["agent"],
-        "env": agent_env(runtime),
+        "env": agent_env(runtime, settings),
         "resources": agent.get("resources")
         or {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "volumeMounts": [

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
+from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
+from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube
 from sdtask.clients.s3 import describe_s3_error, put_json, put_object
 from sdtask.clients.webui import (
@@ -26,11 +28,11 @@ from sdtask.clients.webui import (
     WebUIUnavailable,
     match_checkpoint,
 )
-from sdtask.completion import CallbackPolicy, Outcome, end_failed_attempt, finish_task, is_legacy
+from sdtask.completion import CallbackPolicy, Outcome, end_failed_attempt, finish_task, is_legacy, running_on
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
-from sdtask.links import LinkError, LinkFetcher, replace_links
+from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
 from sdtask.records import RecordContext, failure_record, result_images, success_record
@@ -81,12 +83,15 @@ class TaskExecution:
         self.fetcher = fetcher
         self.current = ""  # uid of the task being executed
         self.cancelled = ""
+        # The operator's callback policy (from the pod env), not the runtime's link policy.
         self.callbacks = CallbackPolicy(
-            allow_private=settings.allow_private_links,
-            allowed_hosts=settings.allowed_link_hosts,
+            allow_private=settings.allow_private_callbacks,
+            allowed_hosts=settings.allowed_callback_hosts,
             attempts=settings.callback_attempts,
             base_delay=settings.callback_base_delay_seconds,
         )
+        self.outbox = CallbackOutbox(kube, self.callbacks, COMPONENT)
+        self._inlined: dict[str, str] = {}  # base64 -> link of the current task's inputs, kept out of the record
 
     async def cancel(self, uid: str) -> None:
         """The task was deleted: stop its generation now, so the GPU is free for the next task."""
@@ -97,6 +102,7 @@ class TaskExecution:
     async def execute(self, task: dict[str, Any]) -> Phase | None:
         """Run one task to its end; None when it was cancelled (deleted) on the way."""
         self.current, self.cancelled = task["metadata"].get("uid", ""), ""
+        self._inlined = {}
         try:
             return await self._execute(task)
         except CancelledTask:
@@ -109,9 +115,35 @@ class TaskExecution:
         if self.cancelled and self.cancelled == self.current:
             raise CancelledTask()
 
-    async def _execute(self, task: dict[str, Any]) -> Phase:
+    async def _execute(self, task: dict[str, Any]) -> Phase | None:
         started = dt.datetime.now(dt.UTC)
-        task = await self._mark_running(task, started)
+        retaken = (task.get("status") or {}).get("phase") == Phase.RUNNING.value
+        task = await self._mark_running(task, started, retaken)
+        if retaken and self._retries_exhausted(task):
+            attempts = task["status"]["attempts"]
+            return await self._fail(
+                task,
+                AttemptFailed(
+                    "AgentRestarted",
+                    f"the agent restarted during the task {attempts - 1} time(s); no retries left",
+                ),
+            )
+        try:
+            return await self._run(task, started)
+        except (CancelledTask, asyncio.CancelledError):
+            raise
+        except Exception as error:  # a bug or hostile input must end the attempt, never leave the pod busy for good
+            log.exception("task %s: unexpected error", task["metadata"]["name"])
+            text = f"the agent failed: {type(error).__name__}: {error}"[:1000]
+            failure = AttemptFailed("InternalError", text, retryable=True)
+            return await self._fail(task, failure)
+
+    def _retries_exhausted(self, task: dict[str, Any]) -> bool:
+        spec, status = task.get("spec") or {}, task.get("status") or {}
+        max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
+        return int(status.get("attempts") or 1) > max_retries + 1
+
+    async def _run(self, task: dict[str, Any], started: dt.datetime) -> Phase | None:
         metadata = task["spec"]["task"]["metadata"]
         try:
             prefix = validate_key_part(str(metadata.get("prefix", "")), "prefix")
@@ -136,22 +168,36 @@ class TaskExecution:
             outputs.record,
             model,
         )
-        await finish_task(self.kube, task, outcome, COMPONENT, self.callbacks)
+        # Only while the task is still Running here: a deadline failure written meanwhile is never overwritten.
+        written = await finish_task(
+            self.kube, task, outcome, COMPONENT, self.callbacks, self.outbox, running_on(self.settings.pod_name)
+        )
+        if written is None:
+            return None
         return Phase.SUCCEEDED
 
     # --- steps --------------------------------------------------------------------------------------------------------
-    async def _mark_running(self, task: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    async def _mark_running(self, task: dict[str, Any], now: dt.datetime, retaken: bool) -> dict[str, Any]:
+        """Running on this pod. A task this pod's agent takes while it is already Running here was cut by an agent
+        restart: that counts as a new attempt, so a task that kills its agent runs at most maxRetries + 1 times."""
         meta, status = task["metadata"], task.get("status") or {}
-        message = f"running on pod {self.settings.pod_name} (attempt {status.get('attempts', 1)})"
+        attempts = int(status.get("attempts") or 1) + (1 if retaken else 0)
+        message = f"running on pod {self.settings.pod_name} (attempt {attempts})"
+        if retaken:
+            message += " after an agent restart"
         conditions = set_condition(status.get("conditions"), "Running", True, "Started", message, now)
         patch = {
             "phase": Phase.RUNNING.value,
             "reason": "Started",
             "message": message,
             "startTime": now_iso(now),
+            "attempts": attempts,
             "conditions": conditions,
         }
-        updated = await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
+        # Only while the task is still ours (Scheduled or Running on this pod), with the version that was checked.
+        updated = await self.kube.patch_task_status(
+            meta["namespace"], meta["name"], patch, meta.get("resourceVersion")
+        )
         await self.kube.post_event(task, "Normal", "Started", message, COMPONENT)
         return updated
 
@@ -161,13 +207,20 @@ class TaskExecution:
             call = prepare_payload(str(request["metadata"].get("tasktype", "")), dict(request.get("content") or {}))
         except ValueError as error:
             raise AttemptFailed("InvalidTask", str(error)) from None
+        timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
+        limits = LinkLimits(
+            max_links=self.settings.max_links,
+            max_total_bytes=self.settings.max_total_download_bytes,
+            seconds=timeout,  # the links live within the attempt's time, like everything else
+        )
         try:
-            payload = await replace_links(call.payload, self.fetcher.fetch)
+            inlined = await inline_links(call.payload, self.fetcher.fetch, limits=limits)
         except LinkError as error:
             raise AttemptFailed("LinkFailed", f"could not fetch input: {error}") from None
+        payload, self._inlined = inlined.content, inlined.sources
         wanted = (task.get("status") or {}).get("model") or call.checkpoint
         model = await self._ensure_model(wanted)
-        timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
+        timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
         try:
             response = await self.webui.generate(call.endpoint, payload, timeout)
@@ -281,7 +334,10 @@ class TaskExecution:
                 await put_object(self.s3, bucket, key, data, media.content_type)
                 uris.append(s3_uri(bucket, key))
             record = record_key(prefix, task_id)
-            body = success_record(self._context(task, started, model), uris, response, legacy=is_legacy(task))
+            stored = {**response, "parameters": restore_links(response.get("parameters"), self._inlined)}
+            if "info" in stored:
+                stored["info"] = restore_links(stored["info"], self._inlined)
+            body = success_record(self._context(task, started, model), uris, stored, legacy=is_legacy(task))
             await put_json(self.s3, bucket, record, body)
         except AttemptFailed:
             raise
@@ -321,7 +377,7 @@ class TaskExecution:
         except Exception as error:  # the record is a convenience; the status already carries the error
             log.warning("could not store the error record of %s: %s", task_id, describe_s3_error(error))
 
-    async def _fail(self, task: dict[str, Any], failure: AttemptFailed) -> Phase:
+    async def _fail(self, task: dict[str, Any], failure: AttemptFailed) -> Phase | None:
         log.info("task %s failed: %s: %s", task["metadata"]["name"], failure.reason, failure.message)
         return await end_failed_attempt(
             self.kube,
@@ -332,4 +388,6 @@ class TaskExecution:
             backoff_seconds=self.settings.retry_backoff_seconds,
             component=COMPONENT,
             policy=self.callbacks,
+            outbox=self.outbox,
+            expect=running_on(self.settings.pod_name),
         )

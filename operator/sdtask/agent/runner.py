@@ -17,13 +17,14 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from sdtask.addresses import AddressPolicy
 from sdtask.agent.execution import TaskExecution
+from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube, load_api_client
 from sdtask.clients.s3 import S3Settings, make_s3_client
 from sdtask.clients.webui import WebUIClient
 from sdtask.config import AgentSettings
 from sdtask.constants import LABEL_POD, Phase
-from sdtask.links import LinkFetcher
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 30
@@ -144,6 +145,14 @@ class Agent:
     def _offer(self, loop: asyncio.AbstractEventLoop, task: dict[str, Any]) -> None:
         if is_mine(task, self.settings.pod_name):
             loop.call_soon_threadsafe(self.ready.put_nowait, task["metadata"]["name"])
+        elif task["metadata"].get("uid") == self.execution.current and self._left_running(task):
+            # Ended or requeued by someone else (a deadline, the pod counted lost): stop its generation now, so the
+            # pod is not busy with a task that is over; nothing of it is uploaded or reported.
+            asyncio.run_coroutine_threadsafe(self.execution.cancel(task["metadata"]["uid"]), loop)
+
+    def _left_running(self, task: dict[str, Any]) -> bool:
+        status = task.get("status") or {}
+        return status.get("phase") != Phase.RUNNING.value or status.get("pod") != self.settings.pod_name
 
 
 async def run_agent(settings: AgentSettings) -> int:
@@ -161,12 +170,17 @@ async def run_agent(settings: AgentSettings) -> int:
             credentials=settings.webui_api_auth,
         ) as webui,
         LinkFetcher(
+            policy=AddressPolicy(settings.allow_private_links, settings.allowed_link_hosts),
             s3_client_factory=lambda: s3,
+            s3_prefixes=settings.s3_link_prefixes(),
             max_bytes=settings.max_download_bytes,
-            allow_private=settings.allow_private_links,
-            allowed_hosts=settings.allowed_link_hosts,
         ) as fetcher,
     ):
-        agent = Agent(settings, kube, TaskExecution(settings, kube, webui, s3, fetcher))
-        await agent.run(stop)
+        execution = TaskExecution(settings, kube, webui, s3, fetcher)
+        agent = Agent(settings, kube, execution)
+        try:
+            await agent.run(stop)
+        finally:
+            # Callbacks still queued get a bounded time; what is left stays Pending for the operator's redelivery.
+            await execution.outbox.close(timeout=10.0)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from typing import Any
 
 import kopf
@@ -24,6 +25,7 @@ from sdtask.controller.views import pod_view, runtime_info, task_view
 from sdtask.deployment import deployment_name
 
 log = logging.getLogger(__name__)
+API_SERVER_MAX_JSON_DEPTH = 10_000
 
 
 def _state(memo: Any, namespace: str, runtime: str) -> RuntimeState:
@@ -38,6 +40,11 @@ def _wake(memo: Any, namespace: str | None, runtime: str | None) -> None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf decodes each watch event with json.loads, which fails near 1,000 levels of nesting at the default limit:
+    # one deeply nested task would then break the watch of every task. The API server accepts JSON up to 10,000
+    # levels (Go's decoder limit), so the operator must decode that far; admission then refuses the task
+    # (ContentTooDeep) at 64 levels, long before anything recursive of ours touches it.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), API_SERVER_MAX_JSON_DEPTH * 2 + 1000))
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)

@@ -26,7 +26,7 @@ from sdtask.clients.callback import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, s
 from sdtask.clients.kube import Kube
 from sdtask.clients.outbound import Outbound, Resolver
 from sdtask.conditions import now_iso, set_condition
-from sdtask.constants import Phase
+from sdtask.constants import LABEL_CALLBACK_SECRET, Phase
 from sdtask.request import callback_payload
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,9 @@ async def _signing_token(kube: Kube, namespace: str, secret_ref: Mapping[str, An
     if not name:
         return None, None
     key = str(secret_ref.get("key") or "token")
-    token = await kube.read_secret_value(namespace, str(name), key)
+    token = await kube.read_secret_value(namespace, str(name), key, required_label=LABEL_CALLBACK_SECRET)
     if token is None:
-        return None, f"callback secret {name}/{key} not found"
+        return None, f"callback secret {name}/{key} not found or not labelled {LABEL_CALLBACK_SECRET}=true"
     return token, None
 
 

@@ -301,7 +301,11 @@ def test_a_callback_with_a_secret_is_signed_and_verifiable(cluster: Cluster, cal
     from sdtask.clients.callback import verify_signature
 
     cluster.core.create_namespaced_secret(
-        cluster.namespace, {"metadata": {"name": "hook"}, "stringData": {"token": "s3cr3t-token"}}
+        cluster.namespace,
+        {
+            "metadata": {"name": "hook", "labels": {"sdtask.io/callback-secret": "true"}},
+            "stringData": {"token": "s3cr3t-token"},
+        },
     )
     cluster.submit(text_task("signed"), callback={"url": callbacks.url, "secretRef": {"name": "hook", "key": "token"}})
     assert cluster.wait_finished("signed")["status"]["phase"] == "Succeeded"
@@ -376,3 +380,24 @@ def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> Non
     cluster.submit(text_task("after-cancel"))  # the pod is free again at once
     assert cluster.wait_finished("after-cancel")["status"]["phase"] == "Succeeded"
     assert cluster.s3_keys("t2i/cancel-me/") == []  # nothing of the cancelled task was uploaded
+
+
+def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, callbacks: CallbackReceiver) -> None:
+    """Any other Secret of the namespace is refused exactly like a missing one: a task can't probe or use it."""
+    cluster.core.create_namespaced_secret(
+        cluster.namespace, {"metadata": {"name": "db-password"}, "stringData": {"token": "hunter2"}}
+    )
+    errors = []
+    for name, secret in (("cb-unlabelled", "db-password"), ("cb-missing", "no-such-secret")):
+        cluster.submit(text_task(name), callback={"url": callbacks.url, "secretRef": {"name": secret, "key": "token"}})
+        assert cluster.wait_finished(name)["status"]["phase"] == "Succeeded"
+        failed = wait_for(
+            lambda n=name: (cluster.status(n).get("callback") or {}).get("state") == "Failed" and cluster.status(n),
+            30,
+            f"the callback of {name} to be refused",
+        )
+        errors.append(failed["callback"]["lastError"].replace(secret, "<name>"))
+    expected = "callback secret <name>/token not found or not labelled sdtask.io/callback-secret=true"
+    assert errors[0] == errors[1] == expected
+    assert callbacks.for_id("cb-unlabelled") == [] and callbacks.for_id("cb-missing") == []
+    assert "hunter2" not in json.dumps(cluster.task("cb-unlabelled"))

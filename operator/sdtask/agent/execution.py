@@ -92,17 +92,23 @@ class TaskExecution:
         )
         self.outbox = CallbackOutbox(kube, self.callbacks, COMPONENT)
         self._inlined: dict[str, str] = {}  # base64 -> link of the current task's inputs, kept out of the record
+        self.generating = False
+        self.finishing = False
 
     async def cancel(self, uid: str) -> None:
-        """The task was deleted: stop its generation now, so the GPU is free for the next task."""
-        if uid and uid == self.current:
+        """The task was deleted or ended elsewhere: stop its generation now, so the GPU is free for the next task.
+
+        Not once this agent is writing the task's end itself (its own write is what the watch reports), and the Web
+        UI is interrupted only while it generates (an idle Web UI has nothing to stop)."""
+        if uid and uid == self.current and not self.finishing:
             self.cancelled = uid
-            await self.webui.interrupt()
+            if self.generating:
+                await self.webui.interrupt()
 
     async def execute(self, task: dict[str, Any]) -> Phase | None:
         """Run one task to its end; None when it was cancelled (deleted) on the way."""
         self.current, self.cancelled = task["metadata"].get("uid", ""), ""
-        self._inlined = {}
+        self._inlined, self.generating, self.finishing = {}, False, False
         try:
             return await self._execute(task)
         except CancelledTask:
@@ -169,6 +175,7 @@ class TaskExecution:
             model,
         )
         # Only while the task is still Running here: a deadline failure written meanwhile is never overwritten.
+        self.generating, self.finishing = False, True
         written = await finish_task(
             self.kube, task, outcome, COMPONENT, self.callbacks, self.outbox, running_on(self.settings.pod_name)
         )
@@ -222,6 +229,7 @@ class TaskExecution:
         model = await self._ensure_model(wanted)
         timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
+        self.generating = True
         try:
             response = await self.webui.generate(call.endpoint, payload, timeout)
         except WebUITimeout as error:
@@ -232,6 +240,8 @@ class TaskExecution:
             raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
         except WebUIError as error:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
+        finally:
+            self.generating = False
         if not result_images(response):
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
         return model, response
@@ -378,6 +388,7 @@ class TaskExecution:
             log.warning("could not store the error record of %s: %s", task_id, describe_s3_error(error))
 
     async def _fail(self, task: dict[str, Any], failure: AttemptFailed) -> Phase | None:
+        self.generating, self.finishing = False, True
         log.info("task %s failed: %s: %s", task["metadata"]["name"], failure.reason, failure.message)
         return await end_failed_attempt(
             self.kube,

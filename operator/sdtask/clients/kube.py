@@ -167,13 +167,19 @@ class Kube:
             if error.status != 404:  # a pod that just went away needs no annotation
                 raise
 
-    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+    async def read_secret_value(
+        self, namespace: str, name: str, key: str, required_label: str | None = None
+    ) -> str | None:
+        """The key's value; None when the Secret or key is missing, or lacks `required_label` = "true" (one answer
+        for all three, so a task can't probe which Secrets exist)."""
         try:
             secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
         except ApiException as error:
-            if error.status == 404:
+            if error.status in (403, 404):
                 return None
             raise
+        if required_label and ((secret.metadata.labels or {}).get(required_label) or "").lower() != "true":
+            return None
         data = (secret.data or {}).get(key)
         return base64.b64decode(data).decode() if data is not None else None
 

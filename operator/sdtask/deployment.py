@@ -239,6 +239,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         {"name": "models", **(models.get("volume") or {"emptyDir": {}})},
         {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": "tmp", "emptyDir": {}},
+        agent_token_volume(),
     ]
     webui: dict[str, Any] = {
         "name": WEBUI_CONTAINER,
@@ -256,7 +257,10 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         "lifecycle": {
             "preStop": {"exec": {"command": ["/bin/sh", "-c", f"while [ -e {STATE_DIR}/busy ]; do sleep 1; done"]}}
         },
-        "securityContext": {"allowPrivilegeEscalation": False},
+        # Real Web UI images write into their install folder (config.json, cache.json, models/, outputs/,
+        # repositories/) and often run as root: a read-only root filesystem and runAsNonRoot would break them, so
+        # they are left to the image (see README). What any image tolerates is set: no capabilities, no escalation.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if spec.get("command"):
         webui["command"] = list(spec["command"])
@@ -271,6 +275,8 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
             {"name": "models", "mountPath": mount_path},
             {"name": "state", "mountPath": STATE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
+            # The API token: in the agent only, never in the Web UI container (third-party code and extensions).
+            {"name": AGENT_TOKEN_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
         ],
         "securityContext": {
             "runAsNonRoot": True,
@@ -300,7 +306,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         "metadata": {"labels": runtime_labels(name)},
         "spec": {
             "serviceAccountName": settings.agent_service_account,
-            "automountServiceAccountToken": True,
+            "automountServiceAccountToken": False,  # mounted into the agent container alone (agent_token_volume)
             "nodeSelector": dict(placement.get("nodeSelector", {})),
             "tolerations": list(placement.get("tolerations", [])),
             "terminationGracePeriodSeconds": timeout + TERMINATION_MARGIN_SECONDS,
@@ -308,6 +314,26 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
             "initContainers": init_containers,
             "containers": [webui, sidecar],
             "volumes": volumes,
+        },
+    }
+
+
+AGENT_TOKEN_VOLUME = "agent-token"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where the Kubernetes client looks
+TOKEN_EXPIRATION_SECONDS = 3607  # what the kubelet gives automounted tokens; it rotates them before expiry
+
+
+def agent_token_volume() -> dict[str, Any]:
+    """What automountServiceAccountToken would mount (token, CA, namespace), as a volume only the agent mounts."""
+    return {
+        "name": AGENT_TOKEN_VOLUME,
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ],
         },
     }
 
@@ -366,11 +392,36 @@ AGENT_RULES: list[dict[str, Any]] = [
 ]
 
 
+RUNTIME_NETWORK_POLICY = "sdtask-runtime-pods"
+
+
+def build_runtime_network_policy(namespace: str) -> dict[str, Any]:
+    """No ingress to any runtime pod of the namespace. The agent reaches its Web UI over localhost, so nothing needs
+    the pods' ports; anything else in the cluster reaching the Web UI would bypass admission and the link policy.
+    (kubelet probes come from the node, which NetworkPolicy implementations let through.)"""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": RUNTIME_NETWORK_POLICY,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "runtime"},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_COMPONENT: "runtime", LABEL_MANAGED_BY: MANAGER}},
+            "policyTypes": ["Ingress"],
+            "ingress": [],
+        },
+    }
+
+
 def build_agent_access(namespace: str, service_account: str) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding of the agents in one namespace (shared by its runtimes)."""
+    """ServiceAccount, Role and RoleBinding of the agents in one namespace (shared by its runtimes), and the
+    NetworkPolicy that keeps the runtime pods' Web UI port closed to the cluster."""
     labels = {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "agent"}
     meta = {"name": service_account, "namespace": namespace, "labels": labels}
     return [
+        build_runtime_network_policy(namespace),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": AGENT_RULES},
         {

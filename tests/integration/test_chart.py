@@ -69,6 +69,8 @@ OPERATOR_CALLS: list[tuple[str, str, str, str]] = [
     ("patch", RBAC_GROUP, "roles", ""),
     ("create", RBAC_GROUP, "rolebindings", ""),
     ("patch", RBAC_GROUP, "rolebindings", ""),
+    ("create", "networking.k8s.io", "networkpolicies", ""),  # the runtime pods' NetworkPolicy (build_agent_access)
+    ("patch", "networking.k8s.io", "networkpolicies", ""),
     ("get", "", "secrets", ""),  # Kube.read_secret_value: a callback's secretRef
     ("create", "", "events", ""),  # Kube.post_event and kopf's events
 ]

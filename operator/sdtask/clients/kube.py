@@ -13,7 +13,14 @@ import uuid
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes.client import (
+    ApiClient,
+    AppsV1Api,
+    CoreV1Api,
+    CustomObjectsApi,
+    NetworkingV1Api,
+    RbacAuthorizationV1Api,
+)
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.conditions import now_iso
@@ -49,6 +56,7 @@ class Kube:
         self.apps = AppsV1Api(client)
         self.custom = CustomObjectsApi(client)
         self.rbac = RbacAuthorizationV1Api(client)
+        self.networking = NetworkingV1Api(client)
         self.field_manager = field_manager
 
     # --- SDTask ---------------------------------------------------------------------------------------------------
@@ -136,6 +144,7 @@ class Kube:
             "ServiceAccount": self.core.patch_namespaced_service_account,
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
+            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
         }[kind]
         result = await asyncio.to_thread(
             method,

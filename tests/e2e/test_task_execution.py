@@ -401,3 +401,29 @@ def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, call
     assert errors[0] == errors[1] == expected
     assert callbacks.for_id("cb-unlabelled") == [] and callbacks.for_id("cb-missing") == []
     assert "hunter2" not in json.dumps(cluster.task("cb-unlabelled"))
+
+
+def test_a_failed_re_run_never_replaces_an_earlier_success_record(cluster: Cluster) -> None:
+    cluster.submit(text_task("kept", seed=5), name="kept-1")
+    done = cluster.wait_finished("kept-1")["status"]
+    assert done["phase"] == "Succeeded"
+    record_before = json.loads(cluster.s3_object(done["output_url"])[0])
+    failing = text_task("kept", init_images=["http://127.0.0.1:9/gone.png"])
+    failing["metadata"]["tasktype"] = "image-to-image"
+    cluster.submit(failing, name="kept-2")
+    assert cluster.wait_finished("kept-2")["status"]["reason"] == "LinkFailed"
+    assert json.loads(cluster.s3_object(done["output_url"])[0]) == record_before
+    assert record_before["error"] is None and record_before["images"] == done["images"]
+
+
+def test_content_nested_too_deep_fails_at_admission_and_the_operator_keeps_watching(cluster: Cluster) -> None:
+    """1,500 levels: past what Python's json decodes at its default recursion limit (kopf's watch would break)."""
+    deep: Any = "leaf"
+    for _ in range(1_500):
+        deep = [deep]
+    cluster.submit(text_task("too-deep", alwayson_scripts={"x": {"args": deep}}))
+    status = cluster.wait_finished("too-deep", timeout=30)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ContentTooDeep")
+    assert "more than 64 levels" in status["message"]
+    cluster.submit(text_task("after-deep"))  # the watch of every other task still works
+    assert cluster.wait_finished("after-deep")["status"]["phase"] == "Succeeded"

@@ -177,7 +177,7 @@ def test_the_api_token_is_mounted_in_the_agent_only() -> None:
     for init in pod.get("initContainers", []):
         assert token_dir not in [m["mountPath"] for m in init["volumeMounts"]]
     token = next(v for v in pod["volumes"] if v["name"] == "agent-token")["projected"]["sources"]
-    assert {"path": "token", "expirationSeconds": 3607} == token[0]["serviceAccountToken"]
+    assert token[0]["serviceAccountToken"] == {"path": "token", "expirationSeconds": 3607}
     assert containers(deployment)["webui"]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 

@@ -66,3 +66,14 @@ def test_a_legacy_failure_keeps_the_web_uis_error_body_as_reason() -> None:
     }
     ours = failure_record(CONTEXT, "Timeout", "took too long", legacy=False)
     assert ours["error"] == {"reason": "Timeout", "message": "took too long"} and ours["images"] == []
+
+
+def test_a_success_record_is_recognised_in_both_layouts() -> None:
+    from sdtask.records import is_success_record
+
+    ours_ok = {"id": "t", "images": ["s3://b/p/t/image-1.png"], "error": None}
+    ours_failed = {"id": "t", "images": [], "error": {"reason": "Timeout", "message": "..."}}
+    legacy_ok = {"images": [""], "parameters": {"id_task": "t", "image_seed": "1", "error_msg": ""}, "info": ""}
+    legacy_failed = {"images": [""], "parameters": {"id_task": "t", "status": 0, "error_msg": "x"}, "info": ""}
+    assert is_success_record(ours_ok) and is_success_record(legacy_ok)
+    assert not any(is_success_record(r) for r in (ours_failed, legacy_failed, None, "x", {}))

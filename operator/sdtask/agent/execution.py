@@ -18,7 +18,7 @@ from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube
-from sdtask.clients.s3 import describe_s3_error, put_json, put_object
+from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
@@ -35,7 +35,7 @@ from sdtask.constants import ANNOTATION_MODEL, Phase
 from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
-from sdtask.records import RecordContext, failure_record, result_images, success_record
+from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
 from sdtask.request import prepare_payload
 
 log = logging.getLogger(__name__)
@@ -376,6 +376,10 @@ class TaskExecution:
         self, task: dict[str, Any], prefix: str, task_id: str, failure: AttemptFailed, started: dt.datetime
     ) -> None:
         try:
+            key = record_key(prefix, task_id)
+            if is_success_record(await get_json(self.s3, self.settings.output_bucket, key)):
+                log.info("task %s: an earlier success record stays; this failure is in the status", task_id)
+                return  # a failed re-run never erases a result that was delivered
             record = failure_record(
                 self._context(task, started, None),
                 failure.reason,
@@ -383,7 +387,7 @@ class TaskExecution:
                 failure.webui_error,
                 legacy=is_legacy(task),
             )
-            await put_json(self.s3, self.settings.output_bucket, record_key(prefix, task_id), record)
+            await put_json(self.s3, self.settings.output_bucket, key, record)
         except Exception as error:  # the record is a convenience; the status already carries the error
             log.warning("could not store the error record of %s: %s", task_id, describe_s3_error(error))
 

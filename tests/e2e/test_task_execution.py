@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from sdtask.api import GROUP, VERSION
 from sdtask.localstack.waiting import wait_for
 from sdtask.standin.images import read_standin_metadata
 
@@ -421,8 +423,15 @@ def test_content_nested_too_deep_fails_at_admission_and_the_operator_keeps_watch
     deep: Any = "leaf"
     for _ in range(1_500):
         deep = [deep]
-    cluster.submit(text_task("too-deep", alwayson_scripts={"x": {"args": deep}}))
-    status = cluster.wait_finished("too-deep", timeout=30)["status"]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # the test's own Kubernetes client (de)serialises recursively too
+    try:
+        cluster.submit(text_task("too-deep", alwayson_scripts={"x": {"args": deep}}))
+        status = cluster.wait_finished("too-deep", timeout=30)["status"]
+        cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "sdtasks", "too-deep")
+        wait_for(lambda: "too-deep" not in cluster.task_names(), 30, "the deep task to go")
+    finally:
+        sys.setrecursionlimit(limit)
     assert (status["phase"], status["reason"]) == ("Failed", "ContentTooDeep")
     assert "more than 64 levels" in status["message"]
     cluster.submit(text_task("after-deep"))  # the watch of every other task still works

@@ -7,11 +7,12 @@ import logging
 from typing import Any
 
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
-from sdtask.completion import CallbackPolicy, Outcome, finish_task
+from sdtask.completion import NOT_FINISHED, CallbackPolicy, Outcome, finish_task
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import FINISHED_PHASES, LABEL_RUNTIME, Phase
 from sdtask.controller import metrics
 from sdtask.controller.admission import Admitted, admit
+from sdtask.controller.recovery import recover
 from sdtask.controller.views import TaskView
 from sdtask.routing import RuntimeInfo
 
@@ -72,6 +73,7 @@ async def housekeep(
     kube: Kube, tasks: list[TaskView], runtimes_by_namespace: dict[str, set[str]], policy: CallbackPolicy
 ) -> None:
     now = dt.datetime.now(dt.UTC)
+    await recover(kube, tasks, policy, now)  # crash leftovers: stranded dispatches, abandoned callbacks
     for task in tasks:
         try:
             if ttl_expired(task, now):
@@ -96,4 +98,5 @@ async def _fail(kube: Kube, task: TaskView, reason: str, message: str, policy: C
     if (body.get("status") or {}).get("phase") in {p.value for p in FINISHED_PHASES}:
         return
     metrics.task_finished(task.namespace, task.runtime, Phase.FAILED.value, reason)
-    await finish_task(kube, body, Outcome(Phase.FAILED, reason, message), COMPONENT, policy)
+    # Only if still unfinished when written: an agent's success meanwhile is never overwritten.
+    await finish_task(kube, body, Outcome(Phase.FAILED, reason, message), COMPONENT, policy, expect=NOT_FINISHED)

@@ -34,6 +34,7 @@ class TaskView:
     ttl_seconds_after_finished: int | None
     completion_time: dt.datetime | None
     start_time: dt.datetime | None
+    callback_state: str = ""  # status.callback.state: Pending until a delivery ended (see controller/recovery.py)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
         completion_time=parse_time(status.get("completionTime")),
         start_time=parse_time(status.get("startTime")),
+        callback_state=str((status.get("callback") or {}).get("state") or ""),
     )
 
 

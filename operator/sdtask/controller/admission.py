@@ -27,7 +27,9 @@ class Rejected:
 
 def admit(spec: Mapping[str, Any], runtimes: list[RuntimeInfo]) -> Admitted | Rejected:
     task = spec.get("task") or {}
-    metadata = task.get("metadata") or {}
+    if not isinstance(task, dict):  # the CRD schema refuses it; kopf may still hand over what an older one let in
+        return Rejected("InvalidTask", "spec.task must be an object")
+    metadata = task.get("metadata") if isinstance(task.get("metadata"), dict) else {}
     content = task.get("content")
     if not isinstance(content, dict):
         return Rejected("InvalidTask", "spec.task.content must be an object")

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sdtask.addresses import AddressPolicy
-from sdtask.clients.callback import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, send_callback
+from sdtask.clients.callback import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_ATTEMPTS, DEFAULT_DEADLINE, send_callback
 from sdtask.clients.kube import Kube
 from sdtask.clients.outbound import Outbound, Resolver
 from sdtask.conditions import now_iso, set_condition
@@ -40,7 +40,7 @@ class CallbackPolicy:
 
     allow_private: bool = False
     allowed_hosts: frozenset[str] = frozenset()
-    attempts: int = 5
+    attempts: int = DEFAULT_ATTEMPTS
     base_delay: float = 1.0
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
     deadline: float = DEFAULT_DEADLINE

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from sdtask.api.task import DEFAULT_CALLBACK_ATTEMPTS
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
@@ -85,7 +87,7 @@ class AgentSettings:
     max_model_bytes: int = 64 * 1024**3  # a checkpoint fetched from models.s3Prefix
     model_switch_timeout_seconds: float = 600.0  # loading from network storage onto the GPU can take minutes
     state_dir: str = "/var/run/sdtask"  # shared with the Web UI container: its preStop hook waits on `busy` here
-    callback_attempts: int = 5
+    callback_attempts: int = DEFAULT_CALLBACK_ATTEMPTS  # the callback deadline (5 minutes) bounds them too
     callback_base_delay_seconds: float = 1.0
     retry_backoff_seconds: float = 10.0
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sdtask.api.task import DEFAULT_CALLBACK_ATTEMPTS
 from sdtask.clients.outbound import Outbound, OutboundError
 from sdtask.links import redact_url
 
@@ -30,6 +31,7 @@ SIGNATURE_SCHEME = "sha256="
 DEFAULT_MAX_DELAY = 60.0
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
 DEFAULT_DEADLINE = 300.0  # all attempts of one callback together
+DEFAULT_ATTEMPTS = DEFAULT_CALLBACK_ATTEMPTS
 DEFAULT_TOLERANCE = 300.0  # how old a timestamp a receiver should accept
 MAX_RESPONSE_BYTES = 4096  # a receiver's answer is read this far: only its status matters
 _RETRYABLE_STATUSES = frozenset({408, 429})
@@ -98,7 +100,7 @@ async def send_callback(
     *,
     token: str | None,
     outbound: Outbound,
-    attempts: int = 5,
+    attempts: int = DEFAULT_ATTEMPTS,
     base_delay: float = 1.0,
     timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
     deadline: float = DEFAULT_DEADLINE,

@@ -29,7 +29,7 @@ def admit(spec: Mapping[str, Any], runtimes: list[RuntimeInfo]) -> Admitted | Re
     task = spec.get("task") or {}
     if not isinstance(task, dict):  # the CRD schema refuses it; kopf may still hand over what an older one let in
         return Rejected("InvalidTask", "spec.task must be an object")
-    metadata = task.get("metadata") if isinstance(task.get("metadata"), dict) else {}
+    metadata: dict[str, Any] = task["metadata"] if isinstance(task.get("metadata"), dict) else {}
     content = task.get("content")
     if not isinstance(content, dict):
         return Rejected("InvalidTask", "spec.task.content must be an object")

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: binaries test lint typecheck crds crds-check unit integration dev demo bench image clean
+.PHONY: binaries test lint typecheck crds crds-check unit integration dev demo bench image kind clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -57,5 +57,10 @@ bench: binaries
 image:
 	docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$$(git rev-parse HEAD) -t sdtask-operator:0.1.0 .
 
+# A kind cluster with fake GPU pools, the image, the chart, the example runtime and the demo task (needs Docker, kind
+# and internet access); see operator/sdtask/localstack/kind.py. Then SDTASK_KUBECONFIG=.kind/kubeconfig make test.
+kind: $(STAMP)
+	$(BIN)/python -m sdtask.localstack.kind
+
 clean:
-	rm -rf $(VENV) .dev demo-output .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .dev demo-output .kind kind-output .mypy_cache .ruff_cache .pytest_cache

@@ -80,7 +80,7 @@ async def deliver_callback(
         error=(status.get("message") or "") if failed else "",
         runtime=(task.get("status") or {}).get("runtime"),
     )
-    token, refusal = await _signing_token(kube, meta["namespace"], callback.get("secretRef") or {})
+    token, refusal = await signing_token(kube, meta["namespace"], callback.get("secretRef") or {})
     if refusal is None:
         result = await send_callback(
             url,
@@ -119,7 +119,7 @@ async def deliver_callback(
     return delivered
 
 
-async def _signing_token(kube: Kube, namespace: str, secret_ref: Mapping[str, Any]) -> tuple[str | None, str | None]:
+async def signing_token(kube: Kube, namespace: str, secret_ref: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The token that signs the callback, or why there is none (then nothing is sent)."""
     name = secret_ref.get("name")
     if not name:

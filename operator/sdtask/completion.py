@@ -12,14 +12,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, task_metadata
+from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, signing_token, task_metadata
+from sdtask.clients.callback import send_callback
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
+from sdtask.clients.outbound import Outbound
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import ANNOTATION_REQUEST_FORMAT, LABEL_POD, Phase
-from sdtask.request import response_object
+from sdtask.request import callback_payload, response_object
+from sdtask.retry import after_failed_attempt
 
 __all__ = ["CallbackPolicy", "Outcome", "end_failed_attempt", "final_status", "finish_task", "task_metadata"]
-from sdtask.retry import after_failed_attempt
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
         "model": model,
         "completionTime": now_iso(now),
         "notBefore": None,
+        "progress": None,  # only a running generation has progress (null removes it in a merge patch)
         "output_location": outcome.output_location,
         "images": list(outcome.images),
         "output_url": outcome.output_url,
@@ -183,6 +186,7 @@ async def end_failed_attempt(
         "message": message,
         "pod": "",
         "notBefore": retry_at,
+        "progress": None,
         "conditions": conditions,
     }
     if not await patch_status_if(kube, task, requeue, expect):
@@ -190,3 +194,42 @@ async def end_failed_attempt(
     await kube.patch_task_labels(meta["namespace"], meta["name"], {LABEL_POD: None})
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING
+
+
+def start_payload(task: Mapping[str, Any], pod: str, attempt: int) -> dict[str, Any]:
+    """The opt-in callback when a task starts running (the old system sent one): the result callback's shape with
+    `result: null` and `status: Running`, so one receiver handles both."""
+    status = task.get("status") or {}
+    payload = callback_payload(
+        task_metadata(task), output_location="", image_urls=[], output_url="", runtime=status.get("runtime")
+    )
+    return {**payload, "result": None, "status": "Running", "pod": pod, "attempt": attempt}
+
+
+async def announce_start(kube: Kube, task: dict[str, Any], pod: str, attempt: int, policy: CallbackPolicy) -> bool:
+    """POST the start callback once per attempt when `spec.callback.onStart` asks for it. Best effort: it never
+    delays or fails the task (run it in the background); True when delivered."""
+    callback = (task.get("spec") or {}).get("callback") or {}
+    status = task.get("status") or {}
+    if not callback.get("url") or not callback.get("onStart"):
+        return False
+    if ((status.get("callback") or {}).get("startedAttempt") or 0) >= attempt:
+        return False  # this attempt was announced before the agent restarted
+    meta, url = task["metadata"], str(callback["url"])
+    token, refusal = await signing_token(kube, meta["namespace"], callback.get("secretRef") or {})
+    if refusal is not None:
+        return False  # the result callback will report it
+    async with Outbound(policy.addresses(), resolver=policy.resolver, read_timeout=policy.attempt_timeout) as outbound:
+        result = await send_callback(
+            url,
+            start_payload(task, pod, attempt),
+            token=token,
+            outbound=outbound,
+            attempts=policy.attempts,
+            base_delay=policy.base_delay,
+            timeout=policy.attempt_timeout,
+            deadline=policy.deadline,
+        )
+    if result.delivered:
+        await kube.patch_task_status(meta["namespace"], meta["name"], {"callback": {"startedAttempt": attempt}})
+    return result.delivered

@@ -68,6 +68,15 @@ def test_a_legacy_failure_keeps_the_web_uis_error_body_as_reason() -> None:
     assert ours["error"] == {"reason": "Timeout", "message": "took too long"} and ours["images"] == []
 
 
+def test_animatediff_videos_are_never_taken_for_a_grid() -> None:
+    from sdtask.request import makes_videos
+
+    payload = {"alwayson_scripts": {"AnimateDiff": {"args": [{"enable": True, "format": ["GIF", "MP4"]}]}}}
+    assert makes_videos(payload) and not makes_videos({"alwayson_scripts": {"animatediff": {"args": [{}]}}})
+    answer = response(["gif", "mp4"], index_of_first_image=1)
+    assert result_images(answer, videos=True) == ["gif", "mp4"]
+
+
 def test_a_success_record_is_recognised_in_both_layouts() -> None:
     from sdtask.records import is_success_record
 

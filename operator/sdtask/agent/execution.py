@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
+from sdtask.agent.progress import ProgressReporter
 from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.fetcher import LinkFetcher
@@ -28,15 +30,24 @@ from sdtask.clients.webui import (
     WebUIUnavailable,
     match_checkpoint,
 )
-from sdtask.completion import CallbackPolicy, Outcome, end_failed_attempt, finish_task, is_legacy, running_on
+from sdtask.completion import (
+    CallbackPolicy,
+    Outcome,
+    announce_start,
+    end_failed_attempt,
+    finish_task,
+    is_legacy,
+    running_on,
+)
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
 from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
+from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
 from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
-from sdtask.request import prepare_payload
+from sdtask.request import makes_videos, prepare_payload
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
@@ -82,6 +93,7 @@ class TaskExecution:
         self.s3 = s3
         self.fetcher = fetcher
         self.current = ""  # uid of the task being executed
+        self._background: set[asyncio.Task[bool]] = set()  # start callbacks in flight
         self.cancelled = ""
         # The operator's callback policy (from the pod env), not the runtime's link policy.
         self.callbacks = CallbackPolicy(
@@ -109,13 +121,21 @@ class TaskExecution:
         """Run one task to its end; None when it was cancelled (deleted) on the way."""
         self.current, self.cancelled = task["metadata"].get("uid", ""), ""
         self._inlined, self.generating, self.finishing = {}, False, False
+        meta = task["metadata"]
+        agent_metrics.BUSY.set(1)
         try:
-            return await self._execute(task)
+            with log_context(namespace=meta.get("namespace"), task=meta.get("name"), runtime=self.settings.runtime):
+                log.info("task %s started", meta.get("name"))
+                phase = await self._execute(task)
+                ended = phase.value if phase else "not written (the task left Running)"
+                log.info("task %s ended: %s", meta.get("name"), ended)
+                return phase
         except CancelledTask:
             log.info("task %s was deleted: cancelled", task["metadata"]["name"])
             return None
         finally:
             self.current = ""
+            agent_metrics.BUSY.set(0)
 
     def _check_not_cancelled(self) -> None:
         if self.cancelled and self.cancelled == self.current:
@@ -157,9 +177,9 @@ class TaskExecution:
         except ValueError as error:
             return await self._fail(task, AttemptFailed("InvalidTask", str(error)))
         try:
-            model, response = await self._generate(task, started)
+            model, response, images = await self._generate(task, started)
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
-            outputs = await self._store(task, prefix, task_id, response, model, started)
+            outputs = await self._store(task, prefix, task_id, response, images, model, started)
         except AttemptFailed as failure:
             self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
             await self._store_error_record(task, prefix, task_id, failure, started)
@@ -206,9 +226,19 @@ class TaskExecution:
             meta["namespace"], meta["name"], patch, meta.get("resourceVersion")
         )
         await self.kube.post_event(task, "Normal", "Started", message, COMPONENT)
+        attempt = int(status.get("attempts") or 1)
+        # The opt-in start callback goes in the background: it never delays the generation.
+        announcing = asyncio.create_task(
+            announce_start(self.kube, updated, self.settings.pod_name, attempt, self.callbacks)
+        )
+        self._background.add(announcing)
+        announcing.add_done_callback(self._background.discard)
         return updated
 
-    async def _generate(self, task: dict[str, Any], started: dt.datetime) -> tuple[str | None, dict[str, Any]]:
+    async def _generate(
+        self, task: dict[str, Any], started: dt.datetime
+    ) -> tuple[str | None, dict[str, Any], list[str]]:
+        """The model it ran on, the Web UI's answer and its images (base64, the grid left out)."""
         request = task["spec"]["task"]
         try:
             call = prepare_payload(str(request["metadata"].get("tasktype", "")), dict(request.get("content") or {}))
@@ -229,9 +259,17 @@ class TaskExecution:
         model = await self._ensure_model(wanted)
         timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
+        meta = task["metadata"]
+
+        async def write_progress(patch: dict[str, Any]) -> None:
+            await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
+
         self.generating = True
         try:
-            response = await self.webui.generate(call.endpoint, payload, timeout)
+            async with ProgressReporter(
+                self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds
+            ):
+                response = await self.webui.generate(call.endpoint, payload, timeout)
         except WebUITimeout as error:
             interrupted = await self.webui.interrupt()
             note = "; generation interrupted" if interrupted else "; interrupt failed"
@@ -242,9 +280,10 @@ class TaskExecution:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
         finally:
             self.generating = False
-        if not result_images(response):
+        images = result_images(response, videos=makes_videos(payload))
+        if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
-        return model, response
+        return model, response, images
 
     async def _ensure_model(self, wanted: str | None) -> str | None:
         """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
@@ -328,13 +367,14 @@ class TaskExecution:
         prefix: str,
         task_id: str,
         response: dict[str, Any],
+        images: list[str],
         model: str | None,
         started: dt.datetime,
     ) -> StoredOutputs:
         bucket = self.settings.output_bucket
         uris = []
         try:
-            for index, encoded in enumerate(result_images(response), start=1):
+            for index, encoded in enumerate(images, start=1):
                 try:
                     data = decode_image_payload(encoded)
                 except ValueError as error:

@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.addresses import AddressPolicy
+from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.execution import TaskExecution
 from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube, load_api_client
@@ -25,6 +26,7 @@ from sdtask.clients.s3 import S3Settings, make_s3_client
 from sdtask.clients.webui import WebUIClient
 from sdtask.config import AgentSettings
 from sdtask.constants import LABEL_POD, Phase
+from sdtask.logs import bind
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 30
@@ -157,6 +159,8 @@ class Agent:
 
 async def run_agent(settings: AgentSettings) -> int:
     settings.validate()
+    bind(namespace=settings.namespace, runtime=settings.runtime, pod=settings.pod_name)
+    agent_metrics.serve(settings.metrics_port)
     kube = Kube(load_api_client(), field_manager="sdtask-agent", instance=settings.pod_name)
     s3 = make_s3_client(S3Settings(endpoint_url=settings.s3_endpoint or None, region=settings.s3_region))
     stop = asyncio.Event()
@@ -174,6 +178,7 @@ async def run_agent(settings: AgentSettings) -> int:
             s3_client_factory=lambda: s3,
             s3_prefixes=settings.s3_link_prefixes(),
             max_bytes=settings.max_download_bytes,
+            observe=agent_metrics.link_fetched,
         ) as fetcher,
     ):
         execution = TaskExecution(settings, kube, webui, s3, fetcher)

@@ -8,6 +8,7 @@ substitution and redaction stay pure in `sdtask.links`, which calls `fetch` thro
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self
@@ -39,6 +40,7 @@ class LinkFetcher:
         total_timeout: float = 120.0,
         resolver: Resolver | None = None,
         outbound: Outbound | None = None,
+        observe: Callable[[str, float, int | None], None] | None = None,
     ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
@@ -48,6 +50,7 @@ class LinkFetcher:
         self._s3_client_factory = s3_client_factory
         self._s3_client: S3Client | None = None
         self._s3_lock = asyncio.Lock()
+        self._observe = observe  # (scheme, seconds, bytes or None on failure): the agent's metrics
         self._owned = outbound is None
         self._outbound = outbound or Outbound(policy or AddressPolicy(), resolver=resolver, read_timeout=timeout)
 
@@ -67,6 +70,16 @@ class LinkFetcher:
         """The bytes behind `url`; LinkError for anything that goes wrong (never another exception)."""
         url = url.strip()
         scheme = url.partition("://")[0].lower()
+        started, size = time.monotonic(), None
+        try:
+            data = await self._fetch_any(url, scheme, budget)
+            size = len(data)
+            return data
+        finally:
+            if self._observe is not None:
+                self._observe(scheme, time.monotonic() - started, size)
+
+    async def _fetch_any(self, url: str, scheme: str, budget: ByteBudget | None) -> bytes:
         if scheme == "s3":
             data = await self._fetch_s3(url, budget)
         elif scheme in ("http", "https"):

@@ -1,7 +1,10 @@
 """Checkpoint names in all the forms users and the Web UI write them. Pure.
 
-"v1-5.safetensors [6ce0161689]" (a Web UI title), "v1-5.safetensors" (a file), "v1-5" (a model name) and
-"/models/Stable-diffusion/v1-5.safetensors" (a path) all name one checkpoint.
+"v1-5.safetensors [6ce0161689]" (a Web UI title), "v1-5.safetensors" (a file), "v1-5" (a model name),
+"/models/Stable-diffusion/v1-5.safetensors" (a path), "6ce0161689" (its short hash) and its sha256 all name one
+checkpoint, as they do for the real server (modules/sd_models.py, CheckpointInfo.ids and checkpoint_aliases). The
+hashes are known only after the server loaded the file once: before that its title has no "[hash]" and sd-models
+answers `hash: null, sha256: null`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 _HASH_SUFFIX = re.compile(r"(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]+)\]")
+_HEX = re.compile(r"[0-9a-fA-F]{8,64}")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -18,6 +22,8 @@ class Checkpoint:
     title: str  # "v1-5-pruned-emaonly.safetensors [6ce0161689]"
     model_name: str  # "v1-5-pruned-emaonly"
     filename: str  # full path on the Web UI's disk
+    sha256: str | None = None  # known once the Web UI has loaded the file
+    shorthash: str | None = None  # the first 10 hex digits of sha256 (sd-models' `hash`)
 
     @property
     def name(self) -> str:
@@ -26,7 +32,13 @@ class Checkpoint:
 
     @property
     def hash(self) -> str | None:
-        return split_hash(self.title)[1]
+        return split_hash(self.title)[1] or (self.shorthash.lower() if self.shorthash else None)
+
+    def has_hash(self, digest: str) -> bool:
+        """True when `digest` is this file's short hash or sha256 (or a prefix of it of at least 8 digits)."""
+        digest = digest.lower()
+        known = [h.lower() for h in (self.sha256, self.shorthash, split_hash(self.title)[1]) if h]
+        return any(h.startswith(digest) or digest.startswith(h) for h in known) if _HEX.fullmatch(digest) else False
 
 
 def split_hash(title: str) -> tuple[str, str | None]:
@@ -57,8 +69,8 @@ def same_checkpoint(a: str | None, b: str | None) -> bool:
 
 
 def match_checkpoint(requested: str, available: list[Checkpoint]) -> Checkpoint | None:
-    """The checkpoint `requested` names, by title ("x.safetensors [hash]"), file name ("x.safetensors") or model name
-    ("x"); None when nothing matches.
+    """The checkpoint `requested` names, by title ("x.safetensors [hash]"), file name ("x.safetensors"), model name
+    ("x"), short hash or sha256; None when nothing matches.
 
     Tiers are tried from the most to the least precise; inside a tier the first in `available` wins. A requested hash
     that differs from the checkpoint's is no match: it is another file with the same name.
@@ -75,6 +87,7 @@ def match_checkpoint(requested: str, available: list[Checkpoint]) -> Checkpoint 
         lambda c: c.name == wanted_name and same_file(c),
         lambda c: basename(c.filename) == wanted_name and same_file(c),
         lambda c: wanted_hash is None and wanted_name in (c.model_name, stem(c.name)),
+        lambda c: wanted_hash is None and c.has_hash(wanted_name),
     )
     for matches in tiers:
         for checkpoint in available:

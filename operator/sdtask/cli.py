@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,10 +45,21 @@ def _agent(args: argparse.Namespace) -> int:
     return asyncio.run(run_agent(AgentSettings.from_env()))
 
 
-def _standin(args: argparse.Namespace) -> int:
-    from sdtask.standin.server import main as standin_main
+def _fetch_model(args: argparse.Namespace) -> int:
+    from sdtask.agent.models import run_fetch_model
+    from sdtask.config import AgentSettings
 
-    return standin_main(args.rest)
+    _logging(args.log_level)
+    # The kubelet reads the container's termination message from here (terminationMessagePath's default).
+    return run_fetch_model(
+        AgentSettings.from_env(), Path(os.environ.get("SDTASK_TERMINATION_LOG", "/dev/termination-log"))
+    )
+
+
+def _standin(args: argparse.Namespace) -> int:
+    from sdtask.standin.cli import main as standin_main
+
+    return standin_main(args.rest, prog="sdtask webui-standin")
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -84,10 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     operator.set_defaults(handler=_operator)
 
     commands.add_parser("agent", help="run the agent sidecar of a runtime pod").set_defaults(handler=_agent)
+    commands.add_parser(
+        "fetch-model", help="init container: fetch a static runtime's checkpoint from models.s3Prefix"
+    ).set_defaults(handler=_fetch_model)
 
-    standin = commands.add_parser("webui-standin", help="run the stand-in SD Web UI (tests, dev)", add_help=False)
-    standin.add_argument("rest", nargs=argparse.REMAINDER)
-    standin.set_defaults(handler=_standin)
+    # Everything after the subcommand, --help included, goes to the stand-in's own parser (the real Web UI's flags);
+    # see main(): argparse.REMAINDER would refuse a leading option such as --port.
+    commands.add_parser(
+        "webui-standin", help="run the stand-in SD Web UI (tests, dev); --help for its flags", add_help=False
+    ).set_defaults(handler=_standin, rest=[])
 
     submit = commands.add_parser("submit", help="print the SDTask for a request body (new or legacy form)")
     submit.add_argument("file", help="JSON or YAML request body; - for stdin")
@@ -106,7 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # The stand-in's flags (--port, --help, ...) are its own parser's business: they come back unparsed here.
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "webui-standin":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.handler(args))
 
 

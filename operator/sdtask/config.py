@@ -63,6 +63,7 @@ class AgentSettings:
     namespace: str
     runtime: str
     webui_url: str = "http://127.0.0.1:7860"
+    webui_api_auth: str = field(default="", repr=False)  # the Web UI's --api-auth "user:password", from a Secret
     dynamic_model: bool = False
     checkpoint: str = ""
     models_dir: str = "/models"
@@ -74,6 +75,8 @@ class AgentSettings:
     allow_private_links: bool = False
     allowed_link_hosts: frozenset[str] = field(default_factory=frozenset)
     max_download_bytes: int = 50 * 1024 * 1024
+    max_model_bytes: int = 64 * 1024**3  # a checkpoint fetched from models.s3Prefix
+    model_switch_timeout_seconds: float = 600.0  # loading from network storage onto the GPU can take minutes
     state_dir: str = "/var/run/sdtask"  # shared with the Web UI container: its preStop hook waits on `busy` here
     callback_attempts: int = 5
     callback_base_delay_seconds: float = 1.0
@@ -86,6 +89,7 @@ class AgentSettings:
             namespace=_env("SDTASK_NAMESPACE", "default"),
             runtime=_env("SDTASK_RUNTIME"),
             webui_url=_env("SDTASK_WEBUI_URL", cls.webui_url),
+            webui_api_auth=_env("SDTASK_WEBUI_API_AUTH"),
             dynamic_model=_env_bool("SDTASK_DYNAMIC_MODEL"),
             checkpoint=_env("SDTASK_CHECKPOINT"),
             models_dir=_env("SDTASK_MODELS_DIR", cls.models_dir),
@@ -97,6 +101,10 @@ class AgentSettings:
             allow_private_links=_env_bool("SDTASK_ALLOW_PRIVATE_LINKS"),
             allowed_link_hosts=_hosts("SDTASK_ALLOWED_LINK_HOSTS"),
             max_download_bytes=int(_env_float("SDTASK_MAX_DOWNLOAD_BYTES", cls.max_download_bytes)),
+            max_model_bytes=int(_env_float("SDTASK_MAX_MODEL_BYTES", cls.max_model_bytes)),
+            model_switch_timeout_seconds=_env_float(
+                "SDTASK_MODEL_SWITCH_TIMEOUT_SECONDS", cls.model_switch_timeout_seconds
+            ),
             state_dir=_env("SDTASK_STATE_DIR", cls.state_dir),
             callback_attempts=int(_env_float("SDTASK_CALLBACK_ATTEMPTS", cls.callback_attempts)),
             callback_base_delay_seconds=_env_float(

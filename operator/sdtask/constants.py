@@ -22,6 +22,7 @@ ANNOTATION_REQUEST_FORMAT = "sdtask.io/request-format"  # "legacy" when converte
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # busy pods are the last a ReplicaSet removes
 
 AGENT_CONTAINER = "agent"
+MODEL_FETCH_CONTAINER = "fetch-model"  # init container of a static runtime whose checkpoint comes from models.s3Prefix
 WEBUI_CONTAINER = "webui"
 
 

@@ -18,6 +18,7 @@ from sdtask.constants import (
     LABEL_MANAGED_BY,
     LABEL_RUNTIME,
     MANAGER,
+    MODEL_FETCH_CONTAINER,
     WEBUI_CONTAINER,
 )
 
@@ -101,20 +102,112 @@ def agent_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
         _env("SDTASK_MAX_DOWNLOAD_BYTES", agent.get("maxDownloadBytes", 50 * 1024 * 1024)),
         _env("SDTASK_STATE_DIR", STATE_DIR),
     ]
+    return env + _s3_credentials_env(output) + _api_auth_env(spec)
+
+
+def _s3_credentials_env(output: dict[str, Any]) -> list[dict[str, Any]]:
     secret = output.get("credentialsSecret")
-    if secret:  # otherwise the pod identity (IRSA, workload identity) provides credentials
-        env += [_secret_env("AWS_ACCESS_KEY_ID", secret), _secret_env("AWS_SECRET_ACCESS_KEY", secret)]
-    return env
+    if not secret:  # the pod identity (IRSA, workload identity) provides credentials
+        return []
+    return [_secret_env("AWS_ACCESS_KEY_ID", secret), _secret_env("AWS_SECRET_ACCESS_KEY", secret)]
+
+
+def model_fetch_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the `fetch-model` init container reads: the checkpoint, where it comes from and goes, S3 access."""
+    spec = runtime.get("spec", {})
+    output = spec.get("output", {})
+    models = spec.get("models", {})
+    return [
+        _env("SDTASK_CHECKPOINT", spec.get("checkpoint", "")),
+        _env("SDTASK_MODELS_DIR", models.get("mountPath", "/models")),
+        _env("SDTASK_MODELS_S3_PREFIX", models.get("s3Prefix", "")),
+        _env("SDTASK_S3_ENDPOINT", output.get("endpoint", "")),
+        _env("AWS_REGION", output.get("region", "us-east-1")),
+        *_s3_credentials_env(output),
+    ]
+
+
+def needs_model_fetch(spec: dict[str, Any]) -> bool:
+    """A static runtime whose checkpoint comes from models.s3Prefix gets it before the Web UI starts."""
+    return bool(
+        not spec.get("dynamicModel", False) and spec.get("checkpoint") and (spec.get("models") or {}).get("s3Prefix")
+    )
+
+
+# Flags the system needs and therefore owns: a user's value for them is replaced, never duplicated.
+_OWNED_VALUE_FLAGS = ("--port", "--ckpt-dir")
+_OWNED_SWITCHES = ("--api", "--listen", "--no-download-sd-model")
+WEBUI_API_AUTH_ENV = "SDTASK_WEBUI_API_AUTH"
+PROBE_PATH = "/sdapi/v1/memory"  # registered by modules/api/api.py in UI and API-only (--nowebui) mode alike
+
+
+def _without_flags(args: list[str], value_flags: tuple[str, ...], switches: tuple[str, ...]) -> list[str]:
+    """`args` less the given flags, in both `--flag value` and `--flag=value` forms."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if arg in value_flags:
+            skip_value = True
+        elif name in value_flags or arg in switches:
+            continue
+        else:
+            kept.append(arg)
+    return kept
+
+
+def _has_flag(args: list[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(f"{flag}=") for arg in args)
 
 
 def webui_args(spec: dict[str, Any]) -> list[str]:
-    """The user's args; a static runtime also gets --ckpt so the Web UI starts with its one model loaded."""
-    args = list(spec.get("args", []))
+    """The user's args plus what the system needs from the real Web UI:
+    - `--api` (the API is off without it in UI mode), `--listen` (the kubelet probes the pod IP, not 127.0.0.1) and
+      the runtime's `--port` (API-only mode would otherwise pick 7861 while the probes and the agent use `port`);
+    - `--ckpt-dir <models mountPath>`: the Web UI lists checkpoints only from models/Stable-diffusion and --ckpt-dir
+      (modules/sd_models.py), so without it nothing delivered into the volume is ever seen;
+    - `--no-download-sd-model`: models come from the image, the volume or models.s3Prefix, never from the internet
+      (a missing --ckpt would otherwise make the Web UI fetch SD 1.5 or fall back to any model it finds);
+    - a static runtime's `--ckpt <mountPath>/<checkpoint>` (unless the user names one), so it starts with its model;
+    - `--api-auth $(SDTASK_WEBUI_API_AUTH)` when the runtime has apiAuth (the kubelet expands it from the Secret).
+    """
+    models = spec.get("models") or {}
+    mount = str(models.get("mountPath", "/models")).rstrip("/") or "/"
+    args = _without_flags(list(spec.get("args") or []), _OWNED_VALUE_FLAGS, _OWNED_SWITCHES)
+    args += ["--api", "--listen", "--port", str(spec.get("port", 7860)), "--ckpt-dir", mount, "--no-download-sd-model"]
     checkpoint = spec.get("checkpoint")
-    if not spec.get("dynamicModel", False) and checkpoint and "--ckpt" not in args:
-        mount = spec.get("models", {}).get("mountPath", "/models")
+    if not spec.get("dynamicModel", False) and checkpoint and not _has_flag(args, "--ckpt"):
         args += ["--ckpt", f"{mount.rstrip('/')}/{checkpoint}"]
+    if spec.get("apiAuth") and not _has_flag(args, "--api-auth"):
+        args += ["--api-auth", f"$({WEBUI_API_AUTH_ENV})"]
     return args
+
+
+def _api_auth_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    auth = spec.get("apiAuth")
+    if not auth:
+        return []
+    ref = {"name": auth["secretName"], "key": auth.get("key", "api-auth")}
+    return [{"name": WEBUI_API_AUTH_ENV, "valueFrom": {"secretKeyRef": ref}}]
+
+
+def webui_probes(spec: dict[str, Any]) -> dict[str, Any]:
+    """Startup covers a cold node (image pull done, model loading onto the GPU) for up to 30 minutes, so liveness
+    never kills a loading pod. With --api-auth every API route answers 401 without credentials, which an httpGet
+    probe can't send without putting them in the pod spec: the probe is then a TCP connect, and the agent, which
+    has the credentials, waits for the API to answer before it takes a task."""
+    port = spec.get("port", 7860)
+    check: dict[str, Any] = (
+        {"tcpSocket": {"port": port}} if spec.get("apiAuth") else {"httpGet": {"path": PROBE_PATH, "port": port}}
+    )
+    return {
+        "startupProbe": {**check, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 180},
+        "readinessProbe": {**check, "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**check, "periodSeconds": 20, "timeoutSeconds": 10, "failureThreshold": 6},
+    }
 
 
 def _gpu_resources(placement: dict[str, Any]) -> dict[str, Any]:
@@ -139,21 +232,18 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    probe_get = {"httpGet": {"path": "/internal/ping", "port": port}}
     webui: dict[str, Any] = {
         "name": WEBUI_CONTAINER,
         "image": spec["image"],
         "args": webui_args(spec),
-        "env": list(spec.get("env", [])),
+        "env": list(spec.get("env") or []) + _api_auth_env(spec),
         "ports": [{"name": "http", "containerPort": port}],
         "resources": _gpu_resources(placement),
         "volumeMounts": [
             {"name": "models", "mountPath": mount_path},
             {"name": "state", "mountPath": STATE_DIR, "readOnly": True},
         ],
-        # Model loading can take minutes; the startup probe covers it so liveness doesn't kill a loading pod.
-        "startupProbe": {**probe_get, "periodSeconds": 5, "failureThreshold": 120},
-        "readinessProbe": {**probe_get, "periodSeconds": 5},
+        **webui_probes(spec),
         # A pod being replaced finishes its task: the Web UI waits while the agent marks itself busy.
         "lifecycle": {
             "preStop": {"exec": {"command": ["/bin/sh", "-c", f"while [ -e {STATE_DIR}/busy ]; do sleep 1; done"]}}
@@ -183,6 +273,21 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         },
     }
     timeout = int(spec.get("requestTimeoutSeconds", 600))
+    init_containers = []
+    if needs_model_fetch(spec):
+        init_containers.append(
+            {
+                "name": MODEL_FETCH_CONTAINER,
+                "image": sidecar["image"],
+                "args": ["fetch-model"],
+                "env": model_fetch_env(runtime),
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                "volumeMounts": [{"name": "models", "mountPath": mount_path}, {"name": "tmp", "mountPath": "/tmp"}],
+                "securityContext": sidecar["securityContext"],
+                # The reason (which object is missing) reaches the pod status and so the runtime's Degraded.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        )
     return {
         "metadata": {"labels": runtime_labels(name)},
         "spec": {
@@ -192,6 +297,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
             "tolerations": list(placement.get("tolerations", [])),
             "terminationGracePeriodSeconds": timeout + TERMINATION_MARGIN_SECONDS,
             "securityContext": {"fsGroup": AGENT_USER_ID, "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": init_containers,
             "containers": [webui, sidecar],
             "volumes": volumes,
         },

@@ -1,7 +1,8 @@
 """Media format detection and base64 image decoding (pure).
 
-The Web UI returns images as base64 strings; the real format (PNG by default, but GIF/MP4/WebP from animation
-extensions, JPEG/WebP when the Web UI is configured so) decides the S3 key extension and Content-Type.
+The Web UI returns images as base64 strings; the real format (PNG by default, GIF/MP4/WebP/WebM from animation
+extensions such as AnimateDiff, JPEG/WebP when the Web UI is configured so) decides the S3 key extension and
+Content-Type.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ GIF = MediaFormat("gif", "image/gif")
 JPEG = MediaFormat("jpg", "image/jpeg")
 WEBP = MediaFormat("webp", "image/webp")
 MP4 = MediaFormat("mp4", "video/mp4")
+WEBM = MediaFormat("webm", "video/webm")
 AVIF = MediaFormat("avif", "image/avif")
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _GIF_MAGICS = (b"GIF87a", b"GIF89a")
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska/WebM; AnimateDiff's WEBM format
 # ISO-BMFF brands that mean a still image, not a video: those share the `ftyp` box with MP4.
 _AVIF_BRANDS = (b"avif", b"avis")
 
@@ -47,6 +50,8 @@ def detect_format(data: bytes) -> MediaFormat:
         return WEBP
     if len(data) >= 12 and data[4:8] == b"ftyp":
         return AVIF if data[8:12] in _AVIF_BRANDS else MP4
+    if data.startswith(_EBML_MAGIC):
+        return WEBM
     return PNG
 
 

@@ -14,17 +14,32 @@ TASKTYPE_ENDPOINTS: dict[str, str] = {
     "extra-single-image": "extra-single-image",
     "extra-batch-images": "extra-batch-images",
 }
+# Spellings the old queue agent accepted for a tasktype.
+TASKTYPE_ALIASES: dict[str, str] = {"extra-batch-image": "extra-batch-images"}
 API_PREFIX = "/sdapi/v1/"
 
 CHECKPOINT_KEY = "sd_model_checkpoint"
-# Keys of the legacy form that live in `alwayson_scripts` but are routing data, not Web UI scripts.
-ROUTING_KEYS: tuple[str, ...] = ("task", "id_task", CHECKPOINT_KEY, "save_dir", "image_link", "override_settings")
+VAE_KEY = "sd_vae"
+# Keys of the legacy form that live in `alwayson_scripts` but are not Web UI scripts. The real server refuses every
+# alwayson_scripts key that is no script title (422 "Script 'uid' not found", modules/api/api.py init_script_args), so
+# they are stripped, as the old queue agent did (its ALWAYSON_SCRIPTS_EXCLUDE_KEYS); `sd_vae` moves to the settings.
+ROUTING_KEYS: tuple[str, ...] = (
+    "task",
+    "id_task",
+    "uid",
+    CHECKPOINT_KEY,
+    VAE_KEY,
+    "save_dir",
+    "image_link",
+    "override_settings",
+)
 DEFAULT_PREFIX = "output"
 
 # Legacy `task` values: the tasktypes themselves, plus the endpoint names some old clients sent.
 _LEGACY_TASKS: dict[str, str] = {
     **{tasktype: tasktype for tasktype in TASKTYPE_ENDPOINTS},
     **{endpoint: tasktype for tasktype, endpoint in TASKTYPE_ENDPOINTS.items()},
+    **TASKTYPE_ALIASES,
 }
 _EXTRAS_ENDPOINTS = frozenset({"extra-single-image", "extra-batch-images"})
 
@@ -67,9 +82,13 @@ def requested_checkpoint(content: dict[str, Any]) -> str | None:
     return None
 
 
+def canonical_tasktype(tasktype: str) -> str:
+    return TASKTYPE_ALIASES.get(tasktype, tasktype)
+
+
 def endpoint_for(tasktype: str) -> str:
     try:
-        return TASKTYPE_ENDPOINTS[tasktype]
+        return TASKTYPE_ENDPOINTS[canonical_tasktype(tasktype)]
     except (KeyError, TypeError):
         known = ", ".join(TASKTYPE_ENDPOINTS)
         raise ValueError(f"unknown tasktype {tasktype!r}; expected one of: {known}") from None
@@ -87,8 +106,13 @@ def prepare_payload(tasktype: str, content: dict[str, Any]) -> PreparedCall:
     checkpoint = requested_checkpoint(content)
     payload = copy.deepcopy(content)
     routing = _pop_routing_keys(payload)
-    _merge_override_settings(payload, routing.get("override_settings"))
+    legacy_settings = _dict_or_empty(routing.get("override_settings"))
+    vae = _text(routing.get(VAE_KEY))
+    if vae is not None:
+        legacy_settings = {VAE_KEY: vae, **legacy_settings}
+    _merge_override_settings(payload, legacy_settings if (legacy_settings or "override_settings" in routing) else None)
     _map_image_link(endpoint, payload, routing.get("image_link"))
+    _map_controlnet_image_links(payload)
     if endpoint in _EXTRAS_ENDPOINTS and payload.get("alwayson_scripts") == {}:
         del payload["alwayson_scripts"]  # the extras endpoints have no scripts
     return PreparedCall(endpoint=endpoint, payload=payload, checkpoint=checkpoint)
@@ -101,11 +125,17 @@ def _pop_routing_keys(payload: dict[str, Any]) -> dict[str, Any]:
     return {key: scripts.pop(key) for key in ROUTING_KEYS if key in scripts}
 
 
+def _dict_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _merge_override_settings(payload: dict[str, Any], legacy: Any) -> None:
+    """The legacy settings (alwayson_scripts.override_settings, sd_vae) win over the body's own, as in the old queue
+    agent (it updated the body's override_settings with them)."""
     top = payload.get("override_settings")
     if not isinstance(top, dict) and not isinstance(legacy, dict):
         return
-    merged = {**(legacy if isinstance(legacy, dict) else {}), **(top if isinstance(top, dict) else {})}
+    merged = {**(top if isinstance(top, dict) else {}), **(legacy if isinstance(legacy, dict) else {})}
     merged.pop(CHECKPOINT_KEY, None)
     if merged or "override_settings" in payload:
         payload["override_settings"] = merged
@@ -123,9 +153,23 @@ def _map_image_link(endpoint: str, payload: dict[str, Any], image_link: Any) -> 
         payload["image"] = links[0]
 
 
+def _map_controlnet_image_links(payload: dict[str, Any]) -> None:
+    """The old API named a ControlNet unit's input `image_link`; ControlNet reads `input_image` (the old agent
+    downloaded the link into it). The link itself is fetched later, like every link in the content."""
+    scripts = payload.get("alwayson_scripts")
+    controlnet = scripts.get("controlnet") if isinstance(scripts, dict) else None
+    units = controlnet.get("args") if isinstance(controlnet, dict) else None
+    for unit in units if isinstance(units, list) else []:
+        if isinstance(unit, dict) and "image_link" in unit:
+            link = unit.pop("image_link")
+            if isinstance(link, str) and link.strip() and not unit.get("input_image"):
+                unit["input_image"] = link.strip()
+
+
 def _image_links(image_link: Any) -> list[str]:
+    """The old API took several init images as one comma-separated string (the old agent split it on ',')."""
     if isinstance(image_link, str):
-        return [image_link] if image_link.strip() else []
+        return [part.strip() for part in image_link.split(",") if part.strip()]
     if isinstance(image_link, list):
         return [item for item in image_link if isinstance(item, str) and item.strip()]
     return []

@@ -19,6 +19,7 @@ from sdtask.localstack.stack import LocalStack
 from sdtask.localstack.system import LocalSystem
 from sdtask.localstack.waiting import wait_for
 from sdtask.standin.images import encode_png
+from sdtask.standin.weights import checkpoint_bytes, write_checkpoint
 
 GROUP, VERSION = "sdtask.io", "v1alpha1"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -135,9 +136,16 @@ class Cluster:
         return result
 
     def models(self, runtime: str, *names: str) -> None:
+        """Checkpoints already on the runtime's models volume (as on a pre-loaded persistent volume)."""
         folder = self.system.sidecars.models_dir(self.namespace, runtime)
         for name in names:
-            (folder / name).write_bytes(b"weights")
+            write_checkpoint(folder / name)
+
+    def upload_model(self, key: str, data: bytes | None = None) -> str:
+        """A checkpoint in the local S3 (a runtime's models.s3Prefix); loadable unless other bytes are given."""
+        body = checkpoint_bytes(key.rsplit("/", 1)[-1]) if data is None else data
+        self.stack.s3_client().put_object(Bucket=self.stack.bucket, Key=key, Body=body)
+        return f"s3://{self.stack.bucket}/{key}"
 
     def submit(self, task: dict[str, Any], name: str | None = None, **spec: Any) -> str:
         name = name or task["metadata"]["id"]

@@ -332,7 +332,7 @@ def test_a_task_that_cannot_start_before_its_deadline_fails(cluster: Cluster) ->
 
 def test_a_dynamic_runtime_fetches_a_missing_checkpoint_from_its_model_prefix(cluster: Cluster) -> None:
     bucket = cluster.stack.bucket
-    cluster.stack.s3_client().put_object(Bucket=bucket, Key="models/fetched-xl.safetensors", Body=b"weights")
+    cluster.upload_model("models/fetched-xl.safetensors")
     cluster.models("fetcher", "resident.safetensors")
     cluster.runtime("fetcher", "pool-b", dynamicModel=True, models={"s3Prefix": f"s3://{bucket}/models/"})
     task = text_task("fetch-model", runtime="fetcher", alwayson_scripts={"sd_model_checkpoint": "fetched-xl"})
@@ -345,6 +345,7 @@ def test_a_dynamic_runtime_fetches_a_missing_checkpoint_from_its_model_prefix(cl
 
 def test_an_unwritable_output_bucket_is_retried_then_fails_clearly(cluster: Cluster) -> None:
     output = {"bucket": "missing-bucket", "endpoint": cluster.stack.s3.url, "credentialsSecret": "s3"}
+    cluster.models("no-bucket", STATIC_MODEL)
     cluster.runtime("no-bucket", "pool-a", checkpoint=STATIC_MODEL, output=output)
     cluster.submit(text_task("nowhere-to-write", runtime="no-bucket"), maxRetries=1)
     status = cluster.wait_finished("nowhere-to-write")["status"]

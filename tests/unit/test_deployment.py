@@ -59,7 +59,61 @@ def test_the_runtime_owns_what_it_creates() -> None:
 def test_a_static_runtime_starts_with_its_checkpoint_and_a_dynamic_one_with_none() -> None:
     assert webui_args(runtime()["spec"])[-2:] == ["--ckpt", "/models/v1-5.safetensors"]
     assert "--ckpt" not in webui_args(runtime(dynamicModel=True, args=["--api"])["spec"])
-    assert webui_args(runtime(args=["--ckpt", "/x.ckpt"])["spec"]) == ["--ckpt", "/x.ckpt"]
+    args = webui_args(runtime(args=["--ckpt", "/x.ckpt"])["spec"])
+    assert args[:2] == ["--ckpt", "/x.ckpt"] and args.count("--ckpt") == 1
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    assert args.count(flag) == 1, f"{flag} given {args.count(flag)} times in {args}"
+    return args[args.index(flag) + 1]
+
+
+def test_the_web_ui_always_gets_the_flags_the_system_needs_and_users_flags_stay() -> None:
+    users = ["--xformers", "--api", "--port", "9000", "--listen", "--ckpt-dir=/elsewhere", "--medvram"]
+    args = webui_args(runtime(args=users, port=7861, models={"mountPath": "/ckpts"})["spec"])
+    # the real Web UI has no API without --api in UI mode, listens on 127.0.0.1 without --listen (the kubelet probes
+    # the pod IP), and lists only models/Stable-diffusion and --ckpt-dir
+    assert {"--api", "--listen", "--no-download-sd-model"} <= set(args)
+    assert all(args.count(flag) == 1 for flag in ("--api", "--listen", "--no-download-sd-model"))
+    assert flag_value(args, "--port") == "7861"
+    assert flag_value(args, "--ckpt-dir") == "/ckpts"
+    assert not any(a.startswith("--ckpt-dir=") for a in args)
+    assert flag_value(args, "--ckpt") == "/ckpts/v1-5.safetensors"
+    assert args[:2] == ["--xformers", "--medvram"]
+
+
+def test_probes_use_an_api_route_of_both_ui_and_api_only_modes() -> None:
+    webui = containers(build_deployment(runtime(port=7861), 1, SETTINGS))["webui"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert webui[probe]["httpGet"] == {"path": "/sdapi/v1/memory", "port": 7861}
+        assert webui[probe]["timeoutSeconds"] >= 5
+    startup = webui["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60  # a cold node loads for many minutes
+
+
+def test_api_auth_comes_from_a_secret_for_the_web_ui_and_the_agent() -> None:
+    spec = runtime(apiAuth={"secretName": "webui-auth"})
+    pod = build_deployment(spec, 1, SETTINGS)
+    webui, agent = containers(pod)["webui"], containers(pod)["agent"]
+    assert flag_value(webui["args"], "--api-auth") == "$(SDTASK_WEBUI_API_AUTH)"
+    ref = {"secretKeyRef": {"name": "webui-auth", "key": "api-auth"}}
+    assert env_of(webui)["SDTASK_WEBUI_API_AUTH"] == ref
+    assert env_of(agent)["SDTASK_WEBUI_API_AUTH"] == ref
+    # an httpGet probe would get 401 without the credentials, which must not be written into the pod spec
+    assert webui["readinessProbe"]["tcpSocket"] == {"port": 7860}
+    assert "httpGet" not in webui["readinessProbe"]
+
+
+def test_a_static_runtime_with_a_model_prefix_fetches_its_checkpoint_before_the_web_ui_starts() -> None:
+    pod = build_deployment(runtime(models={"s3Prefix": "s3://models/ckpt/"}), 1, SETTINGS)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["args"] == ["fetch-model"] and init["image"] == "registry.example.com/sdtask:1"
+    env = env_of(init)
+    assert (env["SDTASK_CHECKPOINT"], env["SDTASK_MODELS_S3_PREFIX"]) == ("v1-5.safetensors", "s3://models/ckpt/")
+    assert {"name": "models", "mountPath": env["SDTASK_MODELS_DIR"]} in init["volumeMounts"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    dynamic = build_deployment(runtime(dynamicModel=True, models={"s3Prefix": "s3://m/"}), 1, SETTINGS)
+    assert dynamic["spec"]["template"]["spec"]["initContainers"] == []
 
 
 def test_the_agent_gets_its_settings_and_credentials_from_a_secret_never_inline() -> None:

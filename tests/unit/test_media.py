@@ -105,3 +105,10 @@ def test_error_message_does_not_echo_a_huge_payload() -> None:
 def test_non_string_is_refused() -> None:
     with pytest.raises(ValueError, match="must be a base64 string"):
         decode_image_payload(b"abcd")  # type: ignore[arg-type]
+
+
+def test_webm_from_animatediff_is_detected_by_its_ebml_header() -> None:
+    from sdtask.media import WEBM
+
+    assert detect_format(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm") == WEBM
+    assert (WEBM.extension, WEBM.content_type) == ("webm", "video/webm")

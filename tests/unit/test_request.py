@@ -101,8 +101,13 @@ def test_legacy_body_is_stripped_merged_and_mapped() -> None:
     assert call.checkpoint == "v1-5-pruned-emaonly.safetensors"
     assert call.payload["alwayson_scripts"] == {}
     assert not set(ROUTING_KEYS) & set(call.payload["alwayson_scripts"])
-    # top-level wins on conflicts; the checkpoint is switched by the agent, never through override_settings
-    assert call.payload["override_settings"] == {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 1, "x": "top"}
+    # the legacy settings win on conflicts, as in the old queue agent (it updated the body's override_settings with
+    # them); the checkpoint is switched by the agent, never through override_settings
+    assert call.payload["override_settings"] == {
+        "CLIP_stop_at_last_layers": 2,
+        "eta_noise_seed_delta": 1,
+        "x": "legacy",
+    }
     assert call.payload["init_images"] == [CAT]
     assert call.payload["prompt"] == "cat wizard"
 
@@ -267,9 +272,15 @@ def test_callback_payload_success_and_failure() -> None:
 # --- checkpoint matching ----------------------------------------------------------------------------------------
 
 V15 = Checkpoint(
-    "v1-5-pruned-emaonly.safetensors [6ce0161689]", "v1-5-pruned-emaonly", "/m/v1-5-pruned-emaonly.safetensors"
+    "v1-5-pruned-emaonly.safetensors [6ce0161689]",
+    "v1-5-pruned-emaonly",
+    "/m/v1-5-pruned-emaonly.safetensors",
+    sha256="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
+    shorthash="6ce0161689",
 )
-SDXL = Checkpoint("xl/sdxl_base.safetensors [31e35c80fc]", "xl_sdxl_base", "/m/xl/sdxl_base.safetensors")
+SDXL = Checkpoint(
+    "xl/sdxl_base.safetensors [31e35c80fc]", "xl_sdxl_base", "/m/xl/sdxl_base.safetensors", shorthash="31e35c80fc"
+)
 NOHASH = Checkpoint("plain.ckpt", "plain", "C:\\models\\plain.ckpt")
 AVAILABLE = [V15, SDXL, NOHASH]
 
@@ -318,6 +329,7 @@ class FakeWebUI:
         self.requests.append((method, path, body))
         routes: dict[tuple[str, str], Any] = {
             ("GET", "/sdapi/v1/sd-models"): lambda: (200, [_model_item(c) for c in AVAILABLE]),
+            ("GET", "/sdapi/v1/memory"): lambda: (200, {"ram": {}, "cuda": {}}),
             ("GET", "/sdapi/v1/options"): lambda: (200, {"sd_model_checkpoint": self.loaded, "samples_format": "png"}),
             ("POST", "/sdapi/v1/options"): lambda: self._switch(body),
             ("POST", "/sdapi/v1/refresh-checkpoints"): lambda: (200, None),
@@ -351,8 +363,8 @@ def _model_item(checkpoint: Checkpoint) -> dict[str, Any]:
     return {
         "title": checkpoint.title,
         "model_name": checkpoint.model_name,
-        "hash": checkpoint.hash,
-        "sha256": None,
+        "hash": checkpoint.shorthash,
+        "sha256": checkpoint.sha256,
         "filename": checkpoint.filename,
         "config": None,
     }
@@ -479,3 +491,48 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# --- what the real Web UI refuses: legacy keys that are no script titles -------------------------------------------
+
+
+def test_legacy_uid_and_sd_vae_are_stripped_and_sd_vae_becomes_a_setting() -> None:
+    """The real server answers 422 "Script 'uid' not found" for any alwayson_scripts key that is no script title;
+    the old queue agent stripped uid and sd_vae and moved sd_vae into override_settings."""
+    body = legacy_body(uid="u-1", sd_vae="vae-ft-mse.safetensors", animatediff={"args": [{"enable": True}]})
+    call = prepare_payload("image-to-image", legacy_to_task(body)["content"])
+    assert call.payload["alwayson_scripts"] == {"animatediff": {"args": [{"enable": True}]}}
+    assert call.payload["override_settings"] == {"sd_vae": "vae-ft-mse.safetensors"}
+
+
+def test_the_old_extra_batch_image_spelling_is_accepted() -> None:
+    assert prepare_payload("extra-batch-image", {"imageList": []}).endpoint == "extra-batch-images"
+    task = legacy_to_task(
+        {"alwayson_scripts": {"task": "extra-batch-image", "id_task": "b1", "sd_model_checkpoint": "x"}}
+    )
+    assert task["metadata"]["tasktype"] == "extra-batch-images"
+
+
+def test_a_comma_separated_image_link_gives_several_init_images() -> None:
+    call = prepare_payload("image-to-image", legacy_body(image_link=f"{CAT}, https://x.example/dog.png"))
+    assert call.payload["init_images"] == [CAT, "https://x.example/dog.png"]
+
+
+def test_a_controlnet_unit_image_link_becomes_its_input_image() -> None:
+    unit = {"image_link": "https://x.example/pose.png", "module": "openpose"}
+    call = prepare_payload("image-to-image", legacy_body(controlnet={"args": [unit]}))
+    assert call.payload["alwayson_scripts"]["controlnet"]["args"] == [
+        {"input_image": "https://x.example/pose.png", "module": "openpose"}
+    ]
+
+
+# --- checkpoints named as the real server accepts them -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requested", ["6ce0161689", "6CE0161689", V15.sha256 or "", "6ce0161689b3853a"])
+def test_a_checkpoint_may_be_named_by_its_short_hash_or_sha256(requested: str) -> None:
+    assert match_checkpoint(requested, AVAILABLE) == V15
+
+
+def test_a_hash_that_matches_nothing_matches_nothing() -> None:
+    assert match_checkpoint("deadbeef00", AVAILABLE) is None

@@ -45,3 +45,31 @@ def test_infrastructure_failures_retry_with_growing_backoff_then_fail() -> None:
 
 def test_input_errors_never_retry() -> None:
     assert after_failed_attempt(1, 5, False, NOW).phase == Phase.FAILED
+
+
+def test_a_failing_fetch_model_init_container_degrades_the_runtime_naming_the_missing_object() -> None:
+    from sdtask.controller.views import pod_view
+
+    message = "ModelMissing: checkpoint absent.safetensors not found (s3://models/ckpt/absent.safetensors)"
+    body = {
+        "metadata": {"name": "p1", "namespace": "ns", "labels": {"sdtask.io/runtime": "rt"}},
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-model",
+                    "ready": False,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}},
+                }
+            ],
+        },
+    }
+    failing = pod_view(body)
+    assert failing.init_failure == f"fetch-model: {message}" and not failing.ready
+    conditions = runtime_conditions(None, 1, [failing], NOW)
+    assert by_type(conditions)["Degraded"] == ("True", "ModelMissing")
+    assert "s3://models/ckpt/absent.safetensors" in next(c["message"] for c in conditions if c["type"] == "Degraded")
+    completed = {**body["status"], "initContainerStatuses": [{"name": "fetch-model", "ready": True}]}
+    assert pod_view({**body, "status": completed}).init_failure == ""

@@ -5,10 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sdtask.standin import StandinWebUI, read_standin_metadata
+from sdtask.standin import StandinWebUI, read_standin_metadata, write_checkpoint
 from sdtask.standin.images import render_png
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,22 +23,29 @@ Start = Callable[..., httpx.Client]
 
 
 @pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    (folder / "alpha.safetensors").write_bytes(b"alpha")
-    (folder / "beta.ckpt").write_bytes(b"beta")
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "webui"
+
+
+@pytest.fixture
+def models_dir(data_dir: Path) -> Path:
+    """The Web UI's built-in checkpoint folder, `<data-dir>/models/Stable-diffusion`."""
+    folder = data_dir / "models" / "Stable-diffusion"
+    write_checkpoint(folder / "alpha.safetensors")
+    write_checkpoint(folder / "beta.ckpt")
     (folder / "readme.txt").write_text("not a checkpoint")
     return folder
 
 
 @pytest.fixture
-def start(models_dir: Path) -> Iterator[Start]:
-    """Start a stand-in (keyword arguments as StandinWebUI's) and get a client for it; all stopped at the end."""
+def start(data_dir: Path, models_dir: Path) -> Iterator[Start]:
+    """Start a stand-in (keyword arguments as StandinWebUI's) and get a client for it once its startup load is
+    over; all stopped at the end."""
     running: list[tuple[StandinWebUI, httpx.Client]] = []
 
     def _start(**options: Any) -> httpx.Client:
-        webui = StandinWebUI(options.pop("models_dir", models_dir), **options).start()
+        webui = StandinWebUI(options.pop("data_dir", data_dir), **options).start()
+        assert webui.wait_until_loaded()
         client = httpx.Client(base_url=webui.url, timeout=10)
         running.append((webui, client))
         return client
@@ -300,151 +303,6 @@ def test_animatediff_key_is_case_insensitive_and_defaults_to_gif(client: httpx.C
     assert image.count(b"\x21\xf9\x04") == 4
 
 
-# --- checkpoints and options ------------------------------------------------------------------------------------
-
-
-def test_sd_models_lists_checkpoint_files_with_a1111_fields(client: httpx.Client, models_dir: Path) -> None:
-    models = client.get("/sdapi/v1/sd-models").json()
-    assert [model["model_name"] for model in models] == ["alpha", "beta"]
-    alpha = models[0]
-    assert set(alpha) == {"title", "model_name", "hash", "sha256", "filename", "config"}
-    assert alpha["title"] == f"alpha.safetensors [{alpha['hash']}]"
-    assert len(alpha["hash"]) == 10 and alpha["sha256"].startswith(alpha["hash"])
-    assert alpha["filename"] == str((models_dir / "alpha.safetensors").resolve())
-
-
-def test_refresh_checkpoints_picks_up_a_file_copied_in_later(client: httpx.Client, models_dir: Path) -> None:
-    (models_dir / "gamma.safetensors").write_bytes(b"gamma")
-    assert "gamma" not in titles(client)
-    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
-    assert "gamma" in titles(client)
-    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "gamma"}).status_code == 200
-    assert loaded_option(client) == titles(client)["gamma"]
-
-
-def test_options_report_the_loaded_model_and_echo_other_keys(client: httpx.Client) -> None:
-    options = client.get("/sdapi/v1/options").json()
-    assert options["sd_model_checkpoint"] == titles(client)["alpha"]
-    assert options["samples_format"] == "png"
-    assert client.post("/sdapi/v1/options", json={"jpeg_quality": 95, "my_key": [1]}).json() is None
-    options = client.get("/sdapi/v1/options").json()
-    assert (options["jpeg_quality"], options["my_key"]) == (95, [1])
-
-
-@pytest.mark.parametrize("name", ["beta", "beta.ckpt", "title"])
-def test_options_switch_model_by_title_model_name_or_file_name(client: httpx.Client, name: str) -> None:
-    beta = titles(client)["beta"]
-    response = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta if name == "title" else name})
-    assert response.status_code == 200
-    assert loaded_option(client) == beta
-    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}))[0]
-    assert metadata(image)["model"] == beta
-
-
-def test_options_with_unknown_model_is_a_500_and_changes_nothing(client: httpx.Client) -> None:
-    before = stats(client)
-    response = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "missing.safetensors", "jpeg_quality": 1})
-    assert response.status_code == 500
-    assert response.json() == {
-        "error": "RuntimeError",
-        "detail": "",
-        "body": "",
-        "errors": "model 'missing.safetensors' not found",
-    }
-    assert loaded_option(client) == titles(client)["alpha"]
-    assert client.get("/sdapi/v1/options").json()["jpeg_quality"] == 80
-    assert stats(client)["model_loads"] == before["model_loads"]
-
-
-def test_load_delay_is_paid_only_when_the_model_really_changes(start: Start) -> None:
-    client = start(load_delay=0.3)
-    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
-
-    began = time.monotonic()
-    client.post("/sdapi/v1/options", json={"sd_model_checkpoint": alpha})
-    assert time.monotonic() - began < 0.3
-    assert stats(client)["model_loads"] == 0
-
-    began = time.monotonic()
-    client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "beta"})
-    assert time.monotonic() - began >= 0.3
-    assert stats(client)["model_loads"] == 1
-    assert stats(client)["loaded_model"] == beta
-
-
-@pytest.mark.parametrize("initial", ["beta.ckpt", "beta", "/elsewhere/beta.ckpt"])
-def test_initial_model_is_loaded_at_start_without_counting_as_a_load(start: Start, initial: str) -> None:
-    client = start(initial_model=initial)
-    assert loaded_option(client) == titles(client)["beta"]
-    assert stats(client)["model_loads"] == 0
-
-
-def test_unknown_initial_model_falls_back_to_the_first_like_the_real_server(start: Start) -> None:
-    client = start(initial_model="missing.safetensors")
-    assert loaded_option(client) == titles(client)["alpha"]
-
-
-def test_unload_then_generate_reloads_the_last_model(start: Start) -> None:
-    client = start(initial_model="beta")
-    beta = titles(client)["beta"]
-    assert client.post("/sdapi/v1/unload-checkpoint").json() == {}
-    assert loaded_option(client) is None
-    assert stats(client)["loaded_model"] is None
-
-    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}))[0]
-    assert metadata(image)["model"] == beta
-    assert (loaded_option(client), stats(client)["model_loads"]) == (beta, 1)
-
-
-def test_reload_checkpoint_loads_after_unload_and_is_free_otherwise(client: httpx.Client) -> None:
-    assert client.post("/sdapi/v1/reload-checkpoint").json() == {}
-    assert stats(client)["model_loads"] == 0
-    client.post("/sdapi/v1/unload-checkpoint")
-    client.post("/sdapi/v1/reload-checkpoint")
-    assert (loaded_option(client), stats(client)["model_loads"]) == (titles(client)["alpha"], 1)
-
-
-def test_override_settings_runs_on_the_override_and_restores_the_selection(client: httpx.Client) -> None:
-    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
-    override = {"override_settings": {"sd_model_checkpoint": "beta"}, "width": 8, "height": 8}
-
-    response = client.post("/sdapi/v1/txt2img", json=override)
-    assert metadata(decoded_images(response)[0])["model"] == beta
-    assert json.loads(response.json()["info"])["sd_model_name"] == "beta"
-    # Like the real server: the option goes back at once, the weights only at the next request that needs them.
-    assert loaded_option(client) == alpha
-    assert stats(client)["loaded_model"] == beta
-    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"width": 8, "height": 8}))[0]
-    assert metadata(image)["model"] == alpha
-    assert stats(client)["model_loads"] == 2
-
-
-def test_override_settings_kept_when_restore_afterwards_is_false(client: httpx.Client) -> None:
-    request = {
-        "override_settings": {"sd_model_checkpoint": titles(client)["beta"]},
-        "override_settings_restore_afterwards": False,
-    }
-    assert client.post("/sdapi/v1/txt2img", json=request).status_code == 200
-    assert loaded_option(client) == titles(client)["beta"]
-
-
-def test_override_with_unknown_model_is_ignored_like_the_real_server(client: httpx.Client) -> None:
-    request = {"override_settings": {"sd_model_checkpoint": "nope"}, "width": 8, "height": 8}
-    image = decoded_images(client.post("/sdapi/v1/txt2img", json=request))[0]
-    assert metadata(image)["model"] == titles(client)["alpha"]
-
-
-def test_generation_without_any_checkpoint_fails_with_500(start: Start, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    client = start(models_dir=empty)
-    assert client.get("/sdapi/v1/sd-models").json() == []
-    assert loaded_option(client) is None
-    response = client.post("/sdapi/v1/txt2img", json={})
-    assert response.status_code == 500
-    assert response.json()["error"] == "FileNotFoundError"
-
-
 # --- queue, progress, interrupt ---------------------------------------------------------------------------------
 
 
@@ -533,26 +391,9 @@ def test_stats_count_requests_per_path(client: httpx.Client) -> None:
     assert counted["loaded_model"] == titles(client)["alpha"]
 
 
-def test_url_and_context_manager(models_dir: Path) -> None:
-    with StandinWebUI(models_dir) as webui:
+def test_url_and_context_manager(data_dir: Path) -> None:
+    with StandinWebUI(data_dir) as webui:
         assert webui.url.startswith("http://127.0.0.1:")
         assert httpx.get(webui.url + "/internal/ping").json() == {}
     with pytest.raises(RuntimeError):
         _ = webui.url
-
-
-def test_command_line_prints_its_url_and_exits_cleanly_on_sigterm(models_dir: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator")}
-    command = [sys.executable, "-m", "sdtask.standin", "--port", "0", "--models-dir", str(models_dir)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline().strip()
-            assert line.startswith("listening on http://127.0.0.1:")
-            url = line.removeprefix("listening on ")
-            assert httpx.get(url + "/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("alpha.safetensors")
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=5) == 0
-            assert process.stdout.read() == ""  # exactly one line on stdout
-        finally:
-            process.kill()

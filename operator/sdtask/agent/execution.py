@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdtask.checkpoints import same_checkpoint
+from sdtask.agent.models import ModelFetchError, fetch_checkpoint
+from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.kube import Kube
 from sdtask.clients.s3 import describe_s3_error, put_json, put_object
 from sdtask.clients.webui import (
@@ -26,13 +26,14 @@ from sdtask.clients.webui import (
     WebUIUnavailable,
     match_checkpoint,
 )
-from sdtask.completion import CallbackPolicy, Outcome, end_failed_attempt, finish_task
+from sdtask.completion import CallbackPolicy, Outcome, end_failed_attempt, finish_task, is_legacy
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
 from sdtask.links import LinkError, LinkFetcher, replace_links
 from sdtask.media import decode_image_payload, detect_format
-from sdtask.naming import image_key, output_location, parse_s3_uri, record_key, s3_uri, validate_key_part
+from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
+from sdtask.records import RecordContext, failure_record, result_images, success_record
 from sdtask.request import prepare_payload
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,12 @@ class CancelledTask(Exception):
 
 
 class AttemptFailed(Exception):
-    def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, reason: str, message: str, *, retryable: bool = False, webui_error: Any = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retryable = retryable
+        self.webui_error = webui_error  # the Web UI's own error body, kept for the legacy .out record
 
 
 @dataclass(frozen=True)
@@ -68,25 +70,6 @@ def attempt_timeout(task: dict[str, Any], default: float, now: dt.datetime) -> f
         remaining = (created + dt.timedelta(seconds=int(deadline)) - now).total_seconds()
         timeout = min(timeout, max(remaining, 1.0))
     return timeout
-
-
-def response_images(response: dict[str, Any]) -> list[str]:
-    """txt2img/img2img/extra-batch answer `images`, extra-single-image answers `image`."""
-    images = response.get("images")
-    if isinstance(images, list):
-        return [i for i in images if isinstance(i, str) and i]
-    single = response.get("image")
-    return [single] if isinstance(single, str) and single else []
-
-
-def parse_info(response: dict[str, Any]) -> Any:
-    info = response.get("info")
-    if isinstance(info, str):
-        try:
-            return json.loads(info)
-        except ValueError:
-            return info
-    return info
 
 
 class TaskExecution:
@@ -195,28 +178,60 @@ class TaskExecution:
         except WebUIUnavailable as error:
             raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
         except WebUIError as error:
-            raise AttemptFailed("WebUIError", str(error)) from None
-        if not response_images(response):
+            raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
+        if not result_images(response):
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
         return model, response
 
     async def _ensure_model(self, wanted: str | None) -> str | None:
-        """Static runtimes never switch. Dynamic ones check the model exists BEFORE unloading anything."""
+        """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
+        their checkpoint (a Web UI whose --ckpt was missing falls back to another model). Dynamic ones check the
+        model exists BEFORE unloading anything, and read the option back after the switch: a checkpoint that fails
+        to load still answers 200 and leaves the old model in place."""
         try:
             loaded = await self.webui.loaded_checkpoint()
-            if not self.settings.dynamic_model or not wanted or same_checkpoint(loaded, wanted):
+            if not self.settings.dynamic_model:
+                return self._require_static_checkpoint(loaded)
+            if not wanted or same_checkpoint(loaded, wanted):
                 return loaded or wanted
             target = await self._find_checkpoint(wanted)
             if target is None:
                 where = f" (also looked in {self.settings.models_s3_prefix})" if self.settings.models_s3_prefix else ""
                 raise AttemptFailed("ModelNotFound", f"model {wanted} not found{where}; {loaded} stays loaded")
+            if loaded and split_hash(loaded)[0] == target.name:
+                return loaded  # named by hash or sha256: already the loaded one
             await self.webui.switch_checkpoint(target.title)
+            now_loaded = await self.webui.loaded_checkpoint()
         except WebUIUnavailable as error:
             raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
         except WebUIException as error:
-            raise AttemptFailed("ModelSwitchFailed", f"switching to {wanted} failed: {error}") from None
-        await self.kube.annotate_pod(self.settings.namespace, self.settings.pod_name, {ANNOTATION_MODEL: target.title})
-        return target.title
+            raise AttemptFailed("ModelSwitchFailed", f"switching to {wanted} failed: {error}", retryable=True) from None
+        if now_loaded is None or split_hash(now_loaded)[0] != target.name:
+            await self.report_model(now_loaded)
+            raise AttemptFailed(
+                "ModelLoadFailed",
+                f"the Web UI could not load {target.title} (a corrupt or truncated file, or out of memory?); "
+                f"{now_loaded or 'no model'} stays loaded",
+                retryable=True,
+            )
+        await self.report_model(now_loaded)
+        return now_loaded
+
+    def _require_static_checkpoint(self, loaded: str | None) -> str:
+        expected = self.settings.checkpoint
+        if expected and not same_checkpoint(loaded, expected):
+            raise AttemptFailed(
+                "ModelNotLoaded",
+                f"the Web UI serves {loaded or 'no model'} instead of the runtime's checkpoint {expected} "
+                "(missing from the models volume?); not generating on a fallback model",
+                retryable=True,
+            )
+        return loaded or expected
+
+    async def report_model(self, model: str | None) -> None:
+        """Tell the operator which checkpoint this pod has loaded (model affinity reads it)."""
+        if model:
+            await self.kube.annotate_pod(self.settings.namespace, self.settings.pod_name, {ANNOTATION_MODEL: model})
 
     async def _find_checkpoint(self, wanted: str) -> Checkpoint | None:
         found = match_checkpoint(wanted, await self.webui.list_checkpoints())
@@ -229,20 +244,20 @@ class TaskExecution:
         return found
 
     async def _download_model(self, wanted: str) -> bool:
-        """Copy the checkpoint from the runtime's model prefix into the shared models folder."""
-        bucket, prefix = parse_s3_uri(self.settings.models_s3_prefix.rstrip("/") + "/")
-        name = wanted.split(" [", 1)[0].rsplit("/", 1)[-1]
-        candidates = [name] if "." in name else [f"{name}.safetensors", f"{name}.ckpt"]
-        for candidate in candidates:
-            target = Path(self.settings.models_dir) / candidate
-            try:
-                await asyncio.to_thread(self.s3.download_file, bucket, f"{prefix}{candidate}", str(target))
-                return True
-            except Exception as error:  # missing object: try the next name
-                log.info(
-                    "model %s not at s3://%s/%s%s: %s", wanted, bucket, prefix, candidate, describe_s3_error(error)
-                )
-        return False
+        """Copy the checkpoint from the runtime's model prefix into the folder the Web UI scans (--ckpt-dir)."""
+        try:
+            fetched = await asyncio.to_thread(
+                fetch_checkpoint,
+                self.s3,
+                self.settings.models_s3_prefix,
+                wanted,
+                Path(self.settings.models_dir),
+                self.settings.max_model_bytes,
+            )
+        except ModelFetchError as error:
+            log.info("model %s: %s", wanted, error)
+            return False
+        return fetched.path.is_file()
 
     async def _store(
         self,
@@ -256,7 +271,7 @@ class TaskExecution:
         bucket = self.settings.output_bucket
         uris = []
         try:
-            for index, encoded in enumerate(response_images(response), start=1):
+            for index, encoded in enumerate(result_images(response), start=1):
                 try:
                     data = decode_image_payload(encoded)
                 except ValueError as error:
@@ -266,7 +281,8 @@ class TaskExecution:
                 await put_object(self.s3, bucket, key, data, media.content_type)
                 uris.append(s3_uri(bucket, key))
             record = record_key(prefix, task_id)
-            await put_json(self.s3, bucket, record, self._record(task, started, model, uris, response=response))
+            body = success_record(self._context(task, started, model), uris, response, legacy=is_legacy(task))
+            await put_json(self.s3, bucket, record, body)
         except AttemptFailed:
             raise
         except Exception as error:  # S3 down or refusing: the generation may be retried
@@ -277,40 +293,30 @@ class TaskExecution:
             ) from None
         return StoredOutputs(output_location(bucket, prefix, task_id), uris, s3_uri(bucket, record))
 
-    def _record(
-        self,
-        task: dict[str, Any],
-        started: dt.datetime,
-        model: str | None,
-        images: list[str],
-        *,
-        response: dict[str, Any] | None = None,
-        error: AttemptFailed | None = None,
-    ) -> dict[str, Any]:
-        """The `.out` record: what was asked, what came back (parameters, seeds via info) or the error."""
+    def _context(self, task: dict[str, Any], started: dt.datetime, model: str | None) -> RecordContext:
         metadata = task["spec"]["task"]["metadata"]
-        info = parse_info(response) if response else None
-        return {
-            "id": metadata.get("id"),
-            "runtime": self.settings.runtime,
-            "tasktype": metadata.get("tasktype"),
-            "pod": self.settings.pod_name,
-            "attempt": (task.get("status") or {}).get("attempts"),
-            "model": model,
-            "started": now_iso(started),
-            "finished": now_iso(),
-            "images": images,
-            "parameters": (response or {}).get("parameters"),
-            "info": info,
-            "seeds": info.get("all_seeds") if isinstance(info, dict) else None,
-            "error": {"reason": error.reason, "message": error.message} if error else None,
-        }
+        return RecordContext(
+            task_id=str(metadata.get("id", "")),
+            runtime=self.settings.runtime,
+            tasktype=str(metadata.get("tasktype", "")),
+            pod=self.settings.pod_name,
+            attempt=(task.get("status") or {}).get("attempts"),
+            model=model,
+            started=now_iso(started),
+            finished=now_iso(),
+        )
 
     async def _store_error_record(
         self, task: dict[str, Any], prefix: str, task_id: str, failure: AttemptFailed, started: dt.datetime
     ) -> None:
         try:
-            record = self._record(task, started, None, [], error=failure)
+            record = failure_record(
+                self._context(task, started, None),
+                failure.reason,
+                failure.message,
+                failure.webui_error,
+                legacy=is_legacy(task),
+            )
             await put_json(self.s3, self.settings.output_bucket, record_key(prefix, task_id), record)
         except Exception as error:  # the record is a convenience; the status already carries the error
             log.warning("could not store the error record of %s: %s", task_id, describe_s3_error(error))

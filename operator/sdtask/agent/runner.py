@@ -22,7 +22,7 @@ from sdtask.clients.kube import Kube, load_api_client
 from sdtask.clients.s3 import S3Settings, make_s3_client
 from sdtask.clients.webui import WebUIClient
 from sdtask.config import AgentSettings
-from sdtask.constants import ANNOTATION_MODEL, LABEL_POD, Phase
+from sdtask.constants import LABEL_POD, Phase
 from sdtask.links import LinkFetcher
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,14 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        await self._report_loaded_model()
+        # No task is taken before the Web UI answers, and the operator learns the loaded model before the first
+        # task, so model affinity works from the start (not only after a switch).
+        loaded = await self.execution.webui.wait_until_ready(stop)
+        if stop.is_set():
+            return
+        log.info("Web UI ready, model %s loaded", loaded or "no")
+        with contextlib.suppress(Exception):  # reported again after every switch
+            await self.execution.report_model(loaded)
         # A daemon thread, not the loop's executor: asyncio.run would wait for a blocked watch call at exit.
         watcher = threading.Thread(target=self._watch_forever, args=(loop,), name="task-watch", daemon=True)
         watcher.start()
@@ -100,14 +107,6 @@ class Agent:
         except OSError as error:
             log.warning("busy marker %s: %s", self.busy_marker, error)
 
-    async def _report_loaded_model(self) -> None:
-        with contextlib.suppress(Exception):  # the Web UI may still be starting; the first switch reports it
-            loaded = await self.execution.webui.loaded_checkpoint()
-            if loaded:
-                await self.kube.annotate_pod(
-                    self.settings.namespace, self.settings.pod_name, {ANNOTATION_MODEL: loaded}
-                )
-
     # --- watching (a worker thread: the official client is blocking) -------------------------------------------------
     def _watch_forever(self, loop: asyncio.AbstractEventLoop) -> None:
         selector = f"{LABEL_POD}={self.settings.pod_name}"
@@ -156,7 +155,11 @@ async def run_agent(settings: AgentSettings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with (
-        WebUIClient(settings.webui_url) as webui,
+        WebUIClient(
+            settings.webui_url,
+            switch_timeout=settings.model_switch_timeout_seconds,
+            credentials=settings.webui_api_auth,
+        ) as webui,
         LinkFetcher(
             s3_client_factory=lambda: s3,
             max_bytes=settings.max_download_bytes,

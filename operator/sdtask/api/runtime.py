@@ -62,7 +62,10 @@ class ModelStorageSpec(SpecModel):
 
     s3_prefix: str | None = Field(
         default=None,
-        description="s3://bucket/prefix/ holding the checkpoints, synced into mountPath.",
+        description=(
+            "s3://bucket/prefix/ holding the checkpoints. A static runtime's checkpoint is fetched into mountPath"
+            " before the SD Web UI starts; a dynamic runtime fetches a missing checkpoint when a task asks for it."
+        ),
         pattern=S3_URI_PATTERN,
     )
     volume: dict[str, Any] | None = Field(
@@ -71,7 +74,7 @@ class ModelStorageSpec(SpecModel):
     )
     mount_path: str = Field(
         default=DEFAULT_MODELS_MOUNT_PATH,
-        description="Where the checkpoints appear in the SD Web UI container.",
+        description="Where the checkpoints appear in the SD Web UI container; passed as --ckpt-dir.",
         pattern=r"^/",
     )
 
@@ -141,6 +144,17 @@ class OutputSpec(SpecModel):
     )
 
 
+class ApiAuthSpec(SpecModel):
+    """Credentials the SD Web UI API requires (its `--api-auth user:password` flag), read from a Secret."""
+
+    secret_name: str = Field(
+        description="Secret holding `user:password` (several pairs separated by commas; the agent uses the first).",
+        max_length=DNS1123_SUBDOMAIN_MAX_LENGTH,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+    )
+    key: str = Field(default="api-auth", description="Key of the Secret holding the credentials.", min_length=1)
+
+
 class AgentSpec(SpecModel):
     """The agent sidecar that runs tasks in each pod."""
 
@@ -180,9 +194,21 @@ class SDRuntimeSpec(SpecModel):
         default=None, description="Entrypoint of the SD Web UI container; the image's when absent."
     )
     args: list[str] | None = Field(
-        default=None, description="Arguments of the SD Web UI container; the image's when absent."
+        default=None,
+        description=(
+            "Arguments of the SD Web UI container. The operator adds --api, --listen, --port, --ckpt-dir,"
+            " --no-download-sd-model (and --ckpt for a static runtime, --api-auth with apiAuth)."
+        ),
     )
-    port: int = Field(default=DEFAULT_PORT, description="Port the SD Web UI API listens on.", ge=1, le=65535)
+    port: int = Field(
+        default=DEFAULT_PORT,
+        description="Port the SD Web UI API listens on; passed as --port (a --port in args is replaced).",
+        ge=1,
+        le=65535,
+    )
+    api_auth: ApiAuthSpec | None = Field(
+        default=None, description="Start the SD Web UI with --api-auth from a Secret; the agent authenticates."
+    )
     env: list[EnvVar] | None = Field(default=None, description="Environment of the SD Web UI container.")
     checkpoint: str | None = Field(
         default=None,

@@ -27,8 +27,15 @@ from .common import (
     cel_rules,
 )
 
-TaskType = Literal["image-to-image", "text-to-image", "extra-single-image", "extra-batch-images"]
-TASK_TYPES: tuple[TaskType, ...] = ("image-to-image", "text-to-image", "extra-single-image", "extra-batch-images")
+# "extra-batch-image" is the old queue agent's spelling of extra-batch-images, accepted for compatibility.
+TaskType = Literal["image-to-image", "text-to-image", "extra-single-image", "extra-batch-images", "extra-batch-image"]
+TASK_TYPES: tuple[TaskType, ...] = (
+    "image-to-image",
+    "text-to-image",
+    "extra-single-image",
+    "extra-batch-images",
+    "extra-batch-image",
+)
 
 TaskPhase = Literal["Pending", "Scheduled", "Running", "Succeeded", "Failed"]
 TASK_PHASES: tuple[TaskPhase, ...] = ("Pending", "Scheduled", "Running", "Succeeded", "Failed")

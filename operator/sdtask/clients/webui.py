@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 from types import TracebackType
 from typing import Any, Self
 
@@ -30,6 +32,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_SWITCH_TIMEOUT = 600.0
 INTERRUPT_TIMEOUT = 10.0
 _MESSAGE_LIMIT = 2000
+_ERROR_BODY_LIMIT = 16 * 1024
 
 
 class WebUIException(Exception):
@@ -39,10 +42,11 @@ class WebUIException(Exception):
 class WebUIError(WebUIException):
     """The Web UI answered with a non-2xx status (or an unusable body)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
+        self.body = body  # the Web UI's JSON error body, when it sent one (the legacy .out record's `reason`)
 
     def __str__(self) -> str:
         return f"Web UI answered HTTP {self.status}: {self.message}"
@@ -70,6 +74,20 @@ class WebUIUnavailable(WebUIException):
         return f"Web UI unreachable ({self.path}): {self.reason}"
 
 
+def basic_auth(credentials: str) -> httpx.BasicAuth | None:
+    """HTTP Basic auth for a Web UI started with `--api-auth user:pass[,user2:pass2]` (modules/api/api.py checks
+    every API route against those pairs); None without credentials."""
+    first = credentials.strip().split(",", 1)[0].strip()
+    if not first:
+        return None
+    user, _, password = first.partition(":")
+    return httpx.BasicAuth(user, password)
+
+
+def _hex_or_none(value: Any) -> str | None:
+    return value.lower() if isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{8,64}", value) else None
+
+
 def error_message(response: httpx.Response) -> str:
     """The Web UI's own explanation of a failure: `detail`, else `errors`, else `error`, else the raw body."""
     try:
@@ -83,6 +101,15 @@ def error_message(response: httpx.Response) -> str:
                 return text[:_MESSAGE_LIMIT]
     text = response.text.strip()
     return text[:_MESSAGE_LIMIT] if text else response.reason_phrase
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    if len(response.content) > _ERROR_BODY_LIMIT:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _as_text(value: Any) -> str:
@@ -112,11 +139,14 @@ class WebUIClient:
         client: httpx.AsyncClient | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         switch_timeout: float = DEFAULT_SWITCH_TIMEOUT,
+        credentials: str = "",
     ) -> None:
+        """`credentials` is the Web UI's `--api-auth` value ("user:password"; the first pair of a list is used)."""
         self.base_url = base_url.rstrip("/")
         self.request_timeout = request_timeout
         self.switch_timeout = switch_timeout
         self._owns_client = client is None
+        self._auth = basic_auth(credentials)
         # The Web UI is local to the pod: no proxy from the environment.
         self._client = client if client is not None else httpx.AsyncClient(trust_env=False)
 
@@ -133,15 +163,25 @@ class WebUIClient:
             await self._client.aclose()
 
     async def ping(self) -> bool:
-        """True when the API answers. `/internal/ping` is the cheap probe; API-only launches lack it, so a 404
-        falls back to `/sdapi/v1/sd-models`."""
+        """True when the API answers. `/internal/ping` exists only when the UI is launched (modules/ui.py), not with
+        `--nowebui`; `/sdapi/v1/memory` exists in both modes and takes no lock."""
         try:
-            response = await self._client.get(self._url("/internal/ping"), timeout=self.request_timeout)
-            if response.status_code == 404:
-                response = await self._client.get(self._url(f"{API}/sd-models"), timeout=self.request_timeout)
+            response = await self._client.get(self._url(f"{API}/memory"), timeout=self.request_timeout, auth=self._auth)
         except httpx.HTTPError:
             return False
         return response.is_success
+
+    async def wait_until_ready(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> str | None:
+        """Wait until the Web UI answers its options (as the old queue agent did before taking work, since the model
+        loads after the server starts listening); returns the loaded checkpoint, or None if `stop` was set first."""
+        while not stop.is_set():
+            try:
+                return await self.loaded_checkpoint()
+            except WebUIException as error:
+                log.debug("Web UI not ready yet: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_seconds)
+        return None
 
     async def list_checkpoints(self) -> list[Checkpoint]:
         items = await self._call("GET", f"{API}/sd-models", timeout=self.request_timeout)
@@ -152,13 +192,17 @@ class WebUIClient:
                 title=str(item.get("title", "")),
                 model_name=str(item.get("model_name", "")),
                 filename=str(item.get("filename", "")),
+                sha256=_hex_or_none(item.get("sha256")),
+                shorthash=_hex_or_none(item.get("hash")),
             )
             for item in items
             if isinstance(item, dict) and item.get("title")
         ]
 
     async def refresh_checkpoints(self) -> None:
-        await self._call("POST", f"{API}/refresh-checkpoints", timeout=self.request_timeout)
+        """Rescan the checkpoint folders. The real server takes the queue lock for it (so it waits for a running
+        generation) and reads every file's header: it gets the switch timeout, not the short one."""
+        await self._call("POST", f"{API}/refresh-checkpoints", timeout=self.switch_timeout)
 
     async def loaded_checkpoint(self) -> str | None:
         options = await self._call("GET", f"{API}/options", timeout=self.request_timeout)
@@ -168,7 +212,9 @@ class WebUIClient:
         return value if isinstance(value, str) and value else None
 
     async def switch_checkpoint(self, title: str, *, timeout: float | None = None) -> None:
-        """Load `title`. Call `match_checkpoint` first: the Web UI unloads the current model before failing."""
+        """Ask the Web UI to load `title`. Call `match_checkpoint` first. A name that matches a checkpoint but fails to
+        load still answers 200 `null` (modules/options.py restores the old value and the API ignores the result):
+        read `loaded_checkpoint` back to know whether the switch happened."""
         await self._call(
             "POST",
             f"{API}/options",
@@ -200,14 +246,14 @@ class WebUIClient:
             # httpx's timeout is per read; the outer one bounds the whole call.
             async with asyncio.timeout(timeout):
                 response = await self._client.request(
-                    method, self._url(path), json=json_body, timeout=httpx.Timeout(timeout)
+                    method, self._url(path), json=json_body, timeout=httpx.Timeout(timeout), auth=self._auth
                 )
         except (TimeoutError, httpx.TimeoutException):
             raise WebUITimeout(path, timeout) from None
         except httpx.HTTPError as exc:
             raise WebUIUnavailable(path, f"{type(exc).__name__}: {exc}") from None
         if not response.is_success:
-            raise WebUIError(response.status_code, error_message(response))
+            raise WebUIError(response.status_code, error_message(response), _json_or_none(response))
         if not response.content:
             return None
         try:

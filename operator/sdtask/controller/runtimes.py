@@ -84,7 +84,14 @@ def runtime_conditions(
         conditions = set_condition(conditions, "Scaling", True, direction, f"{len(live)} -> {desired} replicas", now)
     else:
         conditions = set_condition(conditions, "Scaling", False, "Stable", f"{desired} replicas", now)
-    if pending:
+    failing = [p for p in live if p.init_failure]
+    if failing:
+        # The reason names the object (e.g. the checkpoint missing from models.s3Prefix); the pod never starts, so
+        # tasks wait rather than run on a Web UI that fell back to another model.
+        reason = "ModelMissing" if "ModelMissing:" in failing[0].init_failure else "InitFailed"
+        message = f"{len(failing)} pod(s) can't start: {failing[0].name}: {failing[0].init_failure}"
+        conditions = set_condition(conditions, "Degraded", True, reason, message, now)
+    elif pending:
         message = f"{len(pending)} pod(s) Pending: no GPU capacity in pool ({pending[0].unschedulable})"
         conditions = set_condition(conditions, "Degraded", True, "Unschedulable", message, now)
     else:

@@ -47,6 +47,7 @@ class PodView:
     node: str
     model: str | None
     unschedulable: str  # the scheduler's message while the pod can't be placed
+    init_failure: str = ""  # "<container>: <message>" while an init container (fetch-model) keeps failing
 
 
 def _labels(meta: Mapping[str, Any]) -> Mapping[str, str]:
@@ -100,7 +101,22 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         node=spec.get("nodeName") or "",
         model=(meta.get("annotations") or {}).get(ANNOTATION_MODEL) or None,
         unschedulable=unschedulable,
+        init_failure=init_failure(status),
     )
+
+
+def init_failure(status: Mapping[str, Any]) -> str:
+    """The last failure of an init container that has not completed, with its termination message (the
+    fetch-model container names the missing object there)."""
+    for container in status.get("initContainerStatuses") or []:
+        if container.get("ready"):
+            continue
+        for state in (container.get("state") or {}, container.get("lastState") or {}):
+            terminated = state.get("terminated") or {}
+            if terminated and terminated.get("exitCode", 0) != 0:
+                message = str(terminated.get("message") or terminated.get("reason") or "failed").strip()
+                return f"{container.get('name', 'init')}: {message}"
+    return ""
 
 
 def runtime_info(body: Mapping[str, Any]) -> RuntimeInfo:

@@ -74,6 +74,64 @@ def write_kubeconfig(path: Path, server: str, tls: certs.ClusterCertificates) ->
     path.chmod(0o600)
 
 
+# Runtime pods (labelled with their runtime) are played by the sidecar simulator, which acts as their kubelet: kwok only
+# starts them (Running, a pod IP) and leaves them not Ready, and the simulator runs their init containers, starts their
+# processes and sets Ready once the pod's own readiness probe passes. kwok's stock pod-ready stage would mark them
+# Ready at once (and again whenever they are not), so the operator would dispatch to a pod whose Web UI isn't up.
+_RUNTIME_LABEL_KEY = '.metadata.labels["sdtask.io/runtime"]'
+RUNTIME_POD_STARTED_STAGE: dict[str, object] = {
+    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+    "kind": "Stage",
+    "metadata": {"name": "sdtask-runtime-pod-started"},
+    "spec": {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {
+            "matchExpressions": [
+                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
+                {"key": ".status.podIP", "operator": "DoesNotExist"},
+                {"key": _RUNTIME_LABEL_KEY, "operator": "Exists"},
+            ]
+        },
+        "next": {
+            "statusTemplate": """{{ $now := Now }}
+conditions:
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: ContainersNotReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: ContainersNotReady}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  state: {running: {startedAt: {{ $now | Quote }}}}
+{{ end }}
+{{ $podIPs := PodIPsWith .spec.nodeName false .metadata.uid .metadata.name .metadata.namespace }}
+{{ with $podIPs }}
+podIP: {{ index . 0 | Quote }}
+podIPs:
+{{ range . }}
+- ip: {{ . | Quote }}
+{{ end }}
+{{ end }}
+phase: Running
+startTime: {{ $now | Quote }}
+"""
+        },
+    },
+}
+
+
+def runtime_pods_left_to_the_simulator(document: object) -> object:
+    """kwok's pod-ready stage, for every pod but runtime pods (see RUNTIME_POD_STARTED_STAGE)."""
+    if not isinstance(document, dict) or document.get("metadata", {}).get("name") != "pod-ready":
+        return document
+    expressions = document["spec"]["selector"]["matchExpressions"]
+    expressions.append({"key": _RUNTIME_LABEL_KEY, "operator": "DoesNotExist"})
+    return document
+
+
 class LocalControlPlane:
     def __init__(self, binaries: Binaries, workdir: Path, ports: ClusterPorts | None = None) -> None:
         self.binaries = binaries
@@ -211,6 +269,7 @@ class LocalControlPlane:
             if not source.is_file():
                 raise StackError("kwok", f"stage file {source} is missing (rebuild the kwok cache)")
             documents.extend(doc for doc in yaml.safe_load_all(source.read_text()) if doc)
+        documents = [*(runtime_pods_left_to_the_simulator(doc) for doc in documents), RUNTIME_POD_STARTED_STAGE]
         target = self.workdir / "kwok-stages.yaml"
         target.write_text(yaml.safe_dump_all(documents, sort_keys=False))
         return target

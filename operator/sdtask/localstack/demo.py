@@ -51,7 +51,6 @@ def local_runtime(stack: LocalStack) -> dict[str, Any]:
     runtime: dict[str, Any] = yaml.safe_load((EXAMPLES / "runtime-static.yaml").read_text())
     spec = runtime["spec"]
     spec["output"].update(bucket=stack.bucket, endpoint=stack.s3.url, credentialsSecret="s3")
-    spec["models"].pop("s3Prefix", None)
     spec["agent"] = {"allowPrivateLinks": True}  # the init image comes from loopback here
     return runtime
 

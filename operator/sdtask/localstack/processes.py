@@ -86,6 +86,15 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the process has ended (it is killed after `timeout`)."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.process.wait()
+
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll `ready` until it holds; fail at once, with the log, if the process exits first."""
         deadline = time.monotonic() + timeout

@@ -1,8 +1,11 @@
 """Stand-ins for what runs inside runtime pods on kwok nodes (kwok runs no containers).
 
 For every Running runtime pod, this starts the stand-in Web UI and the real agent (`sdtask agent`) as local processes.
-The agent gets exactly the environment the operator wrote into the pod's agent container (fieldRefs and secretKeyRefs
-resolved as the kubelet would), with three local substitutions: the Web UI URL, the models folder and the state folder.
+Like a kubelet, it reads the pod spec and nothing else: the init containers run first (a failure is reported in the pod
+status and the pod never starts), the stand-in gets the Web UI container's own args ($(VAR) expanded), and the pod is
+Ready only once the container's readiness probe passes. The agent gets exactly the environment the operator wrote
+into the pod's agent container (fieldRefs and secretKeyRefs resolved as the kubelet would). The local substitutions:
+ports, the models volume (one folder per runtime, playing a shared volume), the Web UI URL and the state folder.
 When the pod goes away, the agent is told to stop as the kubelet would (SIGTERM) and both processes end.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
+import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +25,7 @@ import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 
 from sdtask.constants import AGENT_CONTAINER, LABEL_RUNTIME, WEBUI_CONTAINER
-from sdtask.localstack.processes import ManagedProcess, free_port, http_ok
+from sdtask.localstack.processes import ManagedProcess, StackError, free_port, http_ok
 
 log = logging.getLogger(__name__)
 
@@ -137,41 +142,52 @@ class SidecarSimulator:
                 except Exception as error:
                     log.warning("sidecar simulator: cannot start pod %s/%s: %s", *key, error)
 
-    # --- one pod ---------------------------------------------------------------------------------------------------
+    # --- one pod: what the kubelet would do with its spec ------------------------------------------------------------
     def _start_pod(self, client: ApiClient, pod: Any) -> SimulatedPod:
         serialized = client.sanitize_for_serialization(pod)
         meta, spec = serialized["metadata"], serialized["spec"]
         namespace, name = meta["namespace"], meta["name"]
         runtime = meta["labels"][LABEL_RUNTIME]
+        core = CoreV1Api(client)
         containers = {c["name"]: c for c in spec["containers"]}
         pod_dir = self.workdir / "pods" / namespace / name
         models = self.models_dir(namespace, runtime)
-        webui_args = containers[WEBUI_CONTAINER].get("args") or []
-        initial = initial_model_args(webui_args)
-        if initial and not (models / initial[1]).exists():
-            (models / initial[1]).write_bytes(b"stand-in weights")  # a static runtime's volume holds its checkpoint
+        webui_spec, agent_spec = containers[WEBUI_CONTAINER], containers[AGENT_CONTAINER]
+        mount = models_mount_path(webui_spec)
+        # Until its probe passes the pod is not Ready, whatever kwok said: the operator must not dispatch to it.
+        set_pod_ready(core, namespace, name, False, "ContainersNotReady")
+        for init in spec.get("initContainers") or []:
+            self._run_init_container(core, serialized, init, pod_dir, models, mount)
         port = free_port()
+        webui_env = resolve_env(core, serialized, webui_spec.get("env") or [])
+        args = local_webui_args(expand_vars(webui_spec.get("args") or [], webui_env), mount, models, port)
         webui = ManagedProcess(
             f"stand-in webui {name}",
             [
                 sys.executable,
                 "-m",
                 "sdtask.standin",
-                "--port",
-                str(port),
-                "--models-dir",
-                str(models),
                 "--load-delay",
                 str(self.timing.load_delay),
                 "--image-delay",
                 str(self.timing.image_delay),
-                *initial_model_args(containers[WEBUI_CONTAINER].get("args") or []),
+                "--data-dir",
+                str(pod_dir / "webui"),
+                *args,
             ],
             pod_dir / "webui.log",
         ).start()
+        # The kubelet probes the pod's IP, not the container's loopback: POD_IP plays it (all of 127/8 is loopback
+        # here), so a Web UI started without --listen (bound to 127.0.0.1 only) never becomes Ready.
+        readiness = webui_spec.get("readinessProbe") or {}
+        probe = probe_url(readiness, POD_IP, port)
+        if "tcpSocket" in readiness:
+            webui.wait_until(lambda: tcp_open(POD_IP, port), 30, f"ready (TCP {POD_IP}:{port})")
+        else:
+            webui.wait_until(lambda: http_ok(probe), 30, f"ready ({probe})")
+        set_pod_ready(core, namespace, name, True, "")
         webui_url = f"http://127.0.0.1:{port}"
-        webui.wait_until(lambda: http_ok(f"{webui_url}/internal/ping"), 30, "serving")
-        env = resolve_env(CoreV1Api(client), serialized, containers[AGENT_CONTAINER].get("env") or [])
+        env = resolve_env(core, serialized, agent_spec.get("env") or [])
         env.update({key: value for key, value in self.default_agent_env.items() if not env.get(key)})
         env.update(
             SDTASK_WEBUI_URL=webui_url,
@@ -185,19 +201,108 @@ class SidecarSimulator:
         ).start()
         return SimulatedPod(name, namespace, runtime, webui_url, webui, agent)
 
+    def _run_init_container(
+        self, core: CoreV1Api, pod: dict[str, Any], init: dict[str, Any], pod_dir: Path, models: Path, mount: str
+    ) -> None:
+        """Run one of our init containers (the same image: `sdtask <args>`) to its end, as the kubelet does before
+        any container starts; a failure is reported in the pod status with its message, and the pod never starts."""
+        env = resolve_env(core, pod, init.get("env") or [])
+        env.update({key: value for key, value in self.default_agent_env.items() if not env.get(key)})
+        env = {key: str(models) + value[len(mount) :] if value == mount else value for key, value in env.items()}
+        log = pod_dir / f"{init['name']}.log"
+        termination = pod_dir / f"{init['name']}.termination-log"
+        process = ManagedProcess(
+            f"init {init['name']} {pod['metadata']['name']}",
+            [sys.executable, "-m", "sdtask.cli", *init.get("args", [])],
+            log,
+            env={**env, "SDTASK_TERMINATION_LOG": str(termination)},
+        ).start()
+        code = process.wait(timeout=300)
+        if code == 0:
+            return
+        message = termination.read_text() if termination.exists() else log.read_text()[-2000:]
+        report_init_failure(core, pod["metadata"]["namespace"], pod["metadata"]["name"], init["name"], code, message)
+        raise StackError(f"init container {init['name']}", f"exited with code {code}: {message}", log)
+
     @staticmethod
     def _stop_pod(pod: SimulatedPod) -> None:
         pod.agent.stop(grace=30)  # SIGTERM: the agent finishes its task first, as in a real pod
         pod.webui.stop()
 
 
-def initial_model_args(webui_args: list[str]) -> list[str]:
-    """A static runtime starts its Web UI with --ckpt <path>: the stand-in starts with that model loaded."""
-    if "--ckpt" in webui_args:
-        index = webui_args.index("--ckpt")
-        if index + 1 < len(webui_args):
-            return ["--initial-model", Path(webui_args[index + 1]).name]
-    return []
+POD_IP = "127.0.0.2"
+_VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def models_mount_path(webui: dict[str, Any]) -> str:
+    mounts = {m["name"]: m["mountPath"] for m in webui.get("volumeMounts") or []}
+    return str(mounts.get("models", "/models")).rstrip("/") or "/"
+
+
+def expand_vars(args: list[str], env: dict[str, str]) -> list[str]:
+    """The kubelet expands $(VAR) in args from the container's environment ($$ is a literal $)."""
+
+    def value(match: re.Match[str]) -> str:
+        return "$" if match.group(0) == "$$" else env.get(match.group(1), match.group(0))
+
+    return [_VARIABLE.sub(value, arg) for arg in args]
+
+
+def local_webui_args(args: list[str], mount: str, models: Path, port: int) -> list[str]:
+    """The pod's Web UI args with what differs on this machine: the port (many pods share one host) and paths in
+    the models volume (a local folder)."""
+    local: list[str] = []
+    for index, arg in enumerate(args):
+        if index > 0 and args[index - 1] == "--port":
+            local.append(str(port))
+        elif arg.startswith("--port="):
+            local.append(f"--port={port}")
+        elif arg == mount or arg.startswith(f"{mount}/"):
+            local.append(str(models) + arg[len(mount) :])
+        else:
+            local.append(arg)
+    if "--port" not in args and not any(a.startswith("--port=") for a in args):
+        local += ["--port", str(port)]  # the pod would use the image's default port; here each pod needs its own
+    return local
+
+
+def probe_url(probe: dict[str, Any], host: str, port: int) -> str:
+    """Where the kubelet's httpGet readiness probe goes."""
+    path = (probe.get("httpGet") or {}).get("path")
+    return f"http://{host}:{port}{path or '/'}"
+
+
+def tcp_open(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=2):
+        return True
+
+
+def set_pod_ready(core: CoreV1Api, namespace: str, name: str, ready: bool, reason: str) -> None:
+    status = "True" if ready else "False"
+    conditions = [
+        {"type": kind, "status": status, **({"reason": reason} if reason else {})}
+        for kind in ("Ready", "ContainersReady")
+    ]
+    core.patch_namespaced_pod_status(name, namespace, {"status": {"conditions": conditions}})
+
+
+def report_init_failure(core: CoreV1Api, namespace: str, name: str, container: str, code: int, message: str) -> None:
+    """What the kubelet reports for an init container that keeps failing."""
+    status = {
+        "phase": "Pending",
+        "initContainerStatuses": [
+            {
+                "name": container,
+                "ready": False,
+                "restartCount": 0,
+                "image": "",
+                "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
+                "lastState": {"terminated": {"exitCode": code, "reason": "Error", "message": message}},
+            }
+        ],
+    }
+    core.patch_namespaced_pod_status(name, namespace, {"status": status})
 
 
 def resolve_env(core: CoreV1Api, pod: dict[str, Any], env: list[dict[str, Any]]) -> dict[str, str]:

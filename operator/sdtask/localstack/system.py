@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -10,8 +11,14 @@ from sdtask.localstack.crds import install_crds
 from sdtask.localstack.processes import ManagedProcess, free_port, http_ok
 from sdtask.localstack.sidecars import SidecarSimulator, StandinTiming
 from sdtask.localstack.stack import LocalStack
+from sdtask.standin.weights import checkpoint_bytes
 
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
+# The checkpoint store the examples' runtimes name (models.s3Prefix: s3://sdtask-models/checkpoints/), played by the
+# local S3 server with a loadable stand-in checkpoint, so their fetch-model init container has something to fetch.
+MODEL_STORE_BUCKET = "sdtask-models"
+MODEL_STORE_PREFIX = "checkpoints/"
+EXAMPLE_CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors",)
 
 
 class LocalSystem:
@@ -63,6 +70,7 @@ class LocalSystem:
 
     def start(self) -> LocalSystem:
         try:
+            self.seed_model_store()
             with self.stack.api_client() as client:
                 install_crds(client, self.crds)
             self._start_operator()
@@ -71,6 +79,13 @@ class LocalSystem:
             self.stop()
             raise
         return self
+
+    def seed_model_store(self) -> None:
+        s3 = self.stack.s3_client()
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+            s3.create_bucket(Bucket=MODEL_STORE_BUCKET)
+        for name in EXAMPLE_CHECKPOINTS:
+            s3.put_object(Bucket=MODEL_STORE_BUCKET, Key=f"{MODEL_STORE_PREFIX}{name}", Body=checkpoint_bytes(name))
 
     def restart_operator(self, crash: bool = True) -> None:
         """Kill (or stop) the operator and start it again, as a node failure or a rollout would."""

@@ -122,7 +122,15 @@ class RealCluster:
                     return pod
             return None
 
-        return wait_for(ready, timeout=timeout, what=f"a Running pod of runtime {runtime} with both containers ready")
+        try:
+            return wait_for(ready, timeout=timeout, what=f"a Running pod of runtime {runtime} with both containers ready")
+        except AssertionError:
+            selector = f"--selector=sdtask.io/runtime={runtime}"
+            print(self.kubectl("describe", "pods", "-n", self.namespace, selector, check=False).stdout[-4000:])
+            for container in ("fetch-model", "webui", "agent"):
+                logs = self.kubectl("logs", "-n", self.namespace, selector, "-c", container, "--tail=30", check=False)
+                print(f"--- {container} ---\n{logs.stdout}{logs.stderr}")
+            raise
 
     def submit(self, name: str, runtime: str, content: dict[str, Any], **spec: Any) -> None:
         task = {

@@ -73,18 +73,29 @@ def test_the_seed_image_to_image_task_succeeds_end_to_end(real: RealCluster, sta
     assert keys == {"output/seed-i2i/image-1.png", "output/seed-i2i/seed-i2i.out"}
 
 
-def test_containers_run_non_root_read_only_and_only_the_agent_holds_the_token(
-    real: RealCluster, static_runtime: str
-) -> None:
+def _exec(real: RealCluster, pod: str, container: str, *command: str) -> tuple[int, str]:
+    done = real.kubectl("exec", "-n", real.namespace, pod, "-c", container, "--", *command, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_containers_run_non_root_on_a_read_only_root(real: RealCluster, static_runtime: str) -> None:
     def run(container: str, *command: str) -> tuple[int, str]:
-        done = real.kubectl("exec", "-n", real.namespace, static_runtime, "-c", container, "--", *command, check=False)
-        return done.returncode, done.stdout + done.stderr
+        return _exec(real, static_runtime, container, *command)
 
     assert run("agent", "id", "-u") == (0, "10001\n")
     code, output = run("agent", "touch", "/probe")
     assert code != 0 and "Read-only file system" in output
     assert run("agent", "touch", "/tmp/probe")[0] == 0  # its one writable place
     assert run("webui", "id", "-u") == (0, "10001\n")  # the image's own non-root user
+
+
+# The hardening issue moves the token mount from the pod to the agent container; until that lands on main the pod
+# mounts it in every container. strict: this fails as soon as the hardening lands, so the marker is then removed.
+@pytest.mark.xfail(strict=True, reason="hardening issue: token mounted in the agent container only (not on main yet)")
+def test_only_the_agent_container_holds_the_service_account_token(real: RealCluster, static_runtime: str) -> None:
+    def run(container: str, *command: str) -> tuple[int, str]:
+        return _exec(real, static_runtime, container, *command)
+
     # The agent talks to the API server; the Web UI (a third-party image running user-supplied extensions) must not.
     assert run("agent", "test", "-s", TOKEN)[0] == 0
     assert run("webui", "test", "-e", TOKEN)[0] != 0, "the Web UI container has the ServiceAccount token mounted"

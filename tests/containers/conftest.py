@@ -123,7 +123,7 @@ class RealCluster:
             return None
 
         try:
-            return wait_for(ready, timeout=timeout, what=f"a Running pod of runtime {runtime} with both containers ready")
+            return wait_for(ready, timeout=timeout, what=f"a Running pod of runtime {runtime}, both containers ready")
         except AssertionError:
             selector = f"--selector=sdtask.io/runtime={runtime}"
             print(self.kubectl("describe", "pods", "-n", self.namespace, selector, check=False).stdout[-4000:])

@@ -8,6 +8,8 @@ checkpoints and the seed task's init image in the local S3).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from sdtask.localstack.realnode import NODE_NAME
@@ -101,7 +103,17 @@ def test_only_the_agent_container_holds_the_service_account_token(real: RealClus
     assert run("webui", "test", "-e", TOKEN)[0] != 0, "the Web UI container has the ServiceAccount token mounted"
 
 
-def test_dynamic_runtime_switches_to_a_checkpoint_fetched_from_s3(real: RealCluster) -> None:
+@pytest.fixture
+def runtimes(real: RealCluster) -> Iterator[list[str]]:
+    """Names of the runtimes a test creates: deleted after it, pass or fail, so their GPUs are free for the next."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        real.delete_runtime(name)
+
+
+def test_dynamic_runtime_switches_to_a_checkpoint_fetched_from_s3(real: RealCluster, runtimes: list[str]) -> None:
+    runtimes.append("dynamic")
     real.runtime("dynamic", dynamicModel=True)
     pod = real.running_pod("dynamic")
     content = real.seed_content(f"s3://{real.stack.bucket}/in/cat.png")
@@ -111,17 +123,17 @@ def test_dynamic_runtime_switches_to_a_checkpoint_fetched_from_s3(real: RealClus
     assert status["phase"] == "Succeeded", status
     assert status["pod"] == pod.metadata.name
     assert status["model"].startswith(OTHER_CHECKPOINT)
-    real.delete_runtime("dynamic")
 
 
-def _slow_runtime(real: RealCluster, name: str) -> str:
+def _slow_runtime(real: RealCluster, runtimes: list[str], name: str) -> str:
+    runtimes.append(name)
     # Each image takes 15 s in the stand-in: long enough to change or kill the pod in the middle of a task.
     real.runtime(name, checkpoint=CHECKPOINT, args=["--image-delay", "15"], requestTimeoutSeconds=120)
     return str(real.running_pod(name).metadata.name)
 
 
-def test_a_pod_replaced_by_an_image_change_finishes_its_task_first(real: RealCluster) -> None:
-    old_pod = _slow_runtime(real, "upgrade")
+def test_a_pod_replaced_by_an_image_change_finishes_its_task_first(real: RealCluster, runtimes: list[str]) -> None:
+    old_pod = _slow_runtime(real, runtimes, "upgrade")
     real.submit("during-upgrade", "upgrade", real.seed_content(f"s3://{real.stack.bucket}/in/cat.png"))
     running = real.wait_phase("during-upgrade", ("Running",), timeout=60)
     assert running["pod"] == old_pod
@@ -138,11 +150,10 @@ def test_a_pod_replaced_by_an_image_change_finishes_its_task_first(real: RealClu
     new_pod = real.running_pod("upgrade")
     assert {c.image for c in new_pod.spec.containers if c.name == "webui"} == {STANDIN_V2}
     print("\n$ kubectl get pods -o wide   (after the image change)\n" + real.pods_wide())
-    real.delete_runtime("upgrade")
 
 
-def test_a_pod_killed_mid_task_has_its_task_requeued_and_succeed(real: RealCluster) -> None:
-    first_pod = _slow_runtime(real, "crash")
+def test_a_pod_killed_mid_task_has_its_task_requeued_and_succeed(real: RealCluster, runtimes: list[str]) -> None:
+    first_pod = _slow_runtime(real, runtimes, "crash")
     real.submit("killed", "crash", real.seed_content(f"s3://{real.stack.bucket}/in/cat.png"))
     running = real.wait_phase("killed", ("Running",), timeout=60)
     assert running["pod"] == first_pod
@@ -152,4 +163,3 @@ def test_a_pod_killed_mid_task_has_its_task_requeued_and_succeed(real: RealClust
     assert status["phase"] == "Succeeded", status
     assert status["pod"] != first_pod
     assert status["attempts"] == 2
-    real.delete_runtime("crash")

@@ -36,11 +36,14 @@ def _all_images(response: dict[str, Any]) -> list[str]:
     return [single] if isinstance(single, str) and single else []
 
 
-def result_images(response: dict[str, Any]) -> list[str]:
+def result_images(response: dict[str, Any], *, videos: bool = False) -> list[str]:
     """The images of a response, without the grid. With a grid (batch > 1 and opts.return_grid), the real server puts
     it first and says so in `info.index_of_first_image` (modules/processing.py, Processed.js()): skipping it keeps
-    image N matching seed N."""
+    image N matching seed N. AnimateDiff (`videos`) replaces the images by one video per format but leaves that index
+    as it was, so nothing is skipped then."""
     images = _all_images(response)
+    if videos:
+        return images
     info = parse_info(response)
     first = info.get("index_of_first_image") if isinstance(info, dict) else None
     if isinstance(first, int) and not isinstance(first, bool) and 0 < first < len(images):

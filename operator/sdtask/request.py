@@ -86,6 +86,21 @@ def canonical_tasktype(tasktype: str) -> str:
     return TASKTYPE_ALIASES.get(tasktype, tasktype)
 
 
+def makes_videos(payload: dict[str, Any]) -> bool:
+    """True when the request enables AnimateDiff (script titles are matched case-insensitively by the Web UI)."""
+    scripts = payload.get("alwayson_scripts")
+    if not isinstance(scripts, dict):
+        return False
+    for title, script in scripts.items():
+        if str(title).lower() != "animatediff" or not isinstance(script, dict):
+            continue
+        args = script.get("args")
+        first = args[0] if isinstance(args, list) and args else None
+        if isinstance(first, dict) and first.get("enable") is True:
+            return True
+    return False
+
+
 def endpoint_for(tasktype: str) -> str:
     try:
         return TASKTYPE_ENDPOINTS[canonical_tasktype(tasktype)]

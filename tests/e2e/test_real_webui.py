@@ -24,11 +24,12 @@ from sdtask.standin.images import read_standin_metadata
 from .conftest import Cluster
 
 GOOD = "resident.safetensors"
+MOTION = "motion-base.safetensors"  # only the dynamic runtime has it: legacy bodies routed by checkpoint go there
 
 
 @pytest.fixture(scope="module", autouse=True)
 def dynamic_runtime(cluster: Cluster) -> Iterator[None]:
-    cluster.models("switcher", GOOD, "broken.safetensors")
+    cluster.models("switcher", GOOD, "broken.safetensors", MOTION)
     # truncated weights: listed by the Web UI (it only looks at file names), but they fail to load
     folder = cluster.system.sidecars.models_dir(cluster.namespace, "switcher")
     (folder / "broken.safetensors").write_bytes((folder / GOOD).read_bytes()[:20])
@@ -162,7 +163,7 @@ def animatediff_legacy_body(task_id: str, formats: list[str]) -> dict[str, Any]:
     return {
         "alwayson_scripts": {
             "task": "text-to-image",
-            "sd_model_checkpoint": GOOD,
+            "sd_model_checkpoint": MOTION,
             "id_task": task_id,
             "uid": task_id,
             "save_dir": "real-webui/videos",

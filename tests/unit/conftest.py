@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 from moto.server import ThreadedMotoServer
 
+# The stand-in Web UI's fixtures (data_dir, models_dir, start, client) for the test_standin*.py files.
+from tests.standin_support import client, data_dir, models_dir, start  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:

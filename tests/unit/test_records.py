@@ -66,3 +66,12 @@ def test_a_legacy_failure_keeps_the_web_uis_error_body_as_reason() -> None:
     }
     ours = failure_record(CONTEXT, "Timeout", "took too long", legacy=False)
     assert ours["error"] == {"reason": "Timeout", "message": "took too long"} and ours["images"] == []
+
+
+def test_animatediff_videos_are_never_taken_for_a_grid() -> None:
+    from sdtask.request import makes_videos
+
+    payload = {"alwayson_scripts": {"AnimateDiff": {"args": [{"enable": True, "format": ["GIF", "MP4"]}]}}}
+    assert makes_videos(payload) and not makes_videos({"alwayson_scripts": {"animatediff": {"args": [{}]}}})
+    answer = response(["gif", "mp4"], index_of_first_image=1)
+    assert result_images(answer, videos=True) == ["gif", "mp4"]

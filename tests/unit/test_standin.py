@@ -7,107 +7,24 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from sdtask.standin import StandinWebUI, read_standin_metadata, write_checkpoint
-from sdtask.standin.images import render_png
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-Start = Callable[..., httpx.Client]
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "webui"
-
-
-@pytest.fixture
-def models_dir(data_dir: Path) -> Path:
-    """The Web UI's built-in checkpoint folder, `<data-dir>/models/Stable-diffusion`."""
-    folder = data_dir / "models" / "Stable-diffusion"
-    write_checkpoint(folder / "alpha.safetensors")
-    write_checkpoint(folder / "beta.ckpt")
-    (folder / "readme.txt").write_text("not a checkpoint")
-    return folder
-
-
-@pytest.fixture
-def start(data_dir: Path, models_dir: Path) -> Iterator[Start]:
-    """Start a stand-in (keyword arguments as StandinWebUI's) and get a client for it once its startup load is
-    over; all stopped at the end."""
-    running: list[tuple[StandinWebUI, httpx.Client]] = []
-
-    def _start(**options: Any) -> httpx.Client:
-        webui = StandinWebUI(options.pop("data_dir", data_dir), **options).start()
-        assert webui.wait_until_loaded()
-        client = httpx.Client(base_url=webui.url, timeout=10)
-        running.append((webui, client))
-        return client
-
-    yield _start
-    for webui, client in running:
-        client.close()
-        webui.stop()
-
-
-@pytest.fixture
-def client(start: Start) -> httpx.Client:
-    return start()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
-
-
-def titles(client: httpx.Client) -> dict[str, str]:
-    """model_name -> title of the listed checkpoints."""
-    return {model["model_name"]: model["title"] for model in client.get("/sdapi/v1/sd-models").json()}
-
-
-def loaded_option(client: httpx.Client) -> str | None:
-    value: str | None = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
-    return value
-
-
-def stats(client: httpx.Client) -> dict[str, Any]:
-    value: dict[str, Any] = client.get("/standin/stats").json()
-    return value
-
-
-def decoded_images(response: httpx.Response) -> list[bytes]:
-    assert response.status_code == 200, response.text
-    return [base64.b64decode(image) for image in response.json()["images"]]
-
-
-def metadata(image: bytes) -> dict[str, Any]:
-    found = read_standin_metadata(image)
-    assert found is not None
-    return found
-
-
-def png_size(image: bytes) -> tuple[int, int]:
-    assert image[:8] == b"\x89PNG\r\n\x1a\n"
-    return int.from_bytes(image[16:20], "big"), int.from_bytes(image[20:24], "big")
-
-
-def b64_png(tag: bytes, width: int = 32, height: int = 24) -> str:
-    image = render_png(hashlib.sha256(tag).digest(), width, height, {"endpoint": "test"})
-    return base64.b64encode(image).decode()
-
-
-def running_job(client: httpx.Client) -> dict[str, Any]:
-    state: dict[str, Any] = client.get("/sdapi/v1/progress").json()["state"]
-    return state
-
+from sdtask.standin import StandinWebUI
+from tests.standin_support import (
+    Start,
+    b64_png,
+    decoded_images,
+    metadata,
+    png_size,
+    running_job,
+    stats,
+    titles,
+    wait_until,
+)
 
 # --- generation -------------------------------------------------------------------------------------------------
 
@@ -263,44 +180,6 @@ def test_extras_with_bad_image_is_a_500(client: httpx.Client) -> None:
     batch = client.post("/sdapi/v1/extra-batch-images", json={"imageList": [{"data": "nope", "name": "x"}]})
     assert single.status_code == batch.status_code == 500
     assert single.json()["errors"].startswith("Invalid encoded image")
-
-
-# --- AnimateDiff GIFs -------------------------------------------------------------------------------------------
-
-
-def animatediff(**options: Any) -> dict[str, Any]:
-    return {"alwayson_scripts": {"AnimateDiff": {"args": [options]}}}
-
-
-def test_animatediff_gif_request_returns_animated_gifs_with_metadata(client: httpx.Client) -> None:
-    request = {"prompt": "waves", "batch_size": 2, **animatediff(enable=True, format=["GIF", "PNG"], video_length=6)}
-    images = decoded_images(client.post("/sdapi/v1/txt2img", json=request))
-    assert len(images) == 2
-    for index, image in enumerate(images):
-        assert image[:6] == b"GIF89a"
-        assert image.count(b"\x21\xf9\x04") == 6  # one graphic control block per frame
-        assert metadata(image)["prompt"] == "waves"
-        assert metadata(image)["index"] == index
-
-
-@pytest.mark.parametrize(
-    "scripts",
-    [
-        animatediff(enable=False, format=["GIF"]),
-        animatediff(format=["MP4"]),
-        {"alwayson_scripts": {"ControlNet": {"args": [{"enable": True}]}}},
-    ],
-)
-def test_animatediff_disabled_or_without_gif_gives_pngs(client: httpx.Client, scripts: dict[str, Any]) -> None:
-    image = decoded_images(client.post("/sdapi/v1/txt2img", json={"prompt": "p", **scripts}))[0]
-    assert image[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_animatediff_key_is_case_insensitive_and_defaults_to_gif(client: httpx.Client) -> None:
-    request = {"alwayson_scripts": {"animatediff": {"args": [{}]}}, "init_images": [b64_png(b"i")]}
-    image = decoded_images(client.post("/sdapi/v1/img2img", json=request))[0]
-    assert image[:6] == b"GIF89a"
-    assert image.count(b"\x21\xf9\x04") == 4
 
 
 # --- queue, progress, interrupt ---------------------------------------------------------------------------------

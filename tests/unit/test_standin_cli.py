@@ -34,6 +34,7 @@ def test_ports_and_addresses_default_like_the_real_server() -> None:
     ui, api_only = parse_launch(["--api"]), parse_launch(["--nowebui"])
     assert (ui.port, ui.host, ui.api_only) == (UI_PORT, "127.0.0.1", False) == (7860, "127.0.0.1", False)
     assert (api_only.port, api_only.api_only) == (API_ONLY_PORT, True) == (7861, True)
+    assert api_only.host == "0.0.0.0"  # uvicorn.run(host=None) listens on every interface, --listen or not
     assert parse_launch(["--listen"]).host == "0.0.0.0"
     assert parse_launch(["--listen", "--server-name", "10.1.2.3"]).host == "10.1.2.3"
     assert parse_launch(["--nowebui", "--port", "8080"]).port == 8080

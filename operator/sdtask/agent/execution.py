@@ -34,7 +34,7 @@ from sdtask.links import LinkError, LinkFetcher, replace_links
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
 from sdtask.records import RecordContext, failure_record, result_images, success_record
-from sdtask.request import prepare_payload
+from sdtask.request import makes_videos, prepare_payload
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
@@ -119,9 +119,9 @@ class TaskExecution:
         except ValueError as error:
             return await self._fail(task, AttemptFailed("InvalidTask", str(error)))
         try:
-            model, response = await self._generate(task, started)
+            model, response, images = await self._generate(task, started)
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
-            outputs = await self._store(task, prefix, task_id, response, model, started)
+            outputs = await self._store(task, prefix, task_id, response, images, model, started)
         except AttemptFailed as failure:
             self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
             await self._store_error_record(task, prefix, task_id, failure, started)
@@ -155,7 +155,10 @@ class TaskExecution:
         await self.kube.post_event(task, "Normal", "Started", message, COMPONENT)
         return updated
 
-    async def _generate(self, task: dict[str, Any], started: dt.datetime) -> tuple[str | None, dict[str, Any]]:
+    async def _generate(
+        self, task: dict[str, Any], started: dt.datetime
+    ) -> tuple[str | None, dict[str, Any], list[str]]:
+        """The model it ran on, the Web UI's answer and its images (base64, the grid left out)."""
         request = task["spec"]["task"]
         try:
             call = prepare_payload(str(request["metadata"].get("tasktype", "")), dict(request.get("content") or {}))
@@ -179,9 +182,10 @@ class TaskExecution:
             raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
         except WebUIError as error:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
-        if not result_images(response):
+        images = result_images(response, videos=makes_videos(payload))
+        if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
-        return model, response
+        return model, response, images
 
     async def _ensure_model(self, wanted: str | None) -> str | None:
         """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
@@ -265,13 +269,14 @@ class TaskExecution:
         prefix: str,
         task_id: str,
         response: dict[str, Any],
+        images: list[str],
         model: str | None,
         started: dt.datetime,
     ) -> StoredOutputs:
         bucket = self.settings.output_bucket
         uris = []
         try:
-            for index, encoded in enumerate(result_images(response), start=1):
+            for index, encoded in enumerate(images, start=1):
                 try:
                     data = decode_image_payload(encoded)
                 except ValueError as error:

@@ -179,11 +179,18 @@ class Kube:
 
     # --- events ---------------------------------------------------------------------------------------------------
     async def post_event(
-        self, involved: dict[str, Any], event_type: str, reason: str, message: str, component: str
+        self,
+        involved: dict[str, Any],
+        event_type: str,
+        reason: str,
+        message: str,
+        component: str,
+        when: dt.datetime | None = None,
     ) -> None:
-        """Events are best-effort: losing one must never fail a task."""
+        """Events are best-effort: losing one must never fail a task. `when` is the time of what the event tells,
+        when it was posted only after the change that may already have led others to post theirs."""
         meta = involved["metadata"]
-        now = dt.datetime.now(dt.UTC)
+        now = when or dt.datetime.now(dt.UTC)
         event = {
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {

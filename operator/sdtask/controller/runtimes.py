@@ -255,6 +255,8 @@ class RuntimeLoop:
     async def _assign(self, task: TaskView, pod: str, now: dt.datetime) -> None:
         attempt = task.attempts + 1
         message = f"assigned to pod {pod} (attempt {attempt})"
+        # The agent may post "Started" before our "Scheduled" is posted: the event carries the time of assignment.
+        assigned_at = dt.datetime.now(dt.UTC)
         try:
             current = await self.kube.get_task(task.namespace, task.name)
             status = current.get("status") or {}
@@ -283,7 +285,7 @@ class RuntimeLoop:
             raise
         self.state.claims[pod] = (task.name, now)
         metrics.task_dispatched(task.namespace, task.runtime, (now - task.created).total_seconds())
-        await self.kube.post_event(current, "Normal", "Scheduled", message, COMPONENT)
+        await self.kube.post_event(current, "Normal", "Scheduled", message, COMPONENT, when=assigned_at)
 
     # --- status -------------------------------------------------------------------------------------------------------
     async def _report(

@@ -8,6 +8,13 @@ from sdtask.standin.checkpoints import CheckpointInfo
 from sdtask.standin.cli import main
 from sdtask.standin.images import read_standin_metadata
 from sdtask.standin.server import StandinWebUI
-from sdtask.standin.weights import write_checkpoint
+from sdtask.standin.weights import checkpoint_bytes, write_checkpoint
 
-__all__ = ["CheckpointInfo", "StandinWebUI", "main", "read_standin_metadata", "write_checkpoint"]
+__all__ = [
+    "CheckpointInfo",
+    "StandinWebUI",
+    "checkpoint_bytes",
+    "main",
+    "read_standin_metadata",
+    "write_checkpoint",
+]

@@ -93,7 +93,6 @@ IGNORED_SWITCHES = (
     "--api-server-stop",
     "--disable-all-extensions",
     "--disable-extra-extensions",
-    "--skip-load-model-at-start",
     "--unix-filenames-sanitization",
     "--no-prompt-history",
     "-f",  # lets webui.sh run as root; parsed and unused by the Python side
@@ -169,6 +168,7 @@ class Launch:
     ckpt: Path | None
     no_download_sd_model: bool
     no_hashing: bool
+    skip_load_model_at_start: bool
     api_auth: str | None
     load_delay: float
     image_delay: float
@@ -198,6 +198,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     real.add_argument("--ckpt", type=Path, default=None, help="checkpoint to list and load at start")
     real.add_argument("--no-download-sd-model", action="store_true", help="never try to download SD 1.5")
     real.add_argument("--no-hashing", action="store_true", help="never compute checkpoints' sha256")
+    real.add_argument("--skip-load-model-at-start", action="store_true", help="load no model until a request needs one")
     real.add_argument("--api-auth", default=None, help='HTTP Basic credentials "user:pass[,user2:pass2]" for the API')
     real.add_argument("--precision", choices=["full", "half", "autocast"], default="autocast", help=argparse.SUPPRESS)
     real.add_argument("--use-cpu", nargs="+", default=[], type=str.lower, help=argparse.SUPPRESS)
@@ -225,7 +226,10 @@ def parse_launch(argv: Sequence[str] | None = None, *, prog: str | None = None) 
             parse_api_auth(args.api_auth)
         except ValueError as error:  # the real api.py fails at start on a malformed pair, too
             parser.error(f"argument --api-auth: {error}")
-    host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
+    # initialize_util.gradio_server_name(): --server-name, else 0.0.0.0 with --listen, else None. The UI hands None
+    # to Gradio, which listens on 127.0.0.1; API-only (webui.py api_only) hands it to uvicorn.run(host=None), whose
+    # asyncio create_server(host=None) listens on every interface: there --listen changes nothing in v1.10.
+    host = args.server_name or ("0.0.0.0" if args.listen or args.nowebui else "127.0.0.1")
     port = args.port if args.port is not None else (API_ONLY_PORT if args.nowebui else UI_PORT)
     return Launch(
         host=host,
@@ -238,6 +242,7 @@ def parse_launch(argv: Sequence[str] | None = None, *, prog: str | None = None) 
         ckpt=args.ckpt,
         no_download_sd_model=args.no_download_sd_model,
         no_hashing=args.no_hashing,
+        skip_load_model_at_start=args.skip_load_model_at_start,
         api_auth=args.api_auth,
         load_delay=args.load_delay,
         image_delay=args.image_delay,
@@ -258,6 +263,7 @@ def webui_for(launch: Launch) -> StandinWebUI:
         api_auth=launch.api_auth,
         no_download_sd_model=launch.no_download_sd_model,
         no_hashing=launch.no_hashing,
+        load_at_start=not launch.skip_load_model_at_start,
         load_delay=launch.load_delay,
         image_delay=launch.image_delay,
     )

@@ -416,13 +416,16 @@ def _read_sub_blocks(data: bytes, position: int) -> tuple[bytes, int]:
 
 
 def read_standin_metadata(image_bytes: bytes) -> dict[str, Any] | None:
-    """The `sdtask-standin` metadata of an image the stand-in made (PNG tEXt or GIF comment), else None."""
+    """The `sdtask-standin` metadata of an image or video the stand-in made (PNG tEXt, GIF comment, the MP4, WebP and
+    WebM layouts of `videos.py`), else None."""
     if image_bytes.startswith(PNG_MAGIC):
         texts = [png_text(image_bytes).get(METADATA_KEY)]
     elif image_bytes.startswith(GIF_MAGICS):
         texts = list(gif_comments(image_bytes))
     else:
-        return None
+        from sdtask.standin.videos import video_metadata  # videos builds on this module
+
+        return video_metadata(image_bytes)
     for text in texts:
         if text is None:
             continue

@@ -14,6 +14,7 @@ import copy
 import datetime
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -35,9 +36,9 @@ from sdtask.standin.images import (
     InvalidImageError,
     decode_image_payload,
     pattern_digest,
-    render_gif,
     render_png,
 )
+from sdtask.standin.options import DEFAULT_OPTIONS, default_options
 from sdtask.standin.requests import (
     STANDIN_VERSION,
     Generation,
@@ -47,6 +48,8 @@ from sdtask.standin.requests import (
     parse_generation,
     parse_upscale,
 )
+from sdtask.standin.scripts import script_info, scripts_list
+from sdtask.standin.videos import render_video
 from sdtask.standin.weights import SafetensorError, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -162,6 +165,7 @@ class StandinWebUI:
         api_auth: str | None = None,
         no_download_sd_model: bool = False,
         no_hashing: bool = False,
+        load_at_start: bool = True,
         load_delay: float = 0.0,
         image_delay: float = 0.0,
     ) -> None:
@@ -173,6 +177,7 @@ class StandinWebUI:
         self.serves_api = api or api_only
         self._credentials = parse_api_auth(api_auth) if api_auth else None
         self.no_download_sd_model, self.no_hashing = no_download_sd_model, no_hashing
+        self.load_at_start = load_at_start
         self.load_delay, self.image_delay = max(0.0, load_delay), max(0.0, image_delay)
         # The queue lock serialises generations, model loads and refreshes, like the real server's; the state lock
         # guards the fields below and is never held while waiting.
@@ -230,7 +235,7 @@ class StandinWebUI:
             daemon=True,
         )
         self._thread.start()
-        if self._loader is None:
+        if self._loader is None and self.load_at_start:
             # initialize.py: the model loads in a thread while the server already answers.
             self._loader = threading.Thread(target=self._load_at_start, name="standin-load-model", daemon=True)
             self._loader.start()
@@ -298,6 +303,8 @@ class StandinWebUI:
                     "/sdapi/v1/unload-checkpoint": {"POST": lambda _: self._unload()},
                     "/sdapi/v1/reload-checkpoint": {"POST": lambda _: self._reload()},
                     "/sdapi/v1/memory": {"GET": lambda _: memory_report()},
+                    "/sdapi/v1/scripts": {"GET": lambda _: scripts_list()},
+                    "/sdapi/v1/script-info": {"GET": lambda _: script_info()},
                 }
             )
         routes["/standin/stats"] = {"GET": lambda _: self.stats()}  # the stand-in's own, never behind auth
@@ -373,6 +380,8 @@ class StandinWebUI:
                 old = self._options.get(key)
                 if old == value:  # Options.set: an unchanged value runs no hook, so nothing reloads
                     continue
+                if key not in DEFAULT_OPTIONS:  # `self.data_labels[key]`; the keys before it stay set
+                    raise webui_error(500, "KeyError", repr(key))
                 self._options[key] = value
             if key != "sd_model_checkpoint":
                 continue
@@ -448,7 +457,13 @@ class StandinWebUI:
             self._model_on_device = True
 
     def _unload(self) -> dict[str, Any]:
-        """api.py unloadapi -> unload_model_weights: the weights go to the CPU; the option keeps its title."""
+        """api.py unloadapi -> unload_model_weights: the weights go to the CPU; the option keeps its title.
+
+        The real reload_model_weights returns early for the file already loaded, so nothing there moves the weights
+        back before the next generation; what that generation then does on a GPU is not established from the
+        source. The stand-in moves them back (charging the load delay) and generates; a client should call
+        reload-checkpoint after an unload rather than rely on this.
+        """
         with self._state_lock:
             self._model_on_device = False
         return {}
@@ -468,35 +483,51 @@ class StandinWebUI:
         generation = parse_generation(endpoint, parse_json_object(body))
         with self._queue_lock:
             timestamp = self._begin_job(f"scripts_{endpoint}", generation.n_iter, generation.steps)
-            try:
-                checkpoint = self._checkout_model(generation)
-                images = self._render_generation(generation, checkpoint)
-            finally:
-                self._end_job()
-        return self._generation_response(generation, checkpoint, images, timestamp)
-
-    def _checkout_model(self, generation: Generation) -> CheckpointInfo:
-        """Load the model the request runs on, as processing.process_images does, and return it (queue lock held).
-
-        An override naming no known checkpoint is dropped silently; a known one is set without its change hook and
-        loaded; afterwards (with `override_settings_restore_afterwards`) only the option goes back: the weights swap
-        back at the next request that needs them, not now. A model that fails to load fails the request (500).
-        """
-        with self._state_lock:
-            stored = self._options.get("sd_model_checkpoint")
-            override = self._checkpoints.match(generation.model_override)
-        if generation.model_override is not None and override is None:
-            logger.warning("stand-in Web UI: override checkpoint %r not found, ignored", generation.model_override)
-        try:
-            if override is None:
-                return self._reload_model_weights()
             with self._state_lock:
-                self._options["sd_model_checkpoint"] = generation.model_override
-            return self._reload_model_weights()
-        finally:
-            if override is not None and generation.restore_settings:
+                # process_images: the current values of the overridden keys that are options, to restore after.
+                stored = {k: self._options[k] for k in generation.override_settings if k in self._options}
+            try:
+                checkpoint = self._apply_override_settings(generation)
+                frames = self._render_generation(generation, checkpoint)
                 with self._state_lock:
-                    self._options["sd_model_checkpoint"] = stored
+                    options = dict(self._options)
+            finally:
+                if generation.restore_settings:
+                    with self._state_lock:
+                        self._options.update(stored)
+                self._end_job()
+        output = assemble_output(generation, checkpoint, frames, options)
+        return self._generation_response(generation, checkpoint, output, timestamp)
+
+    def _apply_override_settings(self, generation: Generation) -> CheckpointInfo:
+        """processing.process_images (queue lock held): load the model the request runs on and set the overrides.
+
+        An `sd_model_checkpoint` override naming no known checkpoint is dropped silently and the selected model is
+        made sure of; the others are set without their change hooks (`opts.set(..., run_callbacks=False)`; an
+        unknown key is a KeyError, 500), a checkpoint override then loaded. Restoring afterwards (the caller, with
+        `override_settings_restore_afterwards`) only puts the options back: the weights swap back at the next request
+        that needs them, not now. A model that fails to load fails the request (500).
+        """
+        overrides = dict(generation.override_settings)
+        with self._state_lock:
+            known_model = self._checkpoints.match(overrides.get("sd_model_checkpoint")) is not None
+        checkpoint = None
+        if not known_model:
+            if overrides.pop("sd_model_checkpoint", None) is not None:
+                logger.warning("stand-in Web UI: override checkpoint not found, ignored")
+            checkpoint = self._reload_model_weights()
+        for key, value in overrides.items():
+            with self._state_lock:
+                if self._options.get(key) == value:
+                    continue
+                if key not in DEFAULT_OPTIONS:
+                    raise webui_error(500, "KeyError", repr(key))
+                self._options[key] = value
+            if key == "sd_model_checkpoint":
+                checkpoint = self._reload_model_weights()
+        if checkpoint is None:
+            checkpoint = self._reload_model_weights()
+        return checkpoint
 
     def _begin_job(self, job: str, job_count: int, sampling_steps: int) -> str:
         """Start the job state (queue lock held); an interrupt sent before this point is forgotten, as in the real
@@ -554,13 +585,10 @@ class StandinWebUI:
             "height": generation.height,
         }
         digest = pattern_digest(generation.endpoint, checkpoint.title, generation.prompt, seed, generation.input_sha256)
-        animation = generation.animation
-        if animation is not None:
-            return render_gif(digest, metadata, frames=animation.frames, fps=animation.fps, loop=animation.loop)
         return render_png(digest, generation.width, generation.height, metadata, infotext(generation, checkpoint, seed))
 
     def _generation_response(
-        self, generation: Generation, checkpoint: CheckpointInfo, images: list[bytes], timestamp: str
+        self, generation: Generation, checkpoint: CheckpointInfo, output: Output, timestamp: str
     ) -> dict[str, Any]:
         count = generation.image_count
         seeds = [generation.seed + offset for offset in range(count)]
@@ -591,15 +619,15 @@ class StandinWebUI:
             "seed_resize_from_h": -1,
             "denoising_strength": generation.denoising_strength,
             "extra_generation_params": {},
-            "index_of_first_image": 0,
-            "infotexts": [infotext(generation, checkpoint, seeds[index]) for index in range(len(images))],
+            "index_of_first_image": output.index_of_first_image,
+            "infotexts": output.infotexts,
             "styles": [],
             "job_timestamp": timestamp,
             "clip_skip": 1,
             "is_using_inpainting_conditioning": False,
             "version": STANDIN_VERSION,
         }
-        encoded = [base64.b64encode(image).decode("ascii") for image in images] if generation.send_images else []
+        encoded = [base64.b64encode(image).decode("ascii") for image in output.images] if generation.send_images else []
         return {"images": encoded, "parameters": echoed_parameters(generation), "info": json.dumps(info)}
 
     # extras (upscaling)
@@ -616,13 +644,19 @@ class StandinWebUI:
 
     def _extra_batch_images(self, body: bytes) -> dict[str, Any]:
         request = parse_json_object(body)
-        items = request.get("imageList", [])
+        if "imageList" not in request:  # ExtrasBatchImagesRequest.imageList has no default
+            raise validation_error(["imageList"], "field required", "value_error.missing")
+        items = request["imageList"]
         if not isinstance(items, list):
             raise validation_error(["imageList"], "value is not a valid list", "type_error.list")
         sources = []
         for position, item in enumerate(items):
-            if not isinstance(item, dict) or "data" not in item:
-                raise validation_error(["imageList", position, "data"], "field required", "value_error.missing")
+            # models.py FileData: `data` and `name` are both required strings.
+            for key in ("data", "name"):
+                if not isinstance(item, dict) or key not in item:
+                    raise validation_error(["imageList", position, key], "field required", "value_error.missing")
+                if not isinstance(item[key], str):
+                    raise validation_error(["imageList", position, key], "str type expected", "type_error.str")
             try:
                 sources.append(decode_image_payload(item["data"]))
             except InvalidImageError as error:
@@ -673,21 +707,89 @@ class StandinWebUI:
             }
 
 
-def default_options() -> dict[str, Any]:
-    """A few of the real server's options, so clients reading them find realistic values."""
-    return {
-        "samples_format": "png",
-        "sd_checkpoints_limit": 1,
-        "sd_checkpoints_keep_in_cpu": True,
-        "sd_vae": "Automatic",
-        "CLIP_stop_at_last_layers": 1,
-        "eta_noise_seed_delta": 0,
-        "enable_pnginfo": True,
-        "jpeg_quality": 80,
-        "outdir_samples": "",
-        "api_enable_requests": True,
-        "api_forbid_local_requests": True,
-    }
+@dataclass(frozen=True)
+class Output:
+    """What a generation returns: `images` (grid first when there is one), their infotexts, where the images begin."""
+
+    images: list[bytes]
+    infotexts: list[str]
+    index_of_first_image: int
+
+
+def grid_rows(count: int, batch_size: int, n_rows: int) -> int:
+    """images.image_grid: `n_rows` > 0 as given, 0 = the batch size, else the largest divisor <= sqrt(count)."""
+    if n_rows > 0:
+        return n_rows
+    if n_rows == 0:
+        return batch_size
+    rows = max(1, math.isqrt(count))
+    while count % rows:
+        rows -= 1
+    return rows
+
+
+def assemble_output(
+    generation: Generation, checkpoint: CheckpointInfo, frames: list[bytes], options: dict[str, Any]
+) -> Output:
+    """process_images_inner's ending, then the always-on scripts' postprocess (AnimateDiff's output).
+
+    A grid exists when the request saves images (`save_images`, else `do_not_save_grid`), the options want one
+    (`return_grid` or `grid_save`) and there are at least 2 images unless `grid_only_if_multiple` is off; with
+    `return_grid` it comes first, with its own infotext first, and `index_of_first_image` is 1. AnimateDiff then
+    replaces the images with its videos but leaves `index_of_first_image` as it was.
+    """
+    seeds = [generation.seed + index for index in range(len(frames))]
+    infotexts = [infotext(generation, checkpoint, seed) for seed in seeds]
+    images = list(frames)
+    first = 0
+    wants_grid = options.get("return_grid", True) or options.get("grid_save", True)
+    too_few = len(frames) < 2 and options.get("grid_only_if_multiple", True)
+    if generation.save_images and wants_grid and frames and not too_few and options.get("return_grid", True):
+        rows = grid_rows(len(frames), generation.batch_size, int(options.get("n_rows", -1)))
+        columns = math.ceil(len(frames) / rows)
+        width, height = generation.width * columns, generation.height * rows
+        metadata = {
+            "endpoint": generation.endpoint,
+            "model": checkpoint.title,
+            "prompt": generation.prompt,
+            "grid": True,
+            "seeds": seeds,
+            "input_sha256": generation.input_sha256,
+            "width": width,
+            "height": height,
+        }
+        digest = pattern_digest(generation.endpoint, "grid", checkpoint.title, generation.prompt, seeds)
+        text = infotext(generation, checkpoint, generation.seed)
+        images.insert(0, render_png(digest, width, height, metadata, text))
+        infotexts.insert(0, text)
+        first = 1
+    animation = generation.animation
+    if animation is not None and animation.videos and frames:
+        videos: list[bytes] = []
+        last_chunk: list[bytes] = []
+        for start in range(0, len(frames), max(animation.video_length, animation.batch_size)):
+            last_chunk = frames[start : start + animation.video_length]
+            seed = seeds[start]
+            for kind in animation.videos:
+                metadata = {
+                    "endpoint": generation.endpoint,
+                    "model": checkpoint.title,
+                    "prompt": generation.prompt,
+                    "seed": seed,
+                    "index": len(videos),
+                    "format": kind,
+                    "frames": len(last_chunk),
+                    "fps": animation.fps,
+                    "input_sha256": generation.input_sha256,
+                    "width": generation.width,
+                    "height": generation.height,
+                }
+                digest = pattern_digest(generation.endpoint, kind, checkpoint.title, generation.prompt, seed)
+                videos.append(
+                    render_video(kind, digest, metadata, frames=len(last_chunk), fps=animation.fps, loop=animation.loop)
+                )
+        images = videos + (last_chunk if animation.returns_frames else [])
+    return Output(images=images, infotexts=infotexts, index_of_first_image=first)
 
 
 def memory_report() -> dict[str, Any]:

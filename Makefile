@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: binaries node-binaries host-packages test lint typecheck crds crds-check unit integration dev demo bench image \
-	test-containers clean
+	test-containers kind clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -81,5 +81,10 @@ node-binaries: binaries
 test-containers: image node-binaries
 	$(BIN)/pytest tests/containers -q -p no:cacheprovider
 
+# A kind cluster with fake GPU pools, the image, the chart, the example runtime and the demo task (needs Docker, kind
+# and internet access); see operator/sdtask/localstack/kind.py. Then SDTASK_KUBECONFIG=.kind/kubeconfig make test.
+kind: $(STAMP)
+	$(BIN)/python -m sdtask.localstack.kind
+
 clean:
-	rm -rf $(VENV) .dev demo-output .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .dev demo-output .kind kind-output .mypy_cache .ruff_cache .pytest_cache

@@ -75,6 +75,7 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
         "model": model,
         "completionTime": now_iso(now),
         "notBefore": None,
+        "progress": None,  # only a running generation has progress (null removes it in a merge patch)
         "output_location": outcome.output_location,
         "images": list(outcome.images),
         "output_url": outcome.output_url,
@@ -211,9 +212,46 @@ async def end_failed_attempt(
             "message": message,
             "pod": "",
             "notBefore": retry_at,
+            "progress": None,
             "conditions": conditions,
         },
     )
     await kube.patch_task_labels(meta["namespace"], meta["name"], {LABEL_POD: None})
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING
+
+
+def start_payload(task: Mapping[str, Any], pod: str, attempt: int) -> dict[str, Any]:
+    """The opt-in callback when a task starts running (the old system sent one): the result callback's shape with
+    `result: null` and `status: Running`, so one receiver handles both."""
+    status = task.get("status") or {}
+    payload = callback_payload(
+        task_metadata(task), output_location="", image_urls=[], output_url="", runtime=status.get("runtime")
+    )
+    return {**payload, "result": None, "status": "Running", "pod": pod, "attempt": attempt}
+
+
+async def announce_start(kube: Kube, task: dict[str, Any], pod: str, attempt: int, policy: CallbackPolicy) -> bool:
+    """POST the start callback once per attempt when `spec.callback.onStart` asks for it. Best effort: it never
+    delays or fails the task (run it in the background); True when delivered."""
+    callback = (task.get("spec") or {}).get("callback") or {}
+    status = task.get("status") or {}
+    if not callback.get("url") or not callback.get("onStart"):
+        return False
+    if ((status.get("callback") or {}).get("startedAttempt") or 0) >= attempt:
+        return False  # this attempt was announced before the agent restarted
+    meta, url = task["metadata"], str(callback["url"])
+    if await callback_refusal(url, policy) is not None:
+        return False  # the result callback will report the refusal
+    token = None
+    secret_ref = callback.get("secretRef") or {}
+    if secret_ref.get("name"):
+        token = await kube.read_secret_value(meta["namespace"], secret_ref["name"], secret_ref.get("key", "token"))
+        if token is None:
+            return False
+    result = await send_callback(
+        url, start_payload(task, pod, attempt), token=token, attempts=policy.attempts, base_delay=policy.base_delay
+    )
+    if result.delivered:
+        await kube.patch_task_status(meta["namespace"], meta["name"], {"callback": {"startedAttempt": attempt}})
+    return result.delivered

@@ -81,6 +81,9 @@ class AgentSettings:
     callback_attempts: int = 5
     callback_base_delay_seconds: float = 1.0
     retry_backoff_seconds: float = 10.0
+    # At most one status.progress write per task this often (SDTASK_PROGRESS_INTERVAL_SECONDS).
+    progress_interval_seconds: float = 5.0
+    metrics_port: int = 0  # the agent's own /metrics (the pod spec sets it and declares the port); 0 = off
 
     @classmethod
     def from_env(cls) -> AgentSettings:
@@ -111,6 +114,8 @@ class AgentSettings:
                 "SDTASK_CALLBACK_BASE_DELAY_SECONDS", cls.callback_base_delay_seconds
             ),
             retry_backoff_seconds=_env_float("SDTASK_RETRY_BACKOFF_SECONDS", cls.retry_backoff_seconds),
+            progress_interval_seconds=_env_float("SDTASK_PROGRESS_INTERVAL_SECONDS", cls.progress_interval_seconds),
+            metrics_port=int(_env_float("SDTASK_AGENT_METRICS_PORT", cls.metrics_port)),
         )
 
     def validate(self) -> None:

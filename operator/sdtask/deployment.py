@@ -25,6 +25,7 @@ from sdtask.constants import (
 GPU_RESOURCE = "nvidia.com/gpu"
 STATE_DIR = "/var/run/sdtask"
 AGENT_USER_ID = 10001
+AGENT_METRICS_PORT = 9464  # the agent's /metrics, declared as the pod's `agent-metrics` port (the chart's PodMonitor)
 # Beyond the request timeout: time to upload the result and patch the status after the last generation.
 TERMINATION_MARGIN_SECONDS = 120
 
@@ -101,6 +102,7 @@ def agent_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
         _env("SDTASK_ALLOWED_LINK_HOSTS", ",".join(agent.get("allowedLinkHosts", []))),
         _env("SDTASK_MAX_DOWNLOAD_BYTES", agent.get("maxDownloadBytes", 50 * 1024 * 1024)),
         _env("SDTASK_STATE_DIR", STATE_DIR),
+        _env("SDTASK_AGENT_METRICS_PORT", AGENT_METRICS_PORT),
     ]
     return env + _s3_credentials_env(output) + _api_auth_env(spec)
 
@@ -257,6 +259,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         "image": agent.get("image") or settings.agent_image,
         "args": ["agent"],
         "env": agent_env(runtime),
+        "ports": [{"name": "agent-metrics", "containerPort": AGENT_METRICS_PORT}],
         "resources": agent.get("resources")
         or {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "volumeMounts": [

@@ -13,6 +13,7 @@ import base64
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from sdtask.agent import metrics
 from sdtask.clients.s3 import S3Client, describe_s3_error, get_object_capped
 from sdtask.naming import parse_s3_uri
 
@@ -285,6 +287,15 @@ class LinkFetcher:
         """The bytes behind `url`; LinkError for anything that goes wrong (never another exception)."""
         url = url.strip()
         scheme = url.partition("://")[0].lower()
+        started, size = time.monotonic(), None
+        try:
+            data = await self._fetch_any(url, scheme)
+            size = len(data)
+            return data
+        finally:
+            metrics.link_fetched(scheme, time.monotonic() - started, size)
+
+    async def _fetch_any(self, url: str, scheme: str) -> bytes:
         try:
             async with asyncio.timeout(self.total_timeout):
                 if scheme == "s3":

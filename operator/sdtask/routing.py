@@ -12,6 +12,7 @@ class RuntimeInfo:
     name: str
     dynamic: bool
     checkpoint: str | None
+    deleting: bool = False  # deletionTimestamp set: it takes no new task
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,10 @@ def route_task(runtime_name: str, checkpoint: str | None, runtimes: list[Runtime
         runtime = next((r for r in runtimes if r.name == runtime_name), None)
         if runtime is None:
             return RouteError("UnknownRuntime", f"runtime {runtime_name!r} does not exist in this namespace")
+        if runtime.deleting:
+            return RouteError("RuntimeDeleted", f"runtime {runtime_name!r} is being deleted")
         return _model_on(runtime, checkpoint)
+    runtimes = [r for r in runtimes if not r.deleting]
     if not checkpoint:
         return RouteError("NoRoute", "task names no runtime and no checkpoint to route by")
     ordered = sorted(runtimes, key=lambda r: r.name)

@@ -87,3 +87,20 @@ def plan_assignments(
         )
         take(task, pod)
     return plan
+
+
+def queue_positions(tasks: list[QueuedTask]) -> dict[str, int]:
+    """1-based place of each queued task in dispatch order (affinity aside: it only ever reorders within a window)."""
+    return {task.name: index for index, task in enumerate(queue_order(tasks), start=1)}
+
+
+def queue_summary(tasks: list[QueuedTask], head_length: int) -> dict[str, object]:
+    """The runtime status's `queue`: the head of the queue and the count per checkpoint. Computed from the list the
+    operator already has, and written only when it changes, so queue positions cost no write per task."""
+    by_model: dict[str, int] = {}
+    for task in tasks:
+        by_model[task.model or ""] = by_model.get(task.model or "", 0) + 1
+    return {
+        "head": [task.name for task in queue_order(tasks)[:head_length]],
+        "byModel": [{"model": model, "tasks": count} for model, count in sorted(by_model.items())],
+    }

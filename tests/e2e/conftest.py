@@ -24,6 +24,7 @@ from sdtask.standin.weights import checkpoint_bytes, write_checkpoint
 GROUP, VERSION = "sdtask.io", "v1alpha1"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 FINISHED = ("Succeeded", "Failed")
+PROGRESS_INTERVAL_SECONDS = 1.0  # the agents' status.progress write interval (5 s by default)
 
 
 def sample_png(seed: int, size: int = 16) -> bytes:
@@ -37,7 +38,11 @@ def system(stack: LocalStack, kube_api: ApiClient) -> Iterator[LocalSystem]:
     with LocalSystem(
         stack,
         timing=timing,
-        agent_env={"SDTASK_CALLBACK_BASE_DELAY_SECONDS": "0.05", "SDTASK_RETRY_BACKOFF_SECONDS": "0.5"},
+        agent_env={
+            "SDTASK_CALLBACK_BASE_DELAY_SECONDS": "0.05",
+            "SDTASK_RETRY_BACKOFF_SECONDS": "0.5",
+            "SDTASK_PROGRESS_INTERVAL_SECONDS": str(PROGRESS_INTERVAL_SECONDS),
+        },
     ) as running:
         yield running
 

@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, VERSION
-from sdtask.cli import build_parser
+from sdtask.cli import parse_command_line
 from sdtask.config import OperatorSettings
 from sdtask.constants import LABEL_RUNTIME
 from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, deployment_name
@@ -241,9 +241,9 @@ def test_operator_container_command_and_env_configure_the_operator(
     pod = the_deployment(manifests)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
-    args = build_parser().parse_args(container["args"])  # the image's ENTRYPOINT is `sdtask`
-    assert args.command == "operator"
-    assert args.liveness == "http://0.0.0.0:9091/healthz"
+    command, params = parse_command_line(container["args"])  # the image's ENTRYPOINT is `sdtask`
+    assert command == "operator"
+    assert params["liveness"] == "http://0.0.0.0:9091/healthz"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 9090, "healthz": 9091}

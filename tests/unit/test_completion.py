@@ -48,3 +48,26 @@ def test_a_failure_says_why_in_status_and_conditions() -> None:
     assert (status["phase"], status["reason"]) == ("Failed", "LinkFailed")
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and "http://x/cat.png" in failed["message"]
+
+
+def test_start_callback_has_the_result_callbacks_shape_with_running_status() -> None:
+    from sdtask.completion import start_payload
+
+    task = {
+        "metadata": {"name": "t", "namespace": "ns"},
+        "spec": {"task": {"metadata": {"id": "t-1", "runtime": "", "context": {"ticket": 7}}}},
+        "status": {"runtime": "rt"},
+    }
+    assert start_payload(task, "pod-1", 2) == {
+        "id": "t-1",
+        "runtime": "rt",
+        "result": None,
+        "status": "Running",
+        "pod": "pod-1",
+        "attempt": 2,
+        "output_location": "",
+        "image_url": [],
+        "output_url": "",
+        "context": {"ticket": 7},
+        "error": "",
+    }

@@ -122,7 +122,7 @@ def test_cel_rules_only_read_declared_bounded_fields(name: str, schema: dict[str
 def test_crd_names_columns_and_subresources() -> None:
     crds = {crd["spec"]["names"]["kind"]: crd for crd in generated().values()}
     expected_columns = {
-        "SDTask": ["Phase", "Runtime", "Model", "Pod", "Attempts", "Age", "Output"],
+        "SDTask": ["Phase", "Runtime", "Model", "Pod", "Attempts", "Progress", "Age", "Output"],
         "SDRuntime": ["Model", "Dynamic", "Desired", "Ready", "Queued", "Running", "Age"],
     }
     short_names = {"SDTask": ["sdt"], "SDRuntime": ["sdr"]}

@@ -43,3 +43,13 @@ def test_legacy_routing_falls_back_to_a_dynamic_runtime() -> None:
 def test_legacy_routing_without_any_candidate_fails() -> None:
     result = route_task("", "other", RUNTIMES[:2])
     assert isinstance(result, RouteError) and result.reason == "NoRuntimeForModel"
+
+
+def test_a_runtime_being_deleted_takes_no_new_task() -> None:
+    from sdtask.routing import RouteError, RuntimeInfo, route_task
+
+    going = RuntimeInfo("a-going", dynamic=False, checkpoint="m.safetensors", deleting=True)
+    staying = RuntimeInfo("b-staying", dynamic=True, checkpoint=None)
+    assert route_task("", "m.safetensors", [going, staying]).runtime == "b-staying"  # type: ignore[union-attr]
+    refused = route_task("a-going", None, [going, staying])
+    assert isinstance(refused, RouteError) and refused.reason == "RuntimeDeleted"

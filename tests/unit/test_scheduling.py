@@ -1,6 +1,6 @@
 import datetime as dt
 
-from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments, queue_order
+from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments, queue_order, queue_positions, queue_summary
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -68,3 +68,15 @@ def test_work_conserving_keeps_warm_pod_for_the_task_that_wants_it() -> None:
     tasks = [task("any", 0), task("wants-a", 1, model="a")]
     pods = [IdlePod("pod-a", "a"), IdlePod("pod-z", "z")]
     assert pairs(plan_assignments(tasks, pods, T0)) == {"wants-a": "pod-a", "any": "pod-z"}
+
+
+def test_queue_positions_follow_dispatch_order() -> None:
+    tasks = [task("old-low", 0), task("new-high", 5, priority=10), task("mid-low", 2)]
+    assert queue_positions(tasks) == {"new-high": 1, "old-low": 2, "mid-low": 3}
+
+
+def test_queue_summary_has_the_head_and_a_count_per_model() -> None:
+    tasks = [task(f"t{i}", i, model="a.safetensors" if i % 2 else None) for i in range(5)]
+    summary = queue_summary(tasks, head_length=3)
+    assert summary["head"] == ["t0", "t1", "t2"]
+    assert summary["byModel"] == [{"model": "", "tasks": 3}, {"model": "a.safetensors", "tasks": 2}]

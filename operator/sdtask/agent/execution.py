@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
+from sdtask.agent.progress import ProgressReporter
 from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.kube import Kube
 from sdtask.clients.s3 import describe_s3_error, put_json, put_object
@@ -26,11 +28,12 @@ from sdtask.clients.webui import (
     WebUIUnavailable,
     match_checkpoint,
 )
-from sdtask.completion import CallbackPolicy, Outcome, end_failed_attempt, finish_task, is_legacy
+from sdtask.completion import CallbackPolicy, Outcome, announce_start, end_failed_attempt, finish_task, is_legacy
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
 from sdtask.links import LinkError, LinkFetcher, replace_links
+from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
 from sdtask.records import RecordContext, failure_record, result_images, success_record
@@ -80,6 +83,7 @@ class TaskExecution:
         self.s3 = s3
         self.fetcher = fetcher
         self.current = ""  # uid of the task being executed
+        self._background: set[asyncio.Task[bool]] = set()  # start callbacks in flight
         self.cancelled = ""
         self.callbacks = CallbackPolicy(
             allow_private=settings.allow_private_links,
@@ -97,13 +101,20 @@ class TaskExecution:
     async def execute(self, task: dict[str, Any]) -> Phase | None:
         """Run one task to its end; None when it was cancelled (deleted) on the way."""
         self.current, self.cancelled = task["metadata"].get("uid", ""), ""
+        meta = task["metadata"]
+        agent_metrics.BUSY.set(1)
         try:
-            return await self._execute(task)
+            with log_context(namespace=meta.get("namespace"), task=meta.get("name"), runtime=self.settings.runtime):
+                log.info("task %s started", meta.get("name"))
+                phase = await self._execute(task)
+                log.info("task %s ended: %s", meta.get("name"), phase.value)
+                return phase
         except CancelledTask:
             log.info("task %s was deleted: cancelled", task["metadata"]["name"])
             return None
         finally:
             self.current = ""
+            agent_metrics.BUSY.set(0)
 
     def _check_not_cancelled(self) -> None:
         if self.cancelled and self.cancelled == self.current:
@@ -153,6 +164,13 @@ class TaskExecution:
         }
         updated = await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
         await self.kube.post_event(task, "Normal", "Started", message, COMPONENT)
+        attempt = int(status.get("attempts") or 1)
+        # The opt-in start callback goes in the background: it never delays the generation.
+        announcing = asyncio.create_task(
+            announce_start(self.kube, updated, self.settings.pod_name, attempt, self.callbacks)
+        )
+        self._background.add(announcing)
+        announcing.add_done_callback(self._background.discard)
         return updated
 
     async def _generate(
@@ -172,8 +190,16 @@ class TaskExecution:
         model = await self._ensure_model(wanted)
         timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
+        meta = task["metadata"]
+
+        async def write_progress(patch: dict[str, Any]) -> None:
+            await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
+
         try:
-            response = await self.webui.generate(call.endpoint, payload, timeout)
+            async with ProgressReporter(
+                self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds
+            ):
+                response = await self.webui.generate(call.endpoint, payload, timeout)
         except WebUITimeout as error:
             interrupted = await self.webui.interrupt()
             note = "; generation interrupted" if interrupted else "; interrupt failed"

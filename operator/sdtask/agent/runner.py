@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.execution import TaskExecution
 from sdtask.clients.kube import Kube, load_api_client
 from sdtask.clients.s3 import S3Settings, make_s3_client
@@ -24,6 +25,7 @@ from sdtask.clients.webui import WebUIClient
 from sdtask.config import AgentSettings
 from sdtask.constants import LABEL_POD, Phase
 from sdtask.links import LinkFetcher
+from sdtask.logs import bind
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 30
@@ -148,6 +150,8 @@ class Agent:
 
 async def run_agent(settings: AgentSettings) -> int:
     settings.validate()
+    bind(namespace=settings.namespace, runtime=settings.runtime, pod=settings.pod_name)
+    agent_metrics.serve(settings.metrics_port)
     kube = Kube(load_api_client(), field_manager="sdtask-agent", instance=settings.pod_name)
     s3 = make_s3_client(S3Settings(endpoint_url=settings.s3_endpoint or None, region=settings.s3_region))
     stop = asyncio.Event()

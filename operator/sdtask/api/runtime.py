@@ -265,6 +265,30 @@ class RuntimePodStatus(StatusModel):
     phase: str | None = Field(default=None, description="Kubernetes phase of the pod.")
 
 
+class QueuedModel(StatusModel):
+    """Queued tasks of the runtime that ask for one checkpoint."""
+
+    model: str = Field(description="Checkpoint the tasks ask for; empty: any loaded one.")
+    tasks: int = Field(description="Tasks queued for it.", ge=0)
+
+
+QUEUE_HEAD_LENGTH = 10
+
+
+class QueueSummary(StatusModel):
+    """The runtime's queue, written only when it changes (no write per queued task)."""
+
+    head: list[str] = Field(
+        default_factory=list,
+        description=f"Names of the first {QUEUE_HEAD_LENGTH} queued tasks in dispatch order (priority, then age).",
+    )
+    by_model: list[QueuedModel] = Field(
+        default_factory=list,
+        description="Queued tasks per checkpoint.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["model"]},
+    )
+
+
 class SDRuntimeStatus(StatusModel):
     """Replicas, queue and pods, written by the operator."""
 
@@ -274,6 +298,7 @@ class SDRuntimeStatus(StatusModel):
     ready_replicas: int | None = Field(default=None, description="Pods ready to take a task.", ge=0)
     queued: int | None = Field(default=None, description="Tasks waiting for a pod.", ge=0)
     running: int | None = Field(default=None, description="Tasks running.", ge=0)
+    queue: QueueSummary | None = Field(default=None, description="Order and models of the queued tasks.")
     pods: list[RuntimePodStatus] = Field(
         default_factory=list,
         description="The runtime's pods.",

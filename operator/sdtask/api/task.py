@@ -249,6 +249,13 @@ class CallbackSpec(SpecModel):
     secret_ref: SecretKeySelector | None = Field(
         default=None, description="Secret key whose value signs the callback body; unsigned when absent."
     )
+    on_start: bool = Field(
+        default=False,
+        description=(
+            "Also POST when the task starts running: {id, runtime, result: null, status: Running, pod, attempt,"
+            " context} (best effort, one delivery per attempt)."
+        ),
+    )
 
 
 class SDTaskSpec(SpecModel):
@@ -294,6 +301,22 @@ class CallbackStatus(StatusModel):
     attempts: int | None = Field(default=None, description="Delivery attempts so far.", ge=0)
     last_error: str | None = Field(default=None, description="Error of the last failed attempt.")
     last_attempt_time: datetime | None = Field(default=None, description="Time of the last attempt.")
+    started_attempt: int | None = Field(
+        default=None, description="Attempt whose start was announced by the onStart callback.", ge=0
+    )
+
+
+class TaskProgress(StatusModel):
+    """The Web UI's progress of the running generation, written by the agent at a bounded rate."""
+
+    fraction: float | None = Field(default=None, description="Share of the generation done, 0 to 1.", ge=0, le=1)
+    eta_seconds: float | None = Field(default=None, description="The Web UI's estimate of the time left.", ge=0)
+    step: int | None = Field(default=None, description="Sampling step of the current image.", ge=0)
+    steps: int | None = Field(default=None, description="Sampling steps per image.", ge=0)
+    job: int | None = Field(default=None, description="Current job (batch) of this generation, from 1.", ge=0)
+    jobs: int | None = Field(default=None, description="Jobs (batches) of this generation.", ge=0)
+    summary: str | None = Field(default=None, description="Short text of the above, e.g. '45% step 7/16 ETA 3s'.")
+    update_time: datetime | None = Field(default=None, description="When the agent read this progress.")
 
 
 class SDTaskStatus(StatusModel):
@@ -326,6 +349,9 @@ class SDTaskStatus(StatusModel):
         default=None, description="The response object of the image generation API: {id, runtime, output_location}."
     )
     callback: CallbackStatus | None = Field(default=None, description="Delivery of the result callback.")
+    progress: TaskProgress | None = Field(
+        default=None, description="Progress of the running generation (the Web UI's /sdapi/v1/progress)."
+    )
 
     def condition(self, condition_type: str) -> Condition | None:
         return next((item for item in self.conditions if item.type == condition_type), None)
@@ -354,6 +380,7 @@ SDTASK_RESOURCE = ResourceDefinition(
         PrinterColumn("Model", ".status.model", "string", "Checkpoint the task runs with."),
         PrinterColumn("Pod", ".status.pod", "string", "Runtime pod of the current or last attempt."),
         PrinterColumn("Attempts", ".status.attempts", "integer", "Attempts started so far."),
+        PrinterColumn("Progress", ".status.progress.summary", "string", "Progress of the running generation."),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since the task was created."),
         PrinterColumn("Output", ".status.output_location", "string", "Where the outputs are."),
     ),

@@ -7,11 +7,13 @@ import contextlib
 import json
 import logging
 import re
+import time
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
+from sdtask.agent import metrics
 from sdtask.checkpoints import Checkpoint, match_checkpoint
 
 __all__ = [
@@ -31,6 +33,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 # Loading a checkpoint from network storage onto the GPU can take minutes.
 DEFAULT_SWITCH_TIMEOUT = 600.0
 INTERRUPT_TIMEOUT = 10.0
+PROGRESS_TIMEOUT = 5.0
 _MESSAGE_LIMIT = 2000
 _ERROR_BODY_LIMIT = 16 * 1024
 
@@ -215,18 +218,36 @@ class WebUIClient:
         """Ask the Web UI to load `title`. Call `match_checkpoint` first. A name that matches a checkpoint but fails to
         load still answers 200 `null` (modules/options.py restores the old value and the API ignores the result):
         read `loaded_checkpoint` back to know whether the switch happened."""
-        await self._call(
-            "POST",
-            f"{API}/options",
-            json_body={"sd_model_checkpoint": title},
-            timeout=self.switch_timeout if timeout is None else timeout,
-        )
+        started, result = time.monotonic(), "error"
+        try:
+            await self._call(
+                "POST",
+                f"{API}/options",
+                json_body={"sd_model_checkpoint": title},
+                timeout=self.switch_timeout if timeout is None else timeout,
+            )
+            result = "ok"
+        finally:
+            metrics.SWITCH.labels(result).observe(time.monotonic() - started)
+            metrics.SWITCHES.labels(result).inc()
 
     async def generate(self, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         """POST /sdapi/v1/<endpoint> (txt2img, img2img, extra-single-image, extra-batch-images)."""
-        result = await self._call("POST", f"{API}/{endpoint.strip('/')}", json_body=payload, timeout=timeout)
+        started, outcome = time.monotonic(), "error"
+        try:
+            result = await self._call("POST", f"{API}/{endpoint.strip('/')}", json_body=payload, timeout=timeout)
+            outcome = "ok"
+        finally:
+            metrics.GENERATION.labels(metrics.endpoint_label(endpoint), outcome).observe(time.monotonic() - started)
         if not isinstance(result, dict):
             raise WebUIError(200, f"{endpoint} did not return an object")
+        return result
+
+    async def progress(self) -> dict[str, Any]:
+        """GET /sdapi/v1/progress: answered during a generation (it takes no queue lock); no preview image."""
+        result = await self._call("GET", f"{API}/progress?skip_current_image=true", timeout=PROGRESS_TIMEOUT)
+        if not isinstance(result, dict):
+            raise WebUIError(200, "progress did not return an object")
         return result
 
     async def interrupt(self) -> bool:
@@ -242,6 +263,13 @@ class WebUIClient:
         return self.base_url + path
 
     async def _call(self, method: str, path: str, *, timeout: float, json_body: Any = None) -> Any:
+        try:
+            return await self._request(method, path, timeout=timeout, json_body=json_body)
+        except WebUIException as error:
+            metrics.webui_error(path, error)
+            raise
+
+    async def _request(self, method: str, path: str, *, timeout: float, json_body: Any = None) -> Any:
         try:
             # httpx's timeout is per read; the outer one bounds the whole call.
             async with asyncio.timeout(timeout):

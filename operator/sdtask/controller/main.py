@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from sdtask import logs
 from sdtask.clients.kube import Kube, load_api_client
 from sdtask.completion import CallbackPolicy
 from sdtask.config import OperatorSettings
@@ -52,6 +53,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         allow_private=config.allow_private_callbacks, allowed_hosts=config.allowed_callback_hosts
     )
     memo.housekeeper = None
+    memo.outcomes = metrics.OutcomeRecorder()
     metrics.serve(config.metrics_port)
 
 
@@ -99,6 +101,8 @@ async def task_event(type: str, body: kopf.Body, namespace: str | None, memo: ko
         # kopf hands indices only to handlers, and they are live: the first task event gives them to the housekeeper.
         memo.housekeeper = asyncio.create_task(housekeeper(memo, task_index, runtime_index))
     view = task_view(body)
+    logs.bind(namespace=namespace, task=view.name, runtime=view.runtime)  # kopf's worker task of this object
+    memo.outcomes.observe(type, body)
     if type != "DELETED" and view.phase is None:
         await admit_task(memo.kube, dict(body), list(runtime_index.get(namespace or "", [])), memo.callbacks)
     _wake(memo, namespace, view.runtime)
@@ -136,6 +140,7 @@ async def runtime_daemon(
     pod_index: kopf.Index[tuple[str, str], Any] = kwargs["pod_index"]
     deployment_index: kopf.Index[tuple[str, str], int] = kwargs["deployment_index"]
     namespace = namespace or ""  # SDRuntimes are namespaced; kopf's signature is generic
+    logs.bind(namespace=namespace, runtime=name)  # the daemon is its own asyncio task: only its lines get these
     state = _state(memo, namespace, name)
     loop = RuntimeLoop(memo.kube, memo.config, state, memo.callbacks)
     key = (namespace, name)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdtask.api.runtime import QUEUE_HEAD_LENGTH
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import CallbackPolicy, end_failed_attempt
 from sdtask.conditions import set_condition
@@ -22,8 +23,9 @@ from sdtask.constants import ACTIVE_PHASES, LABEL_POD, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
+from sdtask.logs import log_context
 from sdtask.scaling import ScalingPolicy, demand, desired_replicas
-from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments
+from sdtask.scheduling import IdlePod, QueuedTask, plan_assignments, queue_summary
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-operator"
@@ -57,6 +59,13 @@ def scaling_policy(spec: Mapping[str, Any]) -> ScalingPolicy:
 
 CLAIM_TTL = dt.timedelta(seconds=30)
 INITIAL_REPLICAS_MANAGER = "sdtask-operator-initial-replicas"
+
+
+def queued_by_model(queued: list[TaskView]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task in queued:
+        counts[task.model or ""] = counts.get(task.model or "", 0) + 1
+    return counts
 
 
 def busy_pods(tasks: list[TaskView], claims: Mapping[str, object]) -> set[str]:
@@ -148,6 +157,7 @@ class RuntimeLoop:
             running=len(running),
             desired=desired,
             ready=sum(1 for p in live if p.ready),
+            queued_by_model=queued_by_model(queued),
         )
 
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
@@ -208,7 +218,7 @@ class RuntimeLoop:
                 body = await self.kube.get_task(task.namespace, task.name)
                 if (body.get("status") or {}).get("pod") != task.pod:
                     continue  # the index was behind; the task moved on
-                phase = await end_failed_attempt(
+                await end_failed_attempt(
                     self.kube,
                     body,
                     "PodLost",
@@ -222,8 +232,6 @@ class RuntimeLoop:
                 if is_conflict(error) or is_not_found(error):
                     continue
                 raise
-            if phase == Phase.FAILED:
-                metrics.task_finished(task.namespace, task.runtime, phase.value, "PodLost")
 
     async def _dispatch(
         self,
@@ -284,7 +292,10 @@ class RuntimeLoop:
                 return
             raise
         self.state.claims[pod] = (task.name, now)
-        metrics.task_dispatched(task.namespace, task.runtime, (now - task.created).total_seconds())
+        waited = (now - task.created).total_seconds()
+        metrics.task_dispatched(task.namespace, task.runtime, waited)
+        with log_context(task=task.name):  # the daemon's context already names the namespace and runtime
+            log.info("task %s %s after %.1fs in the queue", task.name, message, waited)
         await self.kube.post_event(current, "Normal", "Scheduled", message, COMPONENT, when=assigned_at)
 
     # --- status -------------------------------------------------------------------------------------------------------
@@ -301,6 +312,10 @@ class RuntimeLoop:
             "readyReplicas": sum(1 for p in live if p.ready),
             "queued": sum(1 for t in tasks if t.phase == Phase.PENDING),
             "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
+            "queue": queue_summary(
+                [QueuedTask(t.name, t.priority, t.created, t.model) for t in tasks if t.phase == Phase.PENDING],
+                QUEUE_HEAD_LENGTH,
+            ),
             "pods": [
                 {
                     "name": p.name,

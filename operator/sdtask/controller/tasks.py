@@ -24,7 +24,6 @@ async def admit_task(kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInf
     decision = admit(task.get("spec") or {}, runtimes)
     if not isinstance(decision, Admitted):
         log.info("task %s/%s rejected: %s", meta["namespace"], meta["name"], decision.message)
-        metrics.task_finished(meta["namespace"], "", Phase.FAILED.value, decision.reason)
         await finish_task(kube, task, Outcome(Phase.FAILED, decision.reason, decision.message), COMPONENT, policy)
         return
     now = dt.datetime.now(dt.UTC)
@@ -95,5 +94,4 @@ async def _fail(kube: Kube, task: TaskView, reason: str, message: str, policy: C
     body = await kube.get_task(task.namespace, task.name)
     if (body.get("status") or {}).get("phase") in {p.value for p in FINISHED_PHASES}:
         return
-    metrics.task_finished(task.namespace, task.runtime, Phase.FAILED.value, reason)
     await finish_task(kube, body, Outcome(Phase.FAILED, reason, message), COMPONENT, policy)

@@ -125,4 +125,5 @@ def runtime_info(body: Mapping[str, Any]) -> RuntimeInfo:
         name=body.get("metadata", {}).get("name", ""),
         dynamic=bool(spec.get("dynamicModel", False)),
         checkpoint=spec.get("checkpoint") or None,
+        deleting=bool(body.get("metadata", {}).get("deletionTimestamp")),
     )

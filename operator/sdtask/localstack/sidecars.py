@@ -38,6 +38,7 @@ class SimulatedPod:
     webui_url: str
     webui: ManagedProcess
     agent: ManagedProcess
+    metrics_url: str = ""
 
 
 @dataclass
@@ -81,6 +82,9 @@ class SidecarSimulator:
 
     def webui_url(self, namespace: str, pod: str) -> str:
         return self.pods[(namespace, pod)].webui_url
+
+    def agent_metrics_url(self, namespace: str, pod: str) -> str:
+        return self.pods[(namespace, pod)].metrics_url
 
     def crash_agent(self, namespace: str, pod: str) -> None:
         """The agent container dies and the kubelet restarts it; the pod and its Web UI stay."""
@@ -189,8 +193,10 @@ class SidecarSimulator:
         webui_url = f"http://127.0.0.1:{port}"
         env = resolve_env(core, serialized, agent_spec.get("env") or [])
         env.update({key: value for key, value in self.default_agent_env.items() if not env.get(key)})
+        metrics_port = free_port()  # the pod spec's port would clash between local agents
         env.update(
             SDTASK_WEBUI_URL=webui_url,
+            SDTASK_AGENT_METRICS_PORT=str(metrics_port),
             SDTASK_MODELS_DIR=str(models),
             SDTASK_STATE_DIR=str(pod_dir / "state"),
             KUBECONFIG=str(self.kubeconfig),
@@ -199,7 +205,8 @@ class SidecarSimulator:
         agent = ManagedProcess(
             f"agent {name}", [sys.executable, "-m", "sdtask.cli", "agent"], pod_dir / "agent.log", env=env
         ).start()
-        return SimulatedPod(name, namespace, runtime, webui_url, webui, agent)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        return SimulatedPod(name, namespace, runtime, webui_url, webui, agent, metrics_url)
 
     def _run_init_container(
         self, core: CoreV1Api, pod: dict[str, Any], init: dict[str, Any], pod_dir: Path, models: Path, mount: str

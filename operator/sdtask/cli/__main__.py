@@ -1,0 +1,5 @@
+import sys
+
+from sdtask.cli.app import main
+
+sys.exit(main())

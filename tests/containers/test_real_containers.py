@@ -91,9 +91,6 @@ def test_containers_run_non_root_on_a_read_only_root(real: RealCluster, static_r
     assert run("webui", "id", "-u") == (0, "10001\n")  # the image's own non-root user
 
 
-# The hardening issue moves the token mount from the pod to the agent container; until that lands on main the pod
-# mounts it in every container. strict: this fails as soon as the hardening lands, so the marker is then removed.
-@pytest.mark.xfail(strict=True, reason="hardening issue: token mounted in the agent container only (not on main yet)")
 def test_only_the_agent_container_holds_the_service_account_token(real: RealCluster, static_runtime: str) -> None:
     def run(container: str, *command: str) -> tuple[int, str]:
         return _exec(real, static_runtime, container, *command)

@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image for the operator, the agent sidecar of every runtime pod, the stand-in Web UI and the `sdtask` CLI:
 #   docker run IMAGE                        the operator (CMD operator)
 #   docker run IMAGE agent                  the agent (what the operator puts in runtime pods)
@@ -8,7 +6,11 @@
 # Runs as uid/gid 10001 (AGENT_USER_ID in operator/sdtask/deployment.py) with a read-only root filesystem: nothing is
 # written outside /tmp (the bytecode is compiled at build time, HOME is /tmp).
 #
-#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) -t sdtask-operator:0.1.0 .
+#   make image        (starts the engine, finds or builds the base, passes the host's CA bundle: localstack/images.py)
+#   DOCKER_BUILDKIT=1 docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
+#       [--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt] -t sdtask-operator:0.1.0 .
+#
+# No `# syntax=` line on purpose: the engine's built-in Dockerfile frontend is used, none is fetched from a registry.
 
 # Both stages must use the same base: the virtualenv links to its interpreter. Pin it by digest in CI
 # (--build-arg PYTHON_IMAGE=python:3.11-slim@sha256:...) for reproducible builds.
@@ -26,8 +28,12 @@ WORKDIR /src
 # README.md* so the build works whether or not the readme pyproject.toml names exists yet.
 COPY pyproject.toml README.md* ./
 COPY operator/ operator/
+# The optional ca-bundle secret is the build host's trust store, for registries behind a TLS-inspecting proxy: mounted
+# for this step only, never written to a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install --no-compile . \
+    --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && /opt/venv/bin/pip install --no-compile . \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
     && /opt/venv/bin/sdtask --help > /dev/null

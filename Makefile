@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: binaries test lint typecheck crds crds-check unit integration dev demo bench image kind clean
+.PHONY: binaries node-binaries host-packages test lint typecheck crds crds-check unit integration dev demo bench image \
+	test-containers kind clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -43,7 +44,12 @@ binaries: $(STAMP)
 
 # The test command: lint, types, CRD drift, then every test (unit, integration and end-to-end on the local stack).
 test: lint typecheck crds-check binaries
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/containers
+ifeq ($(SDTASK_SKIP_CONTAINERS),1)
+	@echo "make test: SDTASK_SKIP_CONTAINERS=1: the real-container suite (make test-containers) was NOT run" >&2
+else
+	$(MAKE) test-containers
+endif
 
 dev: binaries
 	$(BIN)/sdtask dev --state-dir .dev
@@ -54,8 +60,26 @@ demo: binaries
 bench: binaries
 	$(BIN)/python -m bench.run
 
-image:
-	docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$$(git rev-parse HEAD) -t sdtask-operator:0.1.0 .
+# The image: starts the Docker engine if needed; when $(PYTHON_IMAGE) is not in the engine, builds an equivalent base
+# from Debian's archive once (see operator/sdtask/localstack/images.py). Standard library only: no venv needed.
+IMAGE ?= sdtask-operator:0.1.0
+PYTHON_IMAGE ?= python:3.11-slim
+image: host-packages
+	PYTHONPATH=operator $(PYTHON) -m sdtask.localstack.images --tag $(IMAGE) --python-image $(PYTHON_IMAGE) \
+		--version 0.1.0 --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown)
+
+# Debian's docker.io, containerd, runc, CNI plugins, debootstrap and iptables (needs root; once per machine).
+host-packages:
+	scripts/host-packages.sh
+
+node-binaries: binaries
+	$(BIN)/python -m sdtask.localstack.binaries --node
+
+# The real-container suite: the chart installed by helm with the built image, runtime pods on a real kubelet node.
+# Needs root and the host packages above. SDTASK_SKIP_CONTAINERS=1 skips it (say so: it is the only suite that
+# runs our manifests in real containers).
+test-containers: image node-binaries
+	$(BIN)/pytest tests/containers -q -p no:cacheprovider
 
 # A kind cluster with fake GPU pools, the image, the chart, the example runtime and the demo task (needs Docker, kind
 # and internet access); see operator/sdtask/localstack/kind.py. Then SDTASK_KUBECONFIG=.kind/kubeconfig make test.

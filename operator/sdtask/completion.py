@@ -6,32 +6,24 @@ deadline) end tasks, so both use this one path: every failure gets a reason, a m
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, signing_token, task_metadata
 from sdtask.clients.callback import send_callback
-from sdtask.clients.kube import Kube
+from sdtask.clients.kube import Kube, is_conflict, is_not_found
+from sdtask.clients.outbound import Outbound
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import ANNOTATION_REQUEST_FORMAT, LABEL_POD, Phase
-from sdtask.links import address_refusal
 from sdtask.request import callback_payload, response_object
 from sdtask.retry import after_failed_attempt
 
+__all__ = ["CallbackPolicy", "Outcome", "end_failed_attempt", "final_status", "finish_task", "task_metadata"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CallbackPolicy:
-    allow_private: bool = False
-    allowed_hosts: frozenset[str] = frozenset()
-    attempts: int = 5
-    base_delay: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,15 +39,6 @@ class Outcome:
 
 def is_legacy(task: Mapping[str, Any]) -> bool:
     return (task.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_REQUEST_FORMAT) == "legacy"
-
-
-def task_metadata(task: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's own metadata, with the runtime the operator routed it to (empty in the legacy form)."""
-    metadata = dict(((task.get("spec") or {}).get("task") or {}).get("metadata") or {})
-    routed = (task.get("status") or {}).get("runtime")
-    if routed:
-        metadata["runtime"] = routed
-    return metadata
 
 
 def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) -> dict[str, Any]:
@@ -87,93 +70,82 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
     }
 
 
-async def callback_refusal(url: str, policy: CallbackPolicy) -> str | None:
-    """The same address policy as for links: a task must not make the cluster call its own private services."""
-    host = urlsplit(url).hostname or ""
-    if not host:
-        return f"callback URL {url!r} has no host"
-    if policy.allow_private or host.lower() in policy.allowed_hosts:
-        return None
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError as error:
-        return f"callback host {host} does not resolve ({error.strerror or error})"
-    for info in infos:
-        refusal = address_refusal(ipaddress.ip_address(info[4][0]))
-        if refusal:
-            return f"callback to {host} refused: it resolves to {refusal}; allow private callbacks to permit it"
-    return None
+@dataclass(frozen=True)
+class Expect:
+    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod."""
+
+    phases: frozenset[str | None]
+    pod: str | None = None
+
+    def holds(self, task: Mapping[str, Any]) -> bool:
+        status = task.get("status") or {}
+        return status.get("phase") in self.phases and (self.pod is None or status.get("pod") == self.pod)
+
+
+def running_on(pod: str) -> Expect:
+    return Expect(frozenset({Phase.RUNNING.value}), pod)
+
+
+NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.value, Phase.RUNNING.value}))
+
+
+async def patch_status_if(
+    kube: Kube, task: Mapping[str, Any], status: dict[str, Any], expect: Expect | None, *, tries: int = 5
+) -> bool:
+    """Patch the status only while `expect` holds; False when it no longer does (nothing written).
+
+    The check and the write are one: the patch carries the resourceVersion of the read that passed the check, so
+    a deadline failure written meanwhile makes it fail (409) instead of being overwritten by a success.
+    """
+    meta = task["metadata"]
+    if expect is None:
+        await kube.patch_task_status(meta["namespace"], meta["name"], status)
+        return True
+    for _ in range(tries):
+        try:
+            current = await kube.get_task(meta["namespace"], meta["name"])
+        except Exception as error:
+            if is_not_found(error):
+                return False
+            raise
+        if not expect.holds(current):
+            return False
+        try:
+            await kube.patch_task_status(
+                meta["namespace"], meta["name"], status, current["metadata"]["resourceVersion"]
+            )
+            return True
+        except Exception as error:
+            if is_not_found(error):
+                return False
+            if not is_conflict(error):
+                raise
+    return False
 
 
 async def finish_task(
-    kube: Kube, task: dict[str, Any], outcome: Outcome, component: str, policy: CallbackPolicy
-) -> dict[str, Any]:
-    """Write the final status, post an Event, deliver the callback. Returns the status written."""
+    kube: Kube,
+    task: dict[str, Any],
+    outcome: Outcome,
+    component: str,
+    policy: CallbackPolicy,
+    outbox: CallbackOutbox | None = None,
+    expect: Expect | None = None,
+) -> dict[str, Any] | None:
+    """Write the final status, post an Event, queue the callback (never waits for its delivery). Returns the status
+    written, None when `expect` no longer held (someone else ended the task: no Event, no callback from here).
+    Without an `outbox`, the process's shared one for `component` delivers the callback."""
     meta = task["metadata"]
     now = dt.datetime.now(dt.UTC)
     status = final_status(task, outcome, now)
-    await kube.patch_task_status(meta["namespace"], meta["name"], status)
+    if not await patch_status_if(kube, task, status, expect):
+        log.info("%s/%s: no longer %s; its end is not written", meta["namespace"], meta["name"], expect)
+        return None
     event_type = "Normal" if outcome.phase == Phase.SUCCEEDED else "Warning"
     await kube.post_event(task, event_type, outcome.reason, outcome.message, component)
-    callback = (task.get("spec") or {}).get("callback") or {}
-    if callback.get("url"):
-        await deliver_callback(kube, task, status, callback, component, policy)
+    if ((task.get("spec") or {}).get("callback") or {}).get("url"):
+        (outbox or shared_outbox(kube, policy, component)).submit(task, status)
     return status
-
-
-async def deliver_callback(
-    kube: Kube,
-    task: dict[str, Any],
-    status: dict[str, Any],
-    callback: Mapping[str, Any],
-    component: str,
-    policy: CallbackPolicy,
-) -> None:
-    """Its state is its own condition: a callback that cannot be delivered never changes the task's result."""
-    meta = task["metadata"]
-    url = str(callback["url"])
-    failed = status["phase"] != Phase.SUCCEEDED.value
-    payload = callback_payload(
-        task_metadata(task),
-        output_location=status["output_location"],
-        image_urls=status["images"],
-        output_url=status["output_url"],
-        error=status["message"] if failed else "",
-        runtime=(task.get("status") or {}).get("runtime"),
-    )
-    refusal = await callback_refusal(url, policy)
-    token = None
-    secret_ref = callback.get("secretRef") or {}
-    if refusal is None and secret_ref.get("name"):
-        token = await kube.read_secret_value(meta["namespace"], secret_ref["name"], secret_ref.get("key", "token"))
-        if token is None:
-            refusal = f"callback secret {secret_ref['name']}/{secret_ref.get('key', 'token')} not found"
-    if refusal is None:
-        result = await send_callback(url, payload, token=token, attempts=policy.attempts, base_delay=policy.base_delay)
-        delivered, attempts, error = result.delivered, result.attempts, result.last_error
-    else:
-        delivered, attempts, error = False, 0, refusal
-    now = dt.datetime.now(dt.UTC)
-    message = f"delivered to {urlsplit(url).hostname}" if delivered else f"not delivered: {error}"
-    patch = {
-        "callback": {
-            "state": "Delivered" if delivered else "Failed",
-            "attempts": attempts,
-            "lastError": error,
-            "lastAttemptTime": now_iso(now),
-        },
-        "conditions": set_condition(
-            status["conditions"],
-            "CallbackDelivered",
-            delivered,
-            "Delivered" if delivered else "DeliveryFailed",
-            message,
-            now,
-        ),
-    }
-    await kube.patch_task_status(meta["namespace"], meta["name"], patch)
-    if not delivered:
-        await kube.post_event(task, "Warning", "CallbackFailed", message, component)
 
 
 async def end_failed_attempt(
@@ -186,8 +158,11 @@ async def end_failed_attempt(
     backoff_seconds: float,
     component: str,
     policy: CallbackPolicy,
-) -> Phase:
-    """Requeue the task with back-off when it may be retried, else end it as Failed (with Event and callback)."""
+    outbox: CallbackOutbox | None = None,
+    expect: Expect | None = None,
+) -> Phase | None:
+    """Requeue the task with back-off when it may be retried, else end it as Failed (with Event and callback).
+    None when `expect` no longer held: nothing was written."""
     meta, status = task["metadata"], task.get("status") or {}
     attempts = int(status.get("attempts") or 0)
     spec = task.get("spec") or {}
@@ -197,25 +172,25 @@ async def end_failed_attempt(
     if outcome.phase == Phase.FAILED:
         if retryable:
             message += f" (no retries left after {attempts} attempt(s))"
-        await finish_task(kube, task, Outcome(Phase.FAILED, reason, message), component, policy)
-        return Phase.FAILED  # like a success, it keeps its pod label: which pod ran it
+        written = await finish_task(
+            kube, task, Outcome(Phase.FAILED, reason, message), component, policy, outbox, expect
+        )
+        return Phase.FAILED if written is not None else None  # like a success, it keeps its pod label
     retry_at = now_iso(outcome.not_before)
     message += f"; retrying after {retry_at} (attempt {attempts + 1} of {max_retries + 1})"
     conditions = set_condition(status.get("conditions"), "Running", False, reason, message, now)
     conditions = set_condition(conditions, "Scheduled", False, reason, message, now)
-    await kube.patch_task_status(
-        meta["namespace"],
-        meta["name"],
-        {
-            "phase": Phase.PENDING.value,
-            "reason": reason,
-            "message": message,
-            "pod": "",
-            "notBefore": retry_at,
-            "progress": None,
-            "conditions": conditions,
-        },
-    )
+    requeue = {
+        "phase": Phase.PENDING.value,
+        "reason": reason,
+        "message": message,
+        "pod": "",
+        "notBefore": retry_at,
+        "progress": None,
+        "conditions": conditions,
+    }
+    if not await patch_status_if(kube, task, requeue, expect):
+        return None
     await kube.patch_task_labels(meta["namespace"], meta["name"], {LABEL_POD: None})
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING
@@ -241,17 +216,20 @@ async def announce_start(kube: Kube, task: dict[str, Any], pod: str, attempt: in
     if ((status.get("callback") or {}).get("startedAttempt") or 0) >= attempt:
         return False  # this attempt was announced before the agent restarted
     meta, url = task["metadata"], str(callback["url"])
-    if await callback_refusal(url, policy) is not None:
-        return False  # the result callback will report the refusal
-    token = None
-    secret_ref = callback.get("secretRef") or {}
-    if secret_ref.get("name"):
-        token = await kube.read_secret_value(meta["namespace"], secret_ref["name"], secret_ref.get("key", "token"))
-        if token is None:
-            return False
-    result = await send_callback(
-        url, start_payload(task, pod, attempt), token=token, attempts=policy.attempts, base_delay=policy.base_delay
-    )
+    token, refusal = await signing_token(kube, meta["namespace"], callback.get("secretRef") or {})
+    if refusal is not None:
+        return False  # the result callback will report it
+    async with Outbound(policy.addresses(), resolver=policy.resolver, read_timeout=policy.attempt_timeout) as outbound:
+        result = await send_callback(
+            url,
+            start_payload(task, pod, attempt),
+            token=token,
+            outbound=outbound,
+            attempts=policy.attempts,
+            base_delay=policy.base_delay,
+            timeout=policy.attempt_timeout,
+            deadline=policy.deadline,
+        )
     if result.delivered:
         await kube.patch_task_status(meta["namespace"], meta["name"], {"callback": {"startedAttempt": attempt}})
     return result.delivered

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from sdtask.api.task import DEFAULT_CALLBACK_ATTEMPTS
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
@@ -79,10 +81,17 @@ class AgentSettings:
     allow_private_links: bool = False
     allowed_link_hosts: frozenset[str] = field(default_factory=frozenset)
     max_download_bytes: int = 50 * 1024 * 1024
+    max_links: int = 16
+    max_total_download_bytes: int = 100 * 1024 * 1024
+    # Where s3:// links may read; the runtime's output bucket and models prefix are always added (see s3_link_prefixes).
+    allowed_s3_prefixes: tuple[str, ...] = ()
+    # The operator's callback policy, handed over in the pod env: one policy for callbacks, whoever sends them.
+    allow_private_callbacks: bool = False
+    allowed_callback_hosts: frozenset[str] = field(default_factory=frozenset)
     max_model_bytes: int = 64 * 1024**3  # a checkpoint fetched from models.s3Prefix
     model_switch_timeout_seconds: float = 600.0  # loading from network storage onto the GPU can take minutes
     state_dir: str = "/var/run/sdtask"  # shared with the Web UI container: its preStop hook waits on `busy` here
-    callback_attempts: int = 5
+    callback_attempts: int = DEFAULT_CALLBACK_ATTEMPTS  # the callback deadline (5 minutes) bounds them too
     callback_base_delay_seconds: float = 1.0
     retry_backoff_seconds: float = 10.0
     # At most one status.progress write per task this often (SDTASK_PROGRESS_INTERVAL_SECONDS).
@@ -108,6 +117,13 @@ class AgentSettings:
             allow_private_links=_env_bool("SDTASK_ALLOW_PRIVATE_LINKS"),
             allowed_link_hosts=_hosts("SDTASK_ALLOWED_LINK_HOSTS"),
             max_download_bytes=int(_env_float("SDTASK_MAX_DOWNLOAD_BYTES", cls.max_download_bytes)),
+            max_links=int(_env_float("SDTASK_MAX_LINKS", cls.max_links)),
+            max_total_download_bytes=int(
+                _env_float("SDTASK_MAX_TOTAL_DOWNLOAD_BYTES", cls.max_total_download_bytes)
+            ),
+            allowed_s3_prefixes=tuple(p for p in _env("SDTASK_ALLOWED_S3_PREFIXES").replace(",", " ").split() if p),
+            allow_private_callbacks=_env_bool("SDTASK_ALLOW_PRIVATE_CALLBACKS"),
+            allowed_callback_hosts=_hosts("SDTASK_ALLOWED_CALLBACK_HOSTS"),
             max_model_bytes=int(_env_float("SDTASK_MAX_MODEL_BYTES", cls.max_model_bytes)),
             model_switch_timeout_seconds=_env_float(
                 "SDTASK_MODEL_SWITCH_TIMEOUT_SECONDS", cls.model_switch_timeout_seconds
@@ -121,6 +137,13 @@ class AgentSettings:
             progress_interval_seconds=_env_float("SDTASK_PROGRESS_INTERVAL_SECONDS", cls.progress_interval_seconds),
             metrics_port=int(_env_float("SDTASK_AGENT_METRICS_PORT", cls.metrics_port)),
         )
+
+    def s3_link_prefixes(self) -> tuple[str, ...]:
+        """Where s3:// links may read: the allow-list, else the runtime's own output bucket and models prefix."""
+        if self.allowed_s3_prefixes:
+            return self.allowed_s3_prefixes
+        own = [f"s3://{self.output_bucket}/"] if self.output_bucket else []
+        return (*own, *([self.models_s3_prefix] if self.models_s3_prefix else []))
 
     def validate(self) -> None:
         missing = [

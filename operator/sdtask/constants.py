@@ -15,6 +15,8 @@ LABEL_RUNTIME = "sdtask.io/runtime"  # on tasks (set when routed) and on runtime
 LABEL_POD = "sdtask.io/pod"  # on a task while a pod owns it: the agent of that pod watches this label
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# Opt-in on a Secret: a task's callback.secretRef may name it (any other Secret is refused, like a missing one).
+LABEL_CALLBACK_SECRET = "sdtask.io/callback-secret"
 MANAGER = "sdtask-operator"
 
 ANNOTATION_MODEL = "sdtask.io/model"  # on a runtime pod: the checkpoint its Web UI has loaded (written by the agent)

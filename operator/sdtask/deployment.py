@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
 from sdtask.config import OperatorSettings
 from sdtask.constants import (
     AGENT_CONTAINER,
@@ -80,7 +81,9 @@ def _secret_env(name: str, secret: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}}
 
 
-def agent_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
+def agent_env(runtime: dict[str, Any], settings: OperatorSettings | None = None) -> list[dict[str, Any]]:
+    """`settings` gives the operator's callback policy: agents send callbacks under the same one."""
+    operator = settings or OperatorSettings()
     spec = runtime.get("spec", {})
     output = spec.get("output", {})
     models = spec.get("models", {})
@@ -100,7 +103,12 @@ def agent_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
         _env("SDTASK_REQUEST_TIMEOUT_SECONDS", spec.get("requestTimeoutSeconds", 600)),
         _env("SDTASK_ALLOW_PRIVATE_LINKS", bool(agent.get("allowPrivateLinks", False))),
         _env("SDTASK_ALLOWED_LINK_HOSTS", ",".join(agent.get("allowedLinkHosts", []))),
-        _env("SDTASK_MAX_DOWNLOAD_BYTES", agent.get("maxDownloadBytes", 50 * 1024 * 1024)),
+        _env("SDTASK_MAX_DOWNLOAD_BYTES", agent.get("maxDownloadBytes", DEFAULT_MAX_DOWNLOAD_BYTES)),
+        _env("SDTASK_MAX_LINKS", agent.get("maxLinks", DEFAULT_MAX_LINKS)),
+        _env("SDTASK_MAX_TOTAL_DOWNLOAD_BYTES", agent.get("maxTotalDownloadBytes", DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES)),
+        _env("SDTASK_ALLOWED_S3_PREFIXES", ",".join(agent.get("allowedS3Prefixes") or [])),
+        _env("SDTASK_ALLOW_PRIVATE_CALLBACKS", operator.allow_private_callbacks),
+        _env("SDTASK_ALLOWED_CALLBACK_HOSTS", ",".join(sorted(operator.allowed_callback_hosts))),
         _env("SDTASK_STATE_DIR", STATE_DIR),
         _env("SDTASK_AGENT_METRICS_PORT", AGENT_METRICS_PORT),
     ]
@@ -233,6 +241,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         {"name": "models", **(models.get("volume") or {"emptyDir": {}})},
         {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": "tmp", "emptyDir": {}},
+        agent_token_volume(),
     ]
     webui: dict[str, Any] = {
         "name": WEBUI_CONTAINER,
@@ -250,7 +259,10 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         "lifecycle": {
             "preStop": {"exec": {"command": ["/bin/sh", "-c", f"while [ -e {STATE_DIR}/busy ]; do sleep 1; done"]}}
         },
-        "securityContext": {"allowPrivilegeEscalation": False},
+        # Real Web UI images write into their install folder (config.json, cache.json, models/, outputs/,
+        # repositories/) and often run as root: a read-only root filesystem and runAsNonRoot would break them, so
+        # they are left to the image (see README). What any image tolerates is set: no capabilities, no escalation.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if spec.get("command"):
         webui["command"] = list(spec["command"])
@@ -258,7 +270,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         "name": AGENT_CONTAINER,
         "image": agent.get("image") or settings.agent_image,
         "args": ["agent"],
-        "env": agent_env(runtime),
+        "env": agent_env(runtime, settings),
         "ports": [{"name": "agent-metrics", "containerPort": AGENT_METRICS_PORT}],
         "resources": agent.get("resources")
         or {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
@@ -266,6 +278,8 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
             {"name": "models", "mountPath": mount_path},
             {"name": "state", "mountPath": STATE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
+            # The API token: in the agent only, never in the Web UI container (third-party code and extensions).
+            {"name": AGENT_TOKEN_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
         ],
         "securityContext": {
             "runAsNonRoot": True,
@@ -295,7 +309,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
         "metadata": {"labels": runtime_labels(name)},
         "spec": {
             "serviceAccountName": settings.agent_service_account,
-            "automountServiceAccountToken": True,
+            "automountServiceAccountToken": False,  # mounted into the agent container alone (agent_token_volume)
             "nodeSelector": dict(placement.get("nodeSelector", {})),
             "tolerations": list(placement.get("tolerations", [])),
             "terminationGracePeriodSeconds": timeout + TERMINATION_MARGIN_SECONDS,
@@ -303,6 +317,26 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
             "initContainers": init_containers,
             "containers": [webui, sidecar],
             "volumes": volumes,
+        },
+    }
+
+
+AGENT_TOKEN_VOLUME = "agent-token"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where the Kubernetes client looks
+TOKEN_EXPIRATION_SECONDS = 3607  # what the kubelet gives automounted tokens; it rotates them before expiry
+
+
+def agent_token_volume() -> dict[str, Any]:
+    """What automountServiceAccountToken would mount (token, CA, namespace), as a volume only the agent mounts."""
+    return {
+        "name": AGENT_TOKEN_VOLUME,
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ],
         },
     }
 
@@ -361,11 +395,36 @@ AGENT_RULES: list[dict[str, Any]] = [
 ]
 
 
+RUNTIME_NETWORK_POLICY = "sdtask-runtime-pods"
+
+
+def build_runtime_network_policy(namespace: str) -> dict[str, Any]:
+    """No ingress to any runtime pod of the namespace. The agent reaches its Web UI over localhost, so nothing needs
+    the pods' ports; anything else in the cluster reaching the Web UI would bypass admission and the link policy.
+    (kubelet probes come from the node, which NetworkPolicy implementations let through.)"""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": RUNTIME_NETWORK_POLICY,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "runtime"},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_COMPONENT: "runtime", LABEL_MANAGED_BY: MANAGER}},
+            "policyTypes": ["Ingress"],
+            "ingress": [],
+        },
+    }
+
+
 def build_agent_access(namespace: str, service_account: str) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding of the agents in one namespace (shared by its runtimes)."""
+    """ServiceAccount, Role and RoleBinding of the agents in one namespace (shared by its runtimes), and the
+    NetworkPolicy that keeps the runtime pods' Web UI port closed to the cluster."""
     labels = {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "agent"}
     meta = {"name": service_account, "namespace": namespace, "labels": labels}
     return [
+        build_runtime_network_policy(namespace),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": AGENT_RULES},
         {

@@ -1,43 +1,37 @@
-"""Links in a task's content: detection, replacement by base64, and the fetchers (http/https/s3).
+"""Links in a task's content: detection, replacement by base64 within the task's limits, taking inlined data out of
+what is stored, redaction, and the S3 allow-list. Pure.
 
 The SD Web UI only takes base64 images, so the agent downloads every http(s)/s3 link found anywhere in the content
-(init_images, mask, ControlNet args, imageList[].data, ...) and inlines it. Detection and replacement are pure apart
-from the injected `fetch`; `LinkFetcher` is the real fetch, guarded against SSRF: a task author must not be able to
-make a GPU pod read the cloud metadata service or an in-cluster service.
+(init_images, mask, ControlNet args, imageList[].data, ...) and inlines it. Everything here is pure apart from the
+injected `fetch`; the real one is `sdtask.clients.fetcher.LinkFetcher` (address policy, pinning, caps).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import logging
-import socket
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import httpx
-
-from sdtask.agent import metrics
-from sdtask.clients.s3 import S3Client, describe_s3_error, get_object_capped
-from sdtask.naming import parse_s3_uri
+from sdtask.addresses import IPAddress
+from sdtask.addresses import address_refusal as address_refusal  # re-exported: its old home
+from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-DEFAULT_MAX_BYTES = 50 * MiB
+DEFAULT_MAX_BYTES = DEFAULT_MAX_DOWNLOAD_BYTES
+DEFAULT_MAX_TOTAL_BYTES = DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
 MAX_REDIRECTS = 5
 MAX_LINK_LENGTH = 8192
 LINK_SCHEMES = frozenset({"http", "https", "s3"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 JsonPath = tuple[str | int, ...]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Fetch = Callable[[str], Awaitable[bytes]]
+# A fetch gets the URL and the task's shared byte budget, which it charges as bytes arrive.
+Fetch = Callable[[str, "ByteBudget"], Awaitable[bytes]]
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
@@ -129,33 +123,139 @@ def _substitute(node: Any, replacements: dict[str, str]) -> Any:
     return node
 
 
-async def replace_links(content: Any, fetch: Fetch, *, max_concurrency: int = 4) -> Any:
+class LinkLimitError(LinkError):
+    """The task's links as a whole are over a limit (count, total bytes, total time): no single URL is to blame."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("", reason)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class LinkLimits:
+    """Caps on a task's links as a whole. The per-link size cap belongs to the fetcher."""
+
+    max_links: int = DEFAULT_MAX_LINKS
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    seconds: float | None = None  # the whole link phase; the caller gives what is left of the attempt's timeout
+
+
+class ByteBudget:
+    """The bytes a task's links may still bring in, shared by their concurrent downloads.
+
+    A fetcher charges every piece as it arrives (`take`), so the total is enforced while streaming, not after six
+    downloads of the per-link maximum are already in memory.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.max_bytes - self.used)
+
+    def take(self, count: int) -> None:
+        self.used += count
+        if self.used > self.max_bytes:
+            raise LinkLimitError(f"the task's links are over the {self.max_bytes}-byte total limit")
+
+
+@dataclass(frozen=True)
+class Inlined:
+    """Content with its links replaced, and what each inlined base64 string stood for (to take it out again)."""
+
+    content: Any
+    sources: dict[str, str]  # base64 -> the URL it was fetched from
+
+
+async def inline_links(
+    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
+) -> Inlined:
     """A copy of `content` with every link replaced by the base64 of its bytes. The input is not mutated.
 
-    Each distinct URL is fetched once, at most `max_concurrency` at a time. The first failure cancels the other
-    downloads and is raised as LinkError.
+    Each distinct URL is fetched once, at most `max_concurrency` at a time, within `limits` (count checked before any
+    download, bytes while downloading, time for the whole phase). The first failure cancels the other downloads and
+    is raised as LinkError (LinkLimitError for a limit).
     """
+    limits = limits or LinkLimits()
     urls = list(dict.fromkeys(ref.url for ref in find_links(content)))
     if not urls:
-        return _substitute(content, {})
+        return Inlined(_substitute(content, {}), {})
+    if len(urls) > limits.max_links:
+        raise LinkLimitError(f"the task has {len(urls)} links, over the limit of {limits.max_links}")
     semaphore = asyncio.Semaphore(max(1, max_concurrency))
+    budget = ByteBudget(limits.max_total_bytes)
+    fetched = 0
 
     async def fetch_one(url: str) -> str:
+        nonlocal fetched
         async with semaphore:
             try:
-                data = await fetch(url)
+                data = await fetch(url, budget)
             except LinkError:
                 raise
             except Exception as exc:  # a fetch must fail as LinkError, whatever went wrong inside it
                 raise LinkError(url, f"{type(exc).__name__}: {exc}") from exc
+        fetched += len(data)  # a backstop for a fetcher that doesn't charge the budget
+        if fetched > limits.max_total_bytes:
+            raise LinkLimitError(f"the task's links are over the {limits.max_total_bytes}-byte total limit")
         return base64.b64encode(data).decode("ascii")
 
     try:
-        async with asyncio.TaskGroup() as group:
+        async with asyncio.timeout(limits.seconds), asyncio.TaskGroup() as group:
             tasks = {url: group.create_task(fetch_one(url)) for url in urls}
+    except TimeoutError:
+        raise LinkLimitError(f"fetching the task's links took longer than {limits.seconds:g}s in all") from None
     except BaseExceptionGroup as group_error:
         raise _first_link_error(group_error) from None
-    return _substitute(content, {url: task.result() for url, task in tasks.items()})
+    replacements = {url: task.result() for url, task in tasks.items()}
+    return Inlined(_substitute(content, replacements), {data: url for url, data in replacements.items()})
+
+
+async def replace_links(
+    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
+) -> Any:
+    """`inline_links`, content only."""
+    return (await inline_links(content, fetch, limits=limits, max_concurrency=max_concurrency)).content
+
+
+MAX_RESTORE_DEPTH = 128
+
+
+def restore_links(value: Any, sources: dict[str, str]) -> Any:
+    """A copy of `value` (e.g. the Web UI's echo of the request) with the inlined link data taken out again.
+
+    The `.out` record must not carry the bytes of fetched inputs: whoever reads the record could then read whatever
+    the agent's credentials reach through an s3:// link. A string that is an inlined base64 becomes the (redacted)
+    link it came from; a string holding one (a data: URI) gets it replaced in place. Pure.
+    """
+    if not sources:
+        return value
+    return _restore(value, sources, 0)
+
+
+def _restore(value: Any, sources: dict[str, str], depth: int) -> Any:
+    if isinstance(value, str):
+        if value in sources:
+            return redact_url(sources[value])
+        if len(value) >= _MIN_INLINED_LENGTH:
+            for data, url in sources.items():
+                if data and data in value:
+                    value = value.replace(data, redact_url(url))
+        return value
+    if depth >= MAX_RESTORE_DEPTH:
+        return "<nested too deep to store>"
+    if isinstance(value, dict):
+        return {key: _restore(item, sources, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_restore(item, sources, depth + 1) for item in value]
+    return value
+
+
+_MIN_INLINED_LENGTH = 4  # base64 of one byte
 
 
 def _first_link_error(group_error: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -191,253 +291,35 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
-# --- address policy -------------------------------------------------------------------------------------------------
+# --- address policy (sdtask.addresses) and S3 allow-list -------------------------------------------------------------
 
 
-def address_refusal(address: IPAddress) -> str | None:
-    """Why a link to `address` is refused by default ("a private address"...), or None for a public address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address_refusal(address.ipv4_mapped)
-    if address.is_unspecified:
-        return "an unspecified address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address (cloud metadata lives there)"
-    if address.is_multicast:
-        return "a multicast address"
-    if address.is_reserved:
-        return "a reserved address"
-    if address.is_private:
-        return "a private address"
-    if not address.is_global:  # carrier-grade NAT, documentation ranges, ...
-        return "a non-public address"
-    return None
+def s3_link_refusal(bucket: str, key: str, allowed_prefixes: list[str] | tuple[str, ...]) -> str | None:
+    """Why `s3://bucket/key` may not be read for a task, or None. Pure.
 
-
-def _refused_message(host: str, address: IPAddress, kind: str) -> str:
-    subject = str(address) if host == str(address) else f"{host} resolves to {address}, which"
-    return f"refused: {subject} is {kind}; set allowPrivateLinks to allow"
-
-
-def _literal_address(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-# --- fetcher --------------------------------------------------------------------------------------------------------
-
-
-class LinkFetcher:
-    """Fetches http(s) and s3 links with a size cap, timeouts and the private-address policy.
-
-    `s3_client_factory` returns the boto3 client of the configured S3 endpoint (called once, lazily, in a thread);
-    s3 links go to that endpoint, so the private-address policy does not apply to them. `allowed_hosts` lists host
-    names (or literal addresses) exempt from that policy. `http_transport` and `resolver` replace the network and
-    DNS (tests).
-    Use as `async with LinkFetcher(...) as fetcher:` or call `aclose()`.
+    The agent's S3 credentials reach more than a task's author should (other teams' buckets, the models): an s3://
+    link is read only under a prefix the runtime allows (`s3://bucket/prefix`, matched as a string prefix of the
+    key, like S3 and IAM match prefixes; `s3://bucket` or `s3://bucket/` allows the whole bucket).
     """
-
-    def __init__(
-        self,
-        *,
-        s3_client_factory: Callable[[], S3Client] | None = None,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        timeout: float = 30.0,
-        total_timeout: float = 120.0,
-        allow_private: bool = False,
-        allowed_hosts: frozenset[str] = frozenset(),
-        http_transport: httpx.AsyncBaseTransport | None = None,
-        resolver: Resolver | None = None,
-    ) -> None:
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be positive")
-        self._s3_client_factory = s3_client_factory
-        self._s3_client: S3Client | None = None
-        self._s3_lock = asyncio.Lock()
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-        self.total_timeout = total_timeout
-        self.allow_private = allow_private
-        self.allowed_hosts = frozenset(_normalize_host(host) for host in allowed_hosts)
-        self._resolve = resolver or resolve_host
-        self._http = httpx.AsyncClient(
-            transport=http_transport,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,  # followed by hand: every hop goes through the address policy
-            trust_env=False,  # a proxy from the environment would bypass the address policy
-            # No pooled connections: a connection pinned to one address must not serve another host name.
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def fetch(self, url: str) -> bytes:
-        """The bytes behind `url`; LinkError for anything that goes wrong (never another exception)."""
-        url = url.strip()
-        scheme = url.partition("://")[0].lower()
-        started, size = time.monotonic(), None
+    for allowed in allowed_prefixes:
         try:
-            data = await self._fetch_any(url, scheme)
-            size = len(data)
-            return data
-        finally:
-            metrics.link_fetched(scheme, time.monotonic() - started, size)
-
-    async def _fetch_any(self, url: str, scheme: str) -> bytes:
-        try:
-            async with asyncio.timeout(self.total_timeout):
-                if scheme == "s3":
-                    data = await self._fetch_s3(url)
-                elif scheme in ("http", "https"):
-                    data = await self._fetch_http(url)
-                else:
-                    raise LinkError(url, f"unsupported scheme {scheme!r} (http, https and s3 are)")
-        except TimeoutError:
-            raise LinkError(url, f"timed out after {self.total_timeout:g}s overall") from None
-        if not data:
-            raise LinkError(url, "the link points to an empty file")
-        return data
-
-    # --- s3 ---
-
-    async def _fetch_s3(self, url: str) -> bytes:
-        try:
-            bucket, key = parse_s3_uri(url)
-        except ValueError as exc:
-            raise LinkError(url, str(exc)) from None
-        try:
-            client = await self._s3()
-            if client is None:
-                raise LinkError(url, "s3 links are not enabled (no S3 client configured)")
-            return await get_object_capped(client, bucket, key, self.max_bytes)
-        except LinkError:
-            raise
-        except Exception as exc:
-            raise LinkError(url, describe_s3_error(exc)) from exc
-
-    async def _s3(self) -> S3Client | None:
-        if self._s3_client_factory is None:
+            allowed_bucket, allowed_key = _split_s3(allowed)
+        except ValueError:
+            continue
+        if bucket == allowed_bucket and key.startswith(allowed_key):
             return None
-        async with self._s3_lock:
-            if self._s3_client is None:
-                # Building a boto3 client loads its service model from disk: not on the event loop.
-                self._s3_client = await asyncio.to_thread(self._s3_client_factory)
-        return self._s3_client
-
-    # --- http ---
-
-    async def _fetch_http(self, url: str) -> bytes:
-        try:
-            current = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise LinkError(url, f"invalid URL: {exc}") from None
-        for _hop in range(MAX_REDIRECTS + 1):
-            outcome = await self._get_once(url, current)
-            if isinstance(outcome, bytes):
-                return outcome
-            current = outcome
-        raise LinkError(url, f"too many redirects (more than {MAX_REDIRECTS})")
-
-    async def _get_once(self, url: str, target: httpx.URL) -> httpx.URL | bytes:
-        """GET one hop: the body, or the next URL when redirected."""
-        if target.scheme not in ("http", "https"):
-            raise LinkError(url, f"redirected to an unsupported scheme: {target.scheme!r}")
-        request_url, headers, extensions = await self._pinned_request(url, target)
-        try:
-            async with self._http.stream("GET", request_url, headers=headers, extensions=extensions) as response:
-                if response.status_code in _REDIRECT_STATUSES:
-                    return _redirect_target(url, target, response)
-                if not 200 <= response.status_code < 300:
-                    raise LinkError(url, f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
-                return await self._read_capped(url, response)
-        except httpx.ConnectTimeout:
-            raise LinkError(url, f"connect timed out after {self.timeout:g}s") from None
-        except httpx.ReadTimeout:
-            raise LinkError(url, f"read timed out after {self.timeout:g}s") from None
-        except httpx.TimeoutException as exc:
-            raise LinkError(url, f"timed out ({type(exc).__name__})") from None
-        except httpx.ConnectError as exc:
-            raise LinkError(url, f"connection failed: {exc or 'connection refused'}") from None
-        except httpx.HTTPError as exc:
-            raise LinkError(url, f"{type(exc).__name__}: {exc}") from None
-
-    async def _pinned_request(self, url: str, target: httpx.URL) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-        """The URL to connect to, plus Host header and TLS name when the host was resolved and checked here.
-
-        Connecting to the address that was checked (not resolving again) closes the DNS-rebinding hole.
-        """
-        host = target.raw_host.decode("ascii")
-        if self.allow_private or _normalize_host(host) in self.allowed_hosts:
-            return target, {}, {}
-        literal = _literal_address(host)
-        if literal is not None:
-            self._check_address(url, host, literal)
-            return target, {}, {}
-        address = await self._resolve_checked(url, host, target.port or (443 if target.scheme == "https" else 80))
-        extensions: dict[str, Any] = {"sni_hostname": host} if target.scheme == "https" else {}
-        headers = {"Host": target.netloc.decode("ascii")}
-        return target.copy_with(host=str(address)), headers, extensions
-
-    async def _resolve_checked(self, url: str, host: str, port: int) -> IPAddress:
-        try:
-            addresses = await self._resolve(host, port)
-        except OSError as exc:
-            raise LinkError(url, f"cannot resolve host {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
-        if not addresses:
-            raise LinkError(url, f"host {host!r} has no address")
-        # Every address must pass: a name resolving to one public and one private address is not let through.
-        for address in addresses:
-            self._check_address(url, host, address)
-        return addresses[0]
-
-    def _check_address(self, url: str, host: str, address: IPAddress) -> None:
-        kind = address_refusal(address)
-        if kind is not None:
-            raise LinkError(url, _refused_message(host, address, kind))
-
-    async def _read_capped(self, url: str, response: httpx.Response) -> bytes:
-        announced = response.headers.get("Content-Length")
-        if announced is not None and announced.isdigit() and int(announced) > self.max_bytes:
-            raise LinkError(url, f"the file is {announced} bytes, over the {self.max_bytes}-byte limit")
-        chunks: list[bytes] = []
-        received = 0
-        async for chunk in response.aiter_bytes():  # decoded bytes: a gzip bomb is capped too
-            received += len(chunk)
-            if received > self.max_bytes:
-                raise LinkError(url, f"the file is over the {self.max_bytes}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    where = ", ".join(allowed_prefixes) if allowed_prefixes else "none"
+    return (
+        f"refused: s3://{bucket}/{key} is outside the runtime's allowed S3 prefixes ({where}); "
+        "see agent.allowedS3Prefixes"
+    )
 
 
-async def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """The addresses of `host`, in resolver order, without blocking the event loop."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    # An IPv6 link-local answer may carry a zone ("fe80::1%eth0"): the address is what the policy judges.
-    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
-
-
-def _redirect_target(url: str, current: httpx.URL, response: httpx.Response) -> httpx.URL:
-    location = response.headers.get("Location")
-    if not location:
-        raise LinkError(url, f"HTTP {response.status_code} redirect without a Location header")
-    try:
-        return current.join(location)
-    except httpx.InvalidURL as exc:
-        raise LinkError(url, f"redirected to an invalid URL: {exc}") from None
-
-
-def _normalize_host(host: str) -> str:
-    return host.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+def _split_s3(uri: str) -> tuple[str, str]:
+    text = uri.strip()
+    if not text.startswith("s3://"):
+        raise ValueError(uri)
+    bucket, _, key = text[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(uri)
+    return bucket, key

@@ -135,3 +135,13 @@ def _legacy_success(context: RecordContext, images: list[str], response: dict[st
         parameters["image_seed"] = ",".join(str(seed) for seed in seeds(response) or [])
     parameters["error_msg"] = ""
     return {"images": images, "parameters": parameters, "info": ""}
+
+
+def is_success_record(record: Any) -> bool:
+    """Whether a stored `.out` record (either layout) tells of a success: a later failure must not replace it."""
+    if not isinstance(record, dict):
+        return False
+    if "error" in record or "id" in record:  # ours
+        return record.get("error") is None and bool(record.get("images"))
+    parameters = record.get("parameters")  # the legacy layout: a failure has status 0 and an error_msg
+    return isinstance(parameters, dict) and "status" not in parameters and not parameters.get("error_msg")

@@ -48,9 +48,20 @@ def test_an_agent_crash_reruns_the_task_without_duplicate_outputs(cluster: Clust
     cluster.system.sidecars.crash_agent(cluster.namespace, running["pod"])
 
     done = cluster.wait_finished("crashed")["status"]
-    assert done["phase"] == "Succeeded"
+    assert (done["phase"], done["attempts"]) == ("Succeeded", 2)  # the re-take after the restart is an attempt
     keys = cluster.s3_keys("res/crashed/")
     assert len(keys) == 4 * 8 + 1 and keys.count("res/crashed/crashed.out") == 1  # 32 images, each once
+
+
+def test_a_task_that_keeps_killing_its_agent_fails_once_its_retries_are_spent(cluster: Cluster) -> None:
+    """Each restart that re-takes the task counts: maxRetries bounds it, the pod is free again afterwards."""
+    cluster.submit(slow_task("killer", rounds=4), maxRetries=0)
+    running = wait_for(lambda: (s := cluster.status("killer")).get("phase") == "Running" and s, 30, "the task to run")
+    cluster.system.sidecars.crash_agent(cluster.namespace, running["pod"])
+    done = cluster.wait_finished("killer")["status"]
+    assert (done["phase"], done["reason"], done["attempts"]) == ("Failed", "AgentRestarted", 2)
+    cluster.submit(slow_task("after-killer", rounds=1))
+    assert cluster.wait_finished("after-killer")["status"]["phase"] == "Succeeded"
 
 
 def test_higher_priority_tasks_run_first(cluster: Cluster) -> None:

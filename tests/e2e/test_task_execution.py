@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from sdtask.api import GROUP, VERSION
 from sdtask.localstack.waiting import wait_for
 from sdtask.standin.images import read_standin_metadata
 
@@ -301,14 +304,19 @@ def test_a_callback_with_a_secret_is_signed_and_verifiable(cluster: Cluster, cal
     from sdtask.clients.callback import verify_signature
 
     cluster.core.create_namespaced_secret(
-        cluster.namespace, {"metadata": {"name": "hook"}, "stringData": {"token": "s3cr3t-token"}}
+        cluster.namespace,
+        {
+            "metadata": {"name": "hook", "labels": {"sdtask.io/callback-secret": "true"}},
+            "stringData": {"token": "s3cr3t-token"},
+        },
     )
     cluster.submit(text_task("signed"), callback={"url": callbacks.url, "secretRef": {"name": "hook", "key": "token"}})
     assert cluster.wait_finished("signed")["status"]["phase"] == "Succeeded"
     delivered = wait_for(lambda: callbacks.for_id("signed"), 30, "the signed callback")[0]
     signature = delivered["headers"].get("X-SDTask-Signature")
-    assert verify_signature(delivered["raw"], "s3cr3t-token", signature)
-    assert not verify_signature(delivered["raw"], "another-token", signature)
+    timestamp = delivered["headers"].get("X-SDTask-Timestamp")
+    assert verify_signature(delivered["raw"], "s3cr3t-token", signature, timestamp, now=time.time())
+    assert not verify_signature(delivered["raw"], "another-token", signature, timestamp, now=time.time())
     status = cluster.task("signed")["status"]
     assert "s3cr3t-token" not in json.dumps(status)  # the token never reaches status
 
@@ -375,3 +383,57 @@ def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> Non
     cluster.submit(text_task("after-cancel"))  # the pod is free again at once
     assert cluster.wait_finished("after-cancel")["status"]["phase"] == "Succeeded"
     assert cluster.s3_keys("t2i/cancel-me/") == []  # nothing of the cancelled task was uploaded
+
+
+def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, callbacks: CallbackReceiver) -> None:
+    """Any other Secret of the namespace is refused exactly like a missing one: a task can't probe or use it."""
+    cluster.core.create_namespaced_secret(
+        cluster.namespace, {"metadata": {"name": "db-password"}, "stringData": {"token": "hunter2"}}
+    )
+    errors = []
+    for name, secret in (("cb-unlabelled", "db-password"), ("cb-missing", "no-such-secret")):
+        cluster.submit(text_task(name), callback={"url": callbacks.url, "secretRef": {"name": secret, "key": "token"}})
+        assert cluster.wait_finished(name)["status"]["phase"] == "Succeeded"
+        failed = wait_for(
+            lambda n=name: (cluster.status(n).get("callback") or {}).get("state") == "Failed" and cluster.status(n),
+            30,
+            f"the callback of {name} to be refused",
+        )
+        errors.append(failed["callback"]["lastError"].replace(secret, "<name>"))
+    expected = "callback secret <name>/token not found or not labelled sdtask.io/callback-secret=true"
+    assert errors[0] == errors[1] == expected
+    assert callbacks.for_id("cb-unlabelled") == [] and callbacks.for_id("cb-missing") == []
+    assert "hunter2" not in json.dumps(cluster.task("cb-unlabelled"))
+
+
+def test_a_failed_re_run_never_replaces_an_earlier_success_record(cluster: Cluster) -> None:
+    cluster.submit(text_task("kept", seed=5), name="kept-1")
+    done = cluster.wait_finished("kept-1")["status"]
+    assert done["phase"] == "Succeeded"
+    record_before = json.loads(cluster.s3_object(done["output_url"])[0])
+    failing = text_task("kept", init_images=["http://127.0.0.1:9/gone.png"])
+    failing["metadata"]["tasktype"] = "image-to-image"
+    cluster.submit(failing, name="kept-2")
+    assert cluster.wait_finished("kept-2")["status"]["reason"] == "LinkFailed"
+    assert json.loads(cluster.s3_object(done["output_url"])[0]) == record_before
+    assert record_before["error"] is None and record_before["images"] == done["images"]
+
+
+def test_content_nested_too_deep_fails_at_admission_and_the_operator_keeps_watching(cluster: Cluster) -> None:
+    """1,500 levels: past what Python's json decodes at its default recursion limit (kopf's watch would break)."""
+    deep: Any = "leaf"
+    for _ in range(1_500):
+        deep = [deep]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # the test's own Kubernetes client (de)serialises recursively too
+    try:
+        cluster.submit(text_task("too-deep", alwayson_scripts={"x": {"args": deep}}))
+        status = cluster.wait_finished("too-deep", timeout=30)["status"]
+        cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "sdtasks", "too-deep")
+        wait_for(lambda: "too-deep" not in cluster.task_names(), 30, "the deep task to go")
+    finally:
+        sys.setrecursionlimit(limit)
+    assert (status["phase"], status["reason"]) == ("Failed", "ContentTooDeep")
+    assert "more than 64 levels" in status["message"]
+    cluster.submit(text_task("after-deep"))  # the watch of every other task still works
+    assert cluster.wait_finished("after-deep")["status"]["phase"] == "Succeeded"

@@ -9,6 +9,7 @@ Fixtures (tests/conftest.py): `stack` (the local control plane), `kube_api` (adm
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -26,7 +27,8 @@ from kubernetes.client.exceptions import ApiException
 from sdtask.api import GROUP, VERSION
 from sdtask.cli import parse_command_line
 from sdtask.config import OperatorSettings
-from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, deployment_name
+from sdtask.constants import LABEL_MANAGED_BY, LABEL_RUNTIME
+from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, build_agent_access, deployment_name
 from sdtask.localstack.helm import HelmError, ensure_helm, run_helm
 from sdtask.localstack.processes import ManagedProcess, free_port
 from sdtask.localstack.stack import LocalStack
@@ -68,6 +70,8 @@ OPERATOR_CALLS: list[tuple[str, str, str, str]] = [
     ("patch", RBAC_GROUP, "roles", ""),
     ("create", RBAC_GROUP, "rolebindings", ""),
     ("patch", RBAC_GROUP, "rolebindings", ""),
+    ("create", "networking.k8s.io", "networkpolicies", ""),  # the runtime pods' NetworkPolicy (build_agent_access)
+    ("patch", "networking.k8s.io", "networkpolicies", ""),
     ("get", "", "secrets", ""),  # Kube.read_secret_value: a callback's secretRef
     ("create", "", "events", ""),  # Kube.post_event and kopf's events
 ]
@@ -215,6 +219,10 @@ def test_default_render_is_one_operator_replaced_by_recreate(helm: Path, helm_ho
         "Deployment",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",  # the agents' pod writes, the operator's writes
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicyBinding",
     ]
     deployment = the_deployment(manifests)
     assert deployment["spec"]["replicas"] == 1
@@ -602,3 +610,78 @@ def test_operator_runs_with_exactly_the_chart_permissions(
     signs = ("(403)", "Forbidden", "forbidden", "Not enough permissions")
     refusals = [line for line in log.splitlines() if any(sign in line for sign in signs)]
     assert not refusals, "the operator was refused under the chart's RBAC:\n" + "\n".join(refusals[:20])
+
+
+# --- admission policies: what RBAC can't narrow ----------------------------------------------------------------------
+def _token_client(kube_api: client.ApiClient, namespace: str, account: str, bound_pod: Any = None) -> client.CoreV1Api:
+    """A CoreV1Api authenticated as `account` (a TokenRequest token; bound to a pod like the kubelet's when given)."""
+    spec: dict[str, Any] = {"expirationSeconds": 600}
+    if bound_pod is not None:
+        spec["boundObjectRef"] = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "name": bound_pod.metadata.name,
+            "uid": bound_pod.metadata.uid,
+        }
+    token = client.CoreV1Api(kube_api).create_namespaced_service_account_token(account, namespace, {"spec": spec})
+    configuration = copy.copy(kube_api.configuration)
+    configuration.api_key = {"authorization": f"Bearer {token.status.token}"}
+    configuration.cert_file = configuration.key_file = None
+    return client.CoreV1Api(client.ApiClient(configuration))
+
+
+def _refusal(call: Any) -> str:
+    with pytest.raises(ApiException) as caught:
+        call()
+    assert caught.value.status in (403, 422), caught.value.body
+    return str(caught.value.body)
+
+
+def test_admission_policies_narrow_what_agents_and_the_operator_may_write(
+    kube_api: client.ApiClient, clusterwide_release: Release, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    for manifest in build_agent_access(namespace, "sdtask-agent")[1:]:  # ServiceAccount, Role, RoleBinding
+        kind = manifest["kind"]
+        if kind == "ServiceAccount":
+            core.create_namespaced_service_account(namespace, manifest)
+        elif kind == "Role":
+            client.RbacAuthorizationV1Api(kube_api).create_namespaced_role(namespace, manifest)
+        else:
+            client.RbacAuthorizationV1Api(kube_api).create_namespaced_role_binding(namespace, manifest)
+    managed = {LABEL_MANAGED_BY: "sdtask-operator", LABEL_RUNTIME: "r"}
+
+    def pod(name: str, labels: dict[str, str]) -> Any:
+        return core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "serviceAccountName": "sdtask-agent",
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "webui", "image": "registry.example.com/webui:1"}],
+                },
+            },
+        )
+
+    mine, other, foreign = pod("runtime-a", managed), pod("runtime-b", managed), pod("someone-else", {"app": "db"})
+    agent = _token_client(kube_api, namespace, "sdtask-agent", bound_pod=mine)
+
+    def annotate(api: client.CoreV1Api, name: str, annotations: dict[str, str]) -> Any:
+        return api.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+
+    annotate(agent, "runtime-a", {"sdtask.io/model": "v1-5.safetensors"})  # its own pod's model: allowed
+    image = {"spec": {"containers": [{"name": "webui", "image": "evil.example.com/miner:1"}]}}
+    assert "may not change a pod's spec" in _refusal(lambda: agent.patch_namespaced_pod("runtime-a", namespace, image))
+    relabel = {"metadata": {"labels": {LABEL_RUNTIME: "other"}}}
+    assert "labels" in _refusal(lambda: agent.patch_namespaced_pod("runtime-a", namespace, relabel))
+    assert "only the sdtask.io/model annotation" in _refusal(lambda: annotate(agent, "runtime-a", {"x": "y"}))
+    assert "only its own pod" in _refusal(lambda: annotate(agent, "runtime-b", {"sdtask.io/model": "x"}))
+
+    operator = _token_client(kube_api, namespace, clusterwide_release.service_account)
+    cost = {"controller.kubernetes.io/pod-deletion-cost": "-100"}
+    annotate(operator, "runtime-b", cost)  # a pod it manages: allowed
+    assert "only what it manages" in _refusal(lambda: annotate(operator, "someone-else", cost))
+    assert "only a pod's annotations" in _refusal(lambda: operator.patch_namespaced_pod("runtime-b", namespace, image))
+    assert core.read_namespaced_pod("runtime-a", namespace).spec.containers[0].image == "registry.example.com/webui:1"
+    assert foreign.metadata.annotations is None and other.metadata.name == "runtime-b"

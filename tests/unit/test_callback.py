@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,8 +17,11 @@ from typing import Any
 
 import pytest
 
+from sdtask.addresses import AddressPolicy
 from sdtask.clients.callback import (
+    MAX_RESPONSE_BYTES,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     CallbackResult,
     backoff_delay,
     encode_body,
@@ -24,6 +31,8 @@ from sdtask.clients.callback import (
     sign_body,
     verify_signature,
 )
+from sdtask.clients.outbound import Outbound
+from tests.origin import Origin, reply, send_chunked
 
 TOKEN = "callback-token-do-not-leak"
 PAYLOAD = {
@@ -83,8 +92,20 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
-def deliver(url: str, *, token: str | None = TOKEN, attempts: int = 5) -> CallbackResult:
-    return asyncio.run(send_callback(url, PAYLOAD, token=token, attempts=attempts, base_delay=0.01, timeout=5))
+LOCAL = AddressPolicy(allowed_hosts=frozenset({"127.0.0.1"}))
+
+
+def deliver(
+    url: str, *, token: str | None = TOKEN, attempts: int = 5, policy: AddressPolicy = LOCAL, **options: Any
+) -> CallbackResult:
+    async def run() -> CallbackResult:
+        async with Outbound(policy, resolver=options.pop("resolver", None)) as outbound:
+            options.setdefault("timeout", 5)
+            return await send_callback(
+                url, PAYLOAD, token=token, outbound=outbound, attempts=attempts, base_delay=0.01, **options
+            )
+
+    return asyncio.run(run())
 
 
 def test_delivered_with_a_verifiable_signature(receiver: Receiver) -> None:
@@ -94,17 +115,22 @@ def test_delivered_with_a_verifiable_signature(receiver: Receiver) -> None:
     (request,) = receiver.received
     assert json.loads(request.body) == PAYLOAD
     assert request.headers["Content-Type"] == "application/json"
-    signature = request.headers[SIGNATURE_HEADER]
+    signature, timestamp = request.headers[SIGNATURE_HEADER], request.headers[TIMESTAMP_HEADER]
     assert signature.startswith("sha256=") and len(signature) == len("sha256=") + 64
-    assert verify_signature(request.body, TOKEN, signature)
-    assert not verify_signature(request.body, "another-token", signature)
-    assert not verify_signature(request.body + b" ", TOKEN, signature)
+    now = time.time()
+    assert abs(int(timestamp) - now) < 60
+    assert verify_signature(request.body, TOKEN, signature, timestamp, now=now)
+    assert not verify_signature(request.body, "another-token", signature, timestamp, now=now)
+    assert not verify_signature(request.body + b" ", TOKEN, signature, timestamp, now=now)
+    assert not verify_signature(request.body, TOKEN, signature, str(int(timestamp) + 1), now=now)
+    # A recorded callback replayed later is refused by a receiver that checks the timestamp.
+    assert not verify_signature(request.body, TOKEN, signature, timestamp, now=now + 301)
     assert TOKEN not in repr(request.headers) and TOKEN.encode() not in request.body
 
 
 def test_no_token_no_signature(receiver: Receiver) -> None:
     assert deliver(receiver.url, token=None).delivered
-    assert SIGNATURE_HEADER not in receiver.received[0].headers
+    assert SIGNATURE_HEADER not in receiver.received[0].headers and TIMESTAMP_HEADER not in receiver.received[0].headers
 
 
 def test_server_errors_are_retried_then_delivered(receiver: Receiver) -> None:
@@ -144,7 +170,7 @@ def test_unreachable_endpoint_never_raises() -> None:
         port = int(sock.getsockname()[1])
     result = deliver(f"http://127.0.0.1:{port}/hook", attempts=2)
     assert (result.delivered, result.attempts) == (False, 2)
-    assert result.last_error.startswith("ConnectError")
+    assert result.last_error.startswith("connection failed")
 
 
 @pytest.mark.parametrize("url", ["not a url", "ftp://example.com/hook", ""])
@@ -153,15 +179,59 @@ def test_unusable_url_is_reported_once(url: str) -> None:
     assert (result.delivered, result.attempts) == (False, 1) and result.last_error
 
 
-def test_shared_client_is_left_open(receiver: Receiver) -> None:
-    import httpx
+def test_callbacks_to_internal_addresses_are_refused_by_default(receiver: Receiver) -> None:
+    port = receiver.url.split(":")[2].split("/")[0]
+    dns = {"hooks.evil.test": ["127.0.0.1"], "meta.evil.test": ["169.254.169.254"], "six.evil.test": ["2002:a00:1::"]}
 
-    async def scenario() -> bool:
-        async with httpx.AsyncClient() as client:
-            result = await send_callback(receiver.url, PAYLOAD, token=None, client=client)
-            return result.delivered and not client.is_closed
+    async def resolver(host: str, port: int) -> list[Any]:
+        return [ipaddress.ip_address(a) for a in dns[host]]
 
-    assert asyncio.run(scenario())
+    for url in (
+        receiver.url,
+        f"http://[::1]:{port}/hook",
+        f"http://[::ffff:127.0.0.1]:{port}/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/hook",
+        f"http://hooks.evil.test:{port}/hook",
+        "http://meta.evil.test/hook",
+        "http://six.evil.test/hook",
+    ):
+        result = deliver(url, policy=AddressPolicy(setting="allowPrivateCallbacks"), resolver=resolver)
+        assert (result.delivered, result.attempts) == (False, 1), url  # a refusal is not retried
+        assert result.last_error.startswith("refused: ") and "allowPrivateCallbacks" in result.last_error
+    assert receiver.received == []
+
+
+def test_redirects_are_not_followed(receiver: Receiver) -> None:
+    receiver.statuses = [307]
+    receiver.extra_headers = {"Location": "http://169.254.169.254/"}
+    expected = CallbackResult(delivered=False, attempts=1, last_error="HTTP 307 Temporary Redirect")
+    assert deliver(receiver.url) == expected
+
+
+def test_a_slow_receiver_is_bounded_per_attempt_and_overall() -> None:
+    with Origin() as origin:  # /hang answers only at teardown
+        started = time.monotonic()
+        result = deliver(origin.url("/hang"), attempts=50, timeout=0.2, deadline=1.0)
+        elapsed = time.monotonic() - started
+    assert not result.delivered and result.last_error.startswith("gave up after 1s in all")
+    assert 2 <= result.attempts < 50 and elapsed < 3
+
+
+def test_only_a_small_part_of_the_answer_is_read() -> None:
+    def endless(handler: Any) -> None:  # a 200 whose body never ends
+        send_chunked(handler, [b"x" * 65536] * 10_000)
+
+    def error_page(handler: Any) -> None:
+        reply(handler, 500, b"<html>" + b"e" * 100_000)
+
+    with Origin(extra={"/endless": endless, "/error": error_page}) as origin:
+        started = time.monotonic()
+        assert deliver(origin.url("/endless")) == CallbackResult(delivered=True, attempts=1, last_error="")
+        assert time.monotonic() - started < 2
+        failed = deliver(origin.url("/error"), attempts=2)
+    assert failed == CallbackResult(delivered=False, attempts=2, last_error="HTTP 500 Internal Server Error")
+    assert MAX_RESPONSE_BYTES <= 4096
 
 
 # --- pure parts -------------------------------------------------------------------------------------------------
@@ -170,10 +240,9 @@ def test_shared_client_is_left_open(receiver: Receiver) -> None:
 def test_signature_is_hmac_sha256_of_the_exact_body() -> None:
     body = encode_body({"b": 1, "a": "é"})
     assert body == '{"b":1,"a":"é"}'.encode()
-    # RFC 4231 test case 2
-    assert sign_body(b"what do ya want for nothing?", "Jefe") == (
-        "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-    )
+    # The HMAC input is "<timestamp>.<body>", keyed by the token.
+    expected = hmac.new(b"Jefe", b"1700000000.what do ya want for nothing?", hashlib.sha256).hexdigest()
+    assert sign_body(b"what do ya want for nothing?", "Jefe", "1700000000") == f"sha256={expected}"
 
 
 def test_retryable_statuses() -> None:

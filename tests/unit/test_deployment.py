@@ -149,9 +149,42 @@ def test_names_stay_valid_service_names() -> None:
 
 
 def test_agent_access_is_namespaced_and_has_no_wildcards() -> None:
-    account, role, binding = build_agent_access("gen", "sdtask-agent")
+    policy, account, role, binding = build_agent_access("gen", "sdtask-agent")
+    assert policy["kind"] == "NetworkPolicy"
     assert (account["kind"], role["kind"], binding["kind"]) == ("ServiceAccount", "Role", "RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sdtask-agent", "namespace": "gen"}]
     for rule in AGENT_RULES:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
     assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]} in AGENT_RULES
+
+
+def test_nothing_in_the_cluster_reaches_the_runtime_pods_web_ui() -> None:
+    policy = build_agent_access("gen", "sdtask-agent")[0]
+    assert policy["metadata"]["namespace"] == "gen"
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and policy["spec"]["ingress"] == []  # deny all ingress
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    pod_labels = build_deployment(runtime(), 1, SETTINGS)["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()  # it selects the runtime's pods
+
+
+def test_the_api_token_is_mounted_in_the_agent_only() -> None:
+    deployment = build_deployment(runtime(), 1, SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    mounts = {name: [m["mountPath"] for m in c["volumeMounts"]] for name, c in containers(deployment).items()}
+    token_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert token_dir in mounts["agent"] and token_dir not in mounts["webui"]
+    for init in pod.get("initContainers", []):
+        assert token_dir not in [m["mountPath"] for m in init["volumeMounts"]]
+    token = next(v for v in pod["volumes"] if v["name"] == "agent-token")["projected"]["sources"]
+    assert token[0]["serviceAccountToken"] == {"path": "token", "expirationSeconds": 3607}
+    assert containers(deployment)["webui"]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_agents_get_the_operators_callback_policy_and_the_link_limits() -> None:
+    settings = OperatorSettings(allow_private_callbacks=False, allowed_callback_hosts=frozenset({"hooks.internal"}))
+    limited = runtime(agent={"maxLinks": 3, "allowedS3Prefixes": ["s3://in/x/"]})
+    env = {e["name"]: e.get("value") for e in containers(build_deployment(limited, 1, settings))["agent"]["env"]}
+    assert env["SDTASK_ALLOW_PRIVATE_CALLBACKS"] == "false"
+    assert env["SDTASK_ALLOWED_CALLBACK_HOSTS"] == "hooks.internal"
+    assert (env["SDTASK_MAX_LINKS"], env["SDTASK_ALLOWED_S3_PREFIXES"]) == ("3", "s3://in/x/")

@@ -1,30 +1,30 @@
-"""Links: detection, replacement by base64, and the real fetchers against local servers (http.server, moto)."""
+"""Links: detection, replacement by base64 within the task's limits, taking inlined data out again, the address
+policy and the S3 allow-list (all pure; the fetchers are tested in test_fetcher.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import ipaddress
-import socket
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 
-from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
+from sdtask.addresses import AddressPolicy, address_refusal, canonical_host
 from sdtask.links import (
+    ByteBudget,
     LinkError,
-    LinkFetcher,
+    LinkLimitError,
+    LinkLimits,
     LinkRef,
-    address_refusal,
     find_links,
+    inline_links,
     is_link,
     redact_url,
     replace_links,
+    restore_links,
+    s3_link_refusal,
 )
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"cat" * 10
@@ -123,7 +123,7 @@ def test_replace_links_fetches_each_url_once_and_does_not_mutate() -> None:
     original = content_with_links()
     calls: Counter[str] = Counter()
 
-    async def fetch(url: str) -> bytes:
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
         calls[url] += 1
         return url.encode()
 
@@ -147,7 +147,7 @@ def test_replace_links_bounds_concurrency() -> None:
     in_flight = 0
     peak = 0
 
-    async def fetch(url: str) -> bytes:
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
@@ -163,7 +163,7 @@ def test_replace_links_bounds_concurrency() -> None:
 def test_replace_links_without_links_is_a_plain_copy() -> None:
     content = {"prompt": "a cat", "nested": [{"a": 1}]}
 
-    async def fetch(url: str) -> bytes:
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
         raise AssertionError("nothing to fetch")
 
     result = asyncio.run(replace_links(content, fetch))
@@ -174,7 +174,7 @@ def test_first_failure_is_a_link_error_and_cancels_the_rest() -> None:
     content = {"init_images": ["https://example.com/bad.png", "https://example.com/slow.png"]}
     slow_cancelled = False
 
-    async def fetch(url: str) -> bytes:
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
         nonlocal slow_cancelled
         if url.endswith("bad.png"):
             raise LinkError(url, "HTTP 404 Not Found")
@@ -192,7 +192,7 @@ def test_first_failure_is_a_link_error_and_cancels_the_rest() -> None:
 
 
 def test_unexpected_fetch_errors_become_link_errors() -> None:
-    async def fetch(url: str) -> bytes:
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
         raise RuntimeError("disk full")
 
     with pytest.raises(LinkError, match=r"cannot fetch s3://b/k: RuntimeError: disk full"):
@@ -226,8 +226,22 @@ def test_error_text_masks_credentials_and_query_values() -> None:
         ("0.0.0.0", "unspecified"),
         ("::", "unspecified"),
         ("240.0.0.1", "reserved"),
-        ("::ffff:10.0.0.5", "private"),
-        ("100.64.0.1", "non-public"),
+        ("::ffff:10.0.0.5", "IPv4-mapped"),
+        ("::ffff:127.0.0.1", "127.0.0.1 is a loopback"),
+        ("::ffff:8.8.8.8", "IPv4-mapped"),
+        ("::127.0.0.1", "IPv4-compatible"),
+        ("2002:7f00:1::1", "6to4 address embedding 127.0.0.1, a loopback"),
+        ("2002:a9fe:a9fe::", "6to4 address embedding 169.254.169.254, a link-local"),
+        ("2002:0a00:0005::1", "6to4 address embedding 10.0.0.5, a private"),
+        ("64:ff9b::a9fe:a9fe", "NAT64"),
+        ("64:ff9b:1::1", "local NAT64"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+        ("fec0::1", "site-local"),
+        ("fd00::1", "unique local"),
+        ("100.64.0.1", "carrier-grade NAT"),
+        ("192.0.2.1", "private"),
+        ("198.18.0.1", "private"),
+        ("255.255.255.255", "reserved"),
     ],
 )
 def test_refused_addresses(address: str, kind: str) -> None:
@@ -235,289 +249,124 @@ def test_refused_addresses(address: str, kind: str) -> None:
     assert refusal is not None and kind in refusal
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700::1111"])
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "2002:808:808::1"])
 def test_public_addresses_pass(address: str) -> None:
     assert address_refusal(ipaddress.ip_address(address)) is None
 
 
-def test_private_literals_are_refused_without_connecting() -> None:
-    requests: list[httpx.Request] = []
-
-    def record(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return httpx.Response(200, content=PNG)
-
-    async def attempt(url: str) -> str:
-        async with LinkFetcher(http_transport=httpx.MockTransport(record)) as fetcher:
-            with pytest.raises(LinkError) as caught:
-                await fetcher.fetch(url)
-            return str(caught.value)
-
-    metadata = asyncio.run(attempt("http://169.254.169.254/latest/meta-data/"))
-    assert "refused: 169.254.169.254 is a link-local address" in metadata
-    private = asyncio.run(attempt("http://10.0.0.5/cat.png"))
-    assert private.endswith("refused: 10.0.0.5 is a private address; set allowPrivateLinks to allow")
-    assert "fe80::1 is a link-local" in asyncio.run(attempt("https://[fe80::1]/x"))
-    assert requests == []
-
-
-def test_a_resolved_name_is_pinned_to_the_checked_address() -> None:
-    """The connection goes to the address that passed the policy (no second lookup an attacker could rebind), while
-    the Host header and the TLS name stay the URL's."""
-    seen: list[httpx.Request] = []
-
-    def record(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, content=PNG)
-
-    async def resolver(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        assert (host, port) == ("images.example.com", 443)
-        return [ipaddress.ip_address("93.184.216.34")]
-
-    async def run() -> bytes:
-        transport = httpx.MockTransport(record)
-        async with LinkFetcher(http_transport=transport, resolver=resolver) as fetcher:
-            return await fetcher.fetch("https://images.example.com/cat.png?v=1")
-
-    assert asyncio.run(run()) == PNG
-    (request,) = seen
-    assert str(request.url) == "https://93.184.216.34/cat.png?v=1"
-    assert request.headers["Host"] == "images.example.com"
-    assert request.extensions["sni_hostname"] == "images.example.com"
-
-
-def test_a_name_with_any_private_address_is_refused() -> None:
-    async def resolver(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        return [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.1.2.3")]
-
-    async def run() -> None:
-        transport = httpx.MockTransport(lambda request: httpx.Response(200))
-        async with LinkFetcher(http_transport=transport, resolver=resolver) as fetcher:
-            await fetcher.fetch("http://rebind.example.com/x")
-
-    with pytest.raises(LinkError, match=r"refused: rebind.example.com resolves to 10.1.2.3, which is a private"):
-        asyncio.run(run())
-
-
-# --- LinkFetcher over http --------------------------------------------------------------------------------------
-
-
-class Origin:
-    """A local web server; counts hits per path."""
-
-    def __init__(self) -> None:
-        self.hits: Counter[str] = Counter()
-        self.release = threading.Event()
-        handler = self._handler_class()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        origin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                origin.hits[self.path] += 1
-                origin.route(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def route(self, handler: BaseHTTPRequestHandler) -> None:
-        path = handler.path
-        if path == "/cat.png":
-            _reply(handler, 200, PNG, {"Content-Type": "image/png"})
-        elif path == "/empty":
-            _reply(handler, 200, b"")
-        elif path == "/big-announced":
-            _reply(handler, 200, b"x" * (CAP + 1))
-        elif path == "/big-chunked":
-            _send_chunked(handler, [b"x" * 512] * 4)
-        elif path == "/exact":
-            _send_chunked(handler, [b"x" * 512, b"y" * 512])
-        elif path.startswith("/redirect-to?"):
-            _reply(handler, 302, b"", {"Location": path.split("?", 1)[1]})
-        elif path == "/loop":
-            _reply(handler, 307, b"", {"Location": "/loop"})
-        elif path == "/hang":
-            self.release.wait(timeout=10)  # released at teardown: the client gives up first
-            _reply(handler, 200, PNG)
-        else:
-            _reply(handler, 404, b"not here")
-
-
-def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-    handler.send_response(status)
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
-def _send_chunked(handler: BaseHTTPRequestHandler, chunks: list[bytes]) -> None:
-    """No Content-Length: only counting while reading can enforce the cap."""
-    handler.send_response(200)
-    handler.send_header("Transfer-Encoding", "chunked")
-    handler.end_headers()
-    try:
-        for chunk in chunks:
-            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        handler.wfile.write(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the client hung up once over the cap
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    server = Origin()
-    server.thread.start()
-    yield server
-    server.release.set()
-    server.server.shutdown()
-    server.server.server_close()
-
-
-def fetch(url: str, **options: Any) -> bytes:
-    async def run() -> bytes:
-        async with LinkFetcher(max_bytes=CAP, **options) as fetcher:
-            return await fetcher.fetch(url)
-
-    return asyncio.run(run())
-
-
-def fetch_error(url: str, **options: Any) -> str:
-    with pytest.raises(LinkError) as caught:
-        fetch(url, **options)
-    return caught.value.reason
-
-
-def closed_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-LOCAL: dict[str, Any] = {"allowed_hosts": frozenset({"127.0.0.1"})}
-
-
-def test_fetches_an_allowed_host(origin: Origin) -> None:
-    assert fetch(origin.url("/cat.png"), **LOCAL) == PNG
-    assert fetch(origin.url("/cat.png"), allow_private=True) == PNG
-
-
-def test_loopback_is_refused_by_default_without_connecting(origin: Origin) -> None:
-    reason = fetch_error(origin.url("/cat.png"))
-    assert reason == "refused: 127.0.0.1 is a loopback address; set allowPrivateLinks to allow"
-    by_name = fetch_error(origin.url("/cat.png", host="localhost"))
-    assert by_name.startswith("refused: localhost resolves to ") and "loopback" in by_name
-    assert origin.hits["/cat.png"] == 0
-
-
-def test_allowed_host_names_are_matched_case_insensitively(origin: Origin) -> None:
-    assert fetch(origin.url("/cat.png", host="LocalHost"), allowed_hosts=frozenset({"localhost."})) == PNG
-
-
-def test_size_cap_from_content_length_and_while_streaming(origin: Origin) -> None:
-    assert "is 1025 bytes, over the 1024-byte limit" in fetch_error(origin.url("/big-announced"), **LOCAL)
-    assert "over the 1024-byte limit" in fetch_error(origin.url("/big-chunked"), **LOCAL)
-    assert fetch(origin.url("/exact"), **LOCAL) == b"x" * 512 + b"y" * 512
-
-
-def test_http_errors_name_the_status(origin: Origin) -> None:
-    assert fetch_error(origin.url("/missing.png"), **LOCAL) == "HTTP 404 Not Found"
-    assert fetch_error(origin.url("/empty"), **LOCAL) == "the link points to an empty file"
-
-
-def test_redirects_are_followed_and_every_hop_is_checked(origin: Origin) -> None:
-    assert fetch(origin.url("/redirect-to?/cat.png"), **LOCAL) == PNG
-    assert "too many redirects" in fetch_error(origin.url("/loop"), **LOCAL)
-    assert origin.hits["/loop"] == 6
-    metadata = fetch_error(origin.url("/redirect-to?http://169.254.169.254/latest/meta-data/"), **LOCAL)
-    assert metadata.startswith("refused: 169.254.169.254 is a link-local address")
-    renamed = fetch_error(origin.url(f"/redirect-to?http://localhost:{origin.port}/cat.png"), **LOCAL)
-    assert renamed.startswith("refused: localhost resolves to")
-    assert "unsupported scheme" in fetch_error(origin.url("/redirect-to?file:///etc/passwd"), **LOCAL)
-    assert origin.hits["/cat.png"] == 1
-
-
-def test_connection_errors_and_timeouts(origin: Origin) -> None:
-    assert fetch_error(f"http://127.0.0.1:{closed_port()}/x", **LOCAL).startswith("connection failed")
-    assert fetch_error(origin.url("/hang"), timeout=0.2, **LOCAL) == "read timed out after 0.2s"
-    assert fetch_error(origin.url("/hang"), timeout=5, total_timeout=0.2, **LOCAL) == "timed out after 0.2s overall"
-
-
-def test_unresolvable_host() -> None:
-    assert fetch_error("http://nonexistent.invalid/x").startswith("cannot resolve host 'nonexistent.invalid'")
-
-
-# --- LinkFetcher over s3 ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3(s3_endpoint: str) -> S3Client:
-    client = make_s3_client(S3Settings(s3_endpoint, "us-east-1", "testing", "testing"))
-    client.create_bucket(Bucket="inputs")
-    client.put_object(Bucket="inputs", Key="masks/mask.png", Body=PNG)
-    client.put_object(Bucket="inputs", Key="big.bin", Body=b"x" * (CAP + 1))
-    return client
-
-
-def test_s3_links_use_the_configured_endpoint_even_on_loopback(s3: S3Client) -> None:
-    assert fetch("s3://inputs/masks/mask.png", s3_client_factory=lambda: s3) == PNG
-
-
-@pytest.mark.parametrize(
-    ("url", "reason"),
-    [
-        ("s3://inputs/nope.png", "no such key"),
-        ("s3://no-such-bucket/x.png", "no such bucket"),
-        ("s3://inputs/big.bin", "s3://inputs/big.bin is 1025 bytes, over the 1024-byte limit"),
-        ("s3://inputs", "no object key"),
-    ],
-)
-def test_s3_errors(s3: S3Client, url: str, reason: str) -> None:
-    assert reason in fetch_error(url, s3_client_factory=lambda: s3)
-
-
-def test_s3_endpoint_down() -> None:
-    settings = S3Settings(f"http://127.0.0.1:{closed_port()}", "us-east-1", "testing", "testing", max_attempts=1)
-    reason = fetch_error("s3://inputs/masks/mask.png", s3_client_factory=lambda: make_s3_client(settings))
-    assert reason.startswith("S3 unreachable or misconfigured: Could not connect to the endpoint URL")
-
-
-def test_s3_links_need_a_client() -> None:
-    assert fetch_error("s3://inputs/masks/mask.png") == "s3 links are not enabled (no S3 client configured)"
-
-    def broken_factory() -> S3Client:
-        raise ValueError("Invalid endpoint: htp:/nope")
-
-    reason = fetch_error("s3://inputs/masks/mask.png", s3_client_factory=broken_factory)
-    assert reason == "ValueError: Invalid endpoint: htp:/nope"
-
-
-def test_replace_links_end_to_end(origin: Origin, s3: S3Client) -> None:
-    content = {
-        "init_images": [origin.url("/cat.png")],
-        "alwayson_scripts": {
-            "controlnet": {"args": [{"image": origin.url("/cat.png"), "mask": "s3://inputs/masks/mask.png"}]}
-        },
+def test_a_name_is_judged_by_every_address_it_resolves_to() -> None:
+    policy = AddressPolicy()
+    public, private = ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.1.2.3")
+    assert policy.refusal("images.example.com", [public]) is None
+    refusal = policy.refusal("rebind.example.com", [public, private])
+    assert refusal == (
+        "refused: rebind.example.com resolves to 10.1.2.3, which is a private address; set allowPrivateLinks to allow"
+    )
+    assert policy.refusal("10.1.2.3", [private]) == (
+        "refused: 10.1.2.3 is a private address; set allowPrivateLinks to allow"
+    )
+    assert policy.refusal("empty.example.com", []) == "host 'empty.example.com' has no address"
+
+
+def test_allowed_hosts_are_compared_in_the_wire_encoding() -> None:
+    loopback = [ipaddress.ip_address("127.0.0.1")]
+    policy = AddressPolicy(allowed_hosts=frozenset({"Bücher.Example.", "[::1]"}), setting="allowPrivateCallbacks")
+    assert canonical_host("BÜCHER.example") == "xn--bcher-kva.example"
+    assert policy.refusal("xn--bcher-kva.example", loopback) is None  # what the HTTP client connects to
+    assert policy.refusal("bücher.example", loopback) is None
+    assert policy.refusal("::1", [ipaddress.ip_address("::1")]) is None
+    assert "set allowPrivateCallbacks to allow" in (policy.refusal("buecher.example", loopback) or "")
+    assert AddressPolicy(allow_private=True).refusal("anything", loopback) is None
+
+
+# --- limits of a task's links -------------------------------------------------------------------------------------
+
+
+async def _charging_fetch(url: str, budget: ByteBudget) -> bytes:
+    data = b"x" * 600
+    for _start in range(0, len(data), 100):
+        budget.take(100)  # as a streaming fetcher does, piece by piece
+    return data
+
+
+def test_link_count_is_capped_before_anything_is_fetched() -> None:
+    content = {"init_images": [f"https://example.com/{i}.png" for i in range(17)]}
+    fetched: list[str] = []
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        fetched.append(url)
+        return b"x"
+
+    with pytest.raises(LinkLimitError) as caught:
+        asyncio.run(replace_links(content, fetch, limits=LinkLimits(max_links=16)))
+    assert str(caught.value) == "the task has 17 links, over the limit of 16"
+    assert fetched == []
+    same_url_twice = {"init_images": ["https://example.com/a.png"] * 40}
+    assert asyncio.run(replace_links(same_url_twice, fetch, limits=LinkLimits(max_links=1)))
+
+
+def test_total_bytes_are_capped_while_downloading() -> None:
+    content = {"init_images": [f"https://example.com/{i}.png" for i in range(3)]}
+    with pytest.raises(LinkLimitError, match=r"over the 1000-byte total limit"):
+        asyncio.run(replace_links(content, _charging_fetch, limits=LinkLimits(max_total_bytes=1000)))
+    assert asyncio.run(replace_links(content, _charging_fetch, limits=LinkLimits(max_total_bytes=1800)))
+
+    async def uncharging(url: str, budget: ByteBudget) -> bytes:
+        return b"x" * 600
+
+    with pytest.raises(LinkLimitError, match=r"over the 1000-byte total limit"):  # the backstop
+        asyncio.run(replace_links(content, uncharging, limits=LinkLimits(max_total_bytes=1000)))
+
+
+def test_the_link_phase_lives_within_its_time_budget() -> None:
+    content = {"init_images": [f"https://example.com/{i}.png" for i in range(20)]}
+
+    async def slow(url: str, budget: ByteBudget) -> bytes:
+        await asyncio.sleep(0.05)  # each link within any per-link timeout; together they are too slow
+        return b"x"
+
+    with pytest.raises(LinkLimitError) as caught:
+        asyncio.run(replace_links(content, slow, limits=LinkLimits(max_links=20, seconds=0.12), max_concurrency=1))
+    assert str(caught.value) == "fetching the task's links took longer than 0.12s in all"
+
+
+def test_inlined_link_data_is_taken_out_of_what_is_stored() -> None:
+    secret = b"\x89PNG other team's image"
+    content = {"init_images": ["s3://inputs/cat.png?x=1", "aGVsbG8="], "mask": "https://example.com/m.png?sig=abc"}
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        return secret if url.startswith("s3") else b"mask bytes"
+
+    inlined = asyncio.run(inline_links(content, fetch))
+    data = b64(secret)
+    assert inlined.content["init_images"][0] == data
+    # What the Web UI echoes in `parameters`, in the forms it may take:
+    echo = {
+        "init_images": [data, "aGVsbG8="],
+        "mask": b64(b"mask bytes"),
+        "alwayson_scripts": {"controlnet": {"args": [{"image": f"data:image/png;base64,{data}"}]}},
+        "steps": 20,
     }
+    stored = restore_links(echo, inlined.sources)
+    text = repr(stored)
+    assert data not in text and b64(b"mask bytes") not in text
+    assert stored["init_images"] == ["s3://inputs/cat.png?x=1", "aGVsbG8="]  # the author's own inline data stays
+    assert stored["mask"] == "https://example.com/m.png?sig=***"  # signatures are secrets
+    assert stored["alwayson_scripts"]["controlnet"]["args"][0]["image"] == "data:image/png;base64,s3://inputs/cat.png?x=1"
+    assert stored["steps"] == 20
+    assert restore_links(echo, {}) is echo
 
-    async def run() -> Any:
-        async with LinkFetcher(s3_client_factory=lambda: s3, **LOCAL) as fetcher:
-            return await replace_links(content, fetcher.fetch)
 
-    result = asyncio.run(run())
-    assert result["init_images"] == [b64(PNG)]
-    assert result["alwayson_scripts"]["controlnet"]["args"][0] == {"image": b64(PNG), "mask": b64(PNG)}
-    assert origin.hits["/cat.png"] == 1
+# --- the S3 allow-list --------------------------------------------------------------------------------------------
+
+
+def test_s3_links_are_read_only_under_allowed_prefixes() -> None:
+    allowed = ("s3://inputs/shared/", "s3://sdtask-outputs", "s3://models/sd/")
+    assert s3_link_refusal("inputs", "shared/cat.png", allowed) is None
+    assert s3_link_refusal("sdtask-outputs", "in/cat.png", allowed) is None
+    assert s3_link_refusal("models", "sd/v1-5.safetensors", allowed) is None
+    refusal = s3_link_refusal("inputs", "private/payroll.csv", allowed)
+    assert refusal is not None and refusal.startswith("refused: s3://inputs/private/payroll.csv is outside")
+    assert s3_link_refusal("inputs-2", "shared/cat.png", allowed) is not None  # bucket names match whole
+    assert "(none)" in (s3_link_refusal("inputs", "shared/cat.png", ()) or "")

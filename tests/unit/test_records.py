@@ -75,3 +75,14 @@ def test_animatediff_videos_are_never_taken_for_a_grid() -> None:
     assert makes_videos(payload) and not makes_videos({"alwayson_scripts": {"animatediff": {"args": [{}]}}})
     answer = response(["gif", "mp4"], index_of_first_image=1)
     assert result_images(answer, videos=True) == ["gif", "mp4"]
+
+
+def test_a_success_record_is_recognised_in_both_layouts() -> None:
+    from sdtask.records import is_success_record
+
+    ours_ok = {"id": "t", "images": ["s3://b/p/t/image-1.png"], "error": None}
+    ours_failed = {"id": "t", "images": [], "error": {"reason": "Timeout", "message": "..."}}
+    legacy_ok = {"images": [""], "parameters": {"id_task": "t", "image_seed": "1", "error_msg": ""}, "info": ""}
+    legacy_failed = {"images": [""], "parameters": {"id_task": "t", "status": 0, "error_msg": "x"}, "info": ""}
+    assert is_success_record(ours_ok) and is_success_record(legacy_ok)
+    assert not any(is_success_record(r) for r in (ours_failed, legacy_failed, None, "x", {}))

@@ -118,6 +118,10 @@ sdtask/deployment.py), which the operator creates in each runtime namespace.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [create, patch]
+# The NetworkPolicy closing the runtime pods' ports in each runtime namespace (build_agent_access): server-side apply.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch]
 # The token of a task's callback (spec.callback.secretRef) when the operator ends a task itself; part of the agent's
 # Role too. get only: the operator can read a Secret it is named, but cannot list or watch Secrets.
 - apiGroups: [""]

@@ -16,9 +16,11 @@ from typing import Any
 from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
 from sdtask.agent.progress import ProgressReporter
+from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
+from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube
-from sdtask.clients.s3 import describe_s3_error, put_json, put_object
+from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
@@ -28,15 +30,23 @@ from sdtask.clients.webui import (
     WebUIUnavailable,
     match_checkpoint,
 )
-from sdtask.completion import CallbackPolicy, Outcome, announce_start, end_failed_attempt, finish_task, is_legacy
+from sdtask.completion import (
+    CallbackPolicy,
+    Outcome,
+    announce_start,
+    end_failed_attempt,
+    finish_task,
+    is_legacy,
+    running_on,
+)
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
-from sdtask.links import LinkError, LinkFetcher, replace_links
+from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
 from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
-from sdtask.records import RecordContext, failure_record, result_images, success_record
+from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
 from sdtask.request import makes_videos, prepare_payload
 
 log = logging.getLogger(__name__)
@@ -86,18 +96,27 @@ class TaskExecution:
         self._free: asyncio.Event | None = None  # set when the Web UI is done with the current task
         self._background: set[asyncio.Task[bool]] = set()  # start callbacks in flight
         self.cancelled = ""
+        # The operator's callback policy (from the pod env), not the runtime's link policy.
         self.callbacks = CallbackPolicy(
-            allow_private=settings.allow_private_links,
-            allowed_hosts=settings.allowed_link_hosts,
+            allow_private=settings.allow_private_callbacks,
+            allowed_hosts=settings.allowed_callback_hosts,
             attempts=settings.callback_attempts,
             base_delay=settings.callback_base_delay_seconds,
         )
+        self.outbox = CallbackOutbox(kube, self.callbacks, COMPONENT)
+        self._inlined: dict[str, str] = {}  # base64 -> link of the current task's inputs, kept out of the record
+        self.generating = False
+        self.finishing = False
 
     async def cancel(self, uid: str) -> None:
-        """The task was deleted: stop its generation now, so the GPU is free for the next task."""
-        if uid and uid == self.current:
+        """The task was deleted or ended elsewhere: stop its generation now, so the GPU is free for the next task.
+
+        Not once this agent is writing the task's end itself (its own write is what the watch reports), and the Web
+        UI is interrupted only while it generates (an idle Web UI has nothing to stop)."""
+        if uid and uid == self.current and not self.finishing:
             self.cancelled = uid
-            await self.webui.interrupt()
+            if self.generating:
+                await self.webui.interrupt()
 
     async def execute(self, task: dict[str, Any], webui_free: asyncio.Event | None = None) -> Phase | None:
         """Run one task to its end; None when it was cancelled (deleted) on the way.
@@ -108,13 +127,15 @@ class TaskExecution:
         uid = task["metadata"].get("uid", "")
         self.current, self.cancelled = uid, ""
         self._free = webui_free
+        self._inlined, self.generating, self.finishing = {}, False, False
         meta = task["metadata"]
         agent_metrics.BUSY.set(1)
         try:
             with log_context(namespace=meta.get("namespace"), task=meta.get("name"), runtime=self.settings.runtime):
                 log.info("task %s started", meta.get("name"))
                 phase = await self._execute(task)
-                log.info("task %s ended: %s", meta.get("name"), phase.value)
+                ended = phase.value if phase else "not written (the task left Running)"
+                log.info("task %s ended: %s", meta.get("name"), ended)
                 return phase
         except CancelledTask:
             log.info("task %s was deleted: cancelled", task["metadata"]["name"])
@@ -134,10 +155,36 @@ class TaskExecution:
         if self.cancelled and self.cancelled == self.current:
             raise CancelledTask()
 
-    async def _execute(self, task: dict[str, Any]) -> Phase:
-        uid, free, generated = task["metadata"].get("uid", ""), self._free, False
+    async def _execute(self, task: dict[str, Any]) -> Phase | None:
         started = dt.datetime.now(dt.UTC)
-        task = await self._mark_running(task, started)
+        retaken = (task.get("status") or {}).get("phase") == Phase.RUNNING.value
+        task = await self._mark_running(task, started, retaken)
+        if retaken and self._retries_exhausted(task):
+            attempts = task["status"]["attempts"]
+            return await self._fail(
+                task,
+                AttemptFailed(
+                    "AgentRestarted",
+                    f"the agent restarted during the task {attempts - 1} time(s); no retries left",
+                ),
+            )
+        try:
+            return await self._run(task, started)
+        except (CancelledTask, asyncio.CancelledError):
+            raise
+        except Exception as error:  # a bug or hostile input must end the attempt, never leave the pod busy for good
+            log.exception("task %s: unexpected error", task["metadata"]["name"])
+            text = f"the agent failed: {type(error).__name__}: {error}"[:1000]
+            failure = AttemptFailed("InternalError", text, retryable=True)
+            return await self._fail(task, failure)
+
+    def _retries_exhausted(self, task: dict[str, Any]) -> bool:
+        spec, status = task.get("spec") or {}, task.get("status") or {}
+        max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
+        return int(status.get("attempts") or 1) > max_retries + 1
+
+    async def _run(self, task: dict[str, Any], started: dt.datetime) -> Phase | None:
+        uid, free, generated = task["metadata"].get("uid", ""), self._free, False
         metadata = task["spec"]["task"]["metadata"]
         try:
             prefix = validate_key_part(str(metadata.get("prefix", "")), "prefix")
@@ -166,13 +213,24 @@ class TaskExecution:
             outputs.record,
             model,
         )
-        await finish_task(self.kube, task, outcome, COMPONENT, self.callbacks)
+        # Only while the task is still Running here: a deadline failure written meanwhile is never overwritten.
+        self.generating, self.finishing = False, True
+        written = await finish_task(
+            self.kube, task, outcome, COMPONENT, self.callbacks, self.outbox, running_on(self.settings.pod_name)
+        )
+        if written is None:
+            return None
         return Phase.SUCCEEDED
 
     # --- steps --------------------------------------------------------------------------------------------------------
-    async def _mark_running(self, task: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    async def _mark_running(self, task: dict[str, Any], now: dt.datetime, retaken: bool) -> dict[str, Any]:
+        """Running on this pod. A task this pod's agent takes while it is already Running here was cut by an agent
+        restart: that counts as a new attempt, so a task that kills its agent runs at most maxRetries + 1 times."""
         meta, status = task["metadata"], task.get("status") or {}
-        message = f"running on pod {self.settings.pod_name} (attempt {status.get('attempts', 1)})"
+        attempts = int(status.get("attempts") or 1) + (1 if retaken else 0)
+        message = f"running on pod {self.settings.pod_name} (attempt {attempts})"
+        if retaken:
+            message += " after an agent restart"
         conditions = set_condition(status.get("conditions"), "Running", True, "Started", message, now)
         patch = {
             "phase": Phase.RUNNING.value,
@@ -180,11 +238,14 @@ class TaskExecution:
             "message": message,
             # Microseconds: tasks started within one second still order (whole seconds elsewhere, as Kubernetes).
             "startTime": now.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "attempts": attempts,
             "conditions": conditions,
         }
-        # Guarded by the resourceVersion this agent saw: a task the operator took back meanwhile (409) is not run.
-        # No Event: the Running condition says it (Events are for outcomes and problems).
-        updated = await self.kube.patch_task_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
+        # Only while the task is still ours (Scheduled or Running on this pod), with the version that was checked:
+        # a task the operator took back meanwhile (409) is not run. No Event: the Running condition says it.
+        updated = await self.kube.patch_task_status(
+            meta["namespace"], meta["name"], patch, meta.get("resourceVersion")
+        )
         attempt = int(status.get("attempts") or 1)
         # The opt-in start callback goes in the background: it never delays the generation.
         announcing = asyncio.create_task(
@@ -203,19 +264,27 @@ class TaskExecution:
             call = prepare_payload(str(request["metadata"].get("tasktype", "")), dict(request.get("content") or {}))
         except ValueError as error:
             raise AttemptFailed("InvalidTask", str(error)) from None
+        timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
+        limits = LinkLimits(
+            max_links=self.settings.max_links,
+            max_total_bytes=self.settings.max_total_download_bytes,
+            seconds=timeout,  # the links live within the attempt's time, like everything else
+        )
         try:
-            payload = await replace_links(call.payload, self.fetcher.fetch)
+            inlined = await inline_links(call.payload, self.fetcher.fetch, limits=limits)
         except LinkError as error:
             raise AttemptFailed("LinkFailed", f"could not fetch input: {error}") from None
+        payload, self._inlined = inlined.content, inlined.sources
         wanted = (task.get("status") or {}).get("model") or call.checkpoint
         model = await self._ensure_model(wanted)
-        timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
+        timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
         meta = task["metadata"]
 
         async def write_progress(patch: dict[str, Any]) -> None:
             await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
 
+        self.generating = True
         try:
             async with ProgressReporter(
                 self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds
@@ -229,6 +298,8 @@ class TaskExecution:
             raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
         except WebUIError as error:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
+        finally:
+            self.generating = False
         images = result_images(response, videos=makes_videos(payload))
         if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
@@ -320,6 +391,7 @@ class TaskExecution:
         model: str | None,
         started: dt.datetime,
     ) -> StoredOutputs:
+        inlined = self._inlined  # this task's: the next task's execute replaces the attribute while this one stores
         bucket = self.settings.output_bucket
         uris = []
         uploads = []
@@ -334,7 +406,10 @@ class TaskExecution:
                 uploads.append(put_object(self.s3, bucket, key, data, media.content_type))
                 uris.append(s3_uri(bucket, key))
             record = record_key(prefix, task_id)
-            body = success_record(self._context(task, started, model), uris, response, legacy=is_legacy(task))
+            stored = {**response, "parameters": restore_links(response.get("parameters"), inlined)}
+            if "info" in stored:
+                stored["info"] = restore_links(stored["info"], inlined)
+            body = success_record(self._context(task, started, model), uris, stored, legacy=is_legacy(task))
             # The keys are known before any upload: images and record go up at once (the status, written after,
             # is what tells a user they are complete).
             await asyncio.gather(*uploads, put_json(self.s3, bucket, record, body))
@@ -365,6 +440,10 @@ class TaskExecution:
         self, task: dict[str, Any], prefix: str, task_id: str, failure: AttemptFailed, started: dt.datetime
     ) -> None:
         try:
+            key = record_key(prefix, task_id)
+            if is_success_record(await get_json(self.s3, self.settings.output_bucket, key)):
+                log.info("task %s: an earlier success record stays; this failure is in the status", task_id)
+                return  # a failed re-run never erases a result that was delivered
             record = failure_record(
                 self._context(task, started, None),
                 failure.reason,
@@ -372,11 +451,12 @@ class TaskExecution:
                 failure.webui_error,
                 legacy=is_legacy(task),
             )
-            await put_json(self.s3, self.settings.output_bucket, record_key(prefix, task_id), record)
+            await put_json(self.s3, self.settings.output_bucket, key, record)
         except Exception as error:  # the record is a convenience; the status already carries the error
             log.warning("could not store the error record of %s: %s", task_id, describe_s3_error(error))
 
-    async def _fail(self, task: dict[str, Any], failure: AttemptFailed) -> Phase:
+    async def _fail(self, task: dict[str, Any], failure: AttemptFailed) -> Phase | None:
+        self.generating, self.finishing = False, True
         log.info("task %s failed: %s: %s", task["metadata"]["name"], failure.reason, failure.message)
         return await end_failed_attempt(
             self.kube,
@@ -387,4 +467,6 @@ class TaskExecution:
             backoff_seconds=self.settings.retry_backoff_seconds,
             component=COMPONENT,
             policy=self.callbacks,
+            outbox=self.outbox,
+            expect=running_on(self.settings.pod_name),
         )

@@ -18,14 +18,15 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from sdtask.addresses import AddressPolicy
 from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.execution import TaskExecution
+from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube, load_api_client
 from sdtask.clients.s3 import S3Settings, make_s3_client
 from sdtask.clients.webui import WebUIClient
 from sdtask.config import AgentSettings
 from sdtask.constants import LABEL_POD, Phase
-from sdtask.links import LinkFetcher
 from sdtask.logs import bind
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ class Agent:
         # The newest object the watch showed per queued task: the agent starts from it instead of reading the task
         # again (its Running patch is guarded by that object's resourceVersion, so a stale one costs a retry only).
         self.latest: dict[str, dict[str, Any]] = {}
-        # (uid, attempt) of the attempts this process started: the watch echoes our own patches, never run twice.
-        self.started: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        # uid -> attempt number of the tasks this process started: the watch echoes our own patches, never run twice.
+        self.started: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.stopping = threading.Event()
         self.busy_marker = Path(settings.state_dir) / "busy"
 
@@ -90,7 +91,7 @@ class Agent:
         """Start the task and return as soon as the Web UI is free again: its outputs are stored and reported in
         the background while the next task generates (at most MAX_FINISHING at once)."""
         task = self.latest.pop(name, None)
-        if task is None or not is_mine(task, self.settings.pod_name) or self._attempt(task) in self.started:
+        if task is None or not is_mine(task, self.settings.pod_name) or self._seen(task):
             return
         while len(self.finishing) >= MAX_FINISHING:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
@@ -117,7 +118,7 @@ class Agent:
                 if error.status != 409:
                     raise
                 # Changed since the watch showed it (the operator may have taken it back): read it and decide again.
-                self.started.pop(self._attempt(task), None)  # not started: the same attempt may come back to us
+                self._forget(task)  # not started: the same attempt may come back to us
                 task = await self.kube.get_task(self.settings.namespace, name)
                 if not is_mine(task, self.settings.pod_name):
                     log.info("task %s is no longer this pod's", name)
@@ -135,14 +136,23 @@ class Agent:
         finally:
             free.set()
 
-    @staticmethod
-    def _attempt(task: dict[str, Any]) -> tuple[str, int]:
-        return task["metadata"].get("uid", ""), int((task.get("status") or {}).get("attempts") or 0)
+    def _seen(self, task: dict[str, Any]) -> bool:
+        """Already started by this process: our own Running/Succeeded patches coming back, or an older attempt. A
+        new dispatch (a retry on this pod) has a higher attempt number and is run."""
+        status = task.get("status") or {}
+        uid = task["metadata"].get("uid", "")
+        if uid not in self.started:
+            return False
+        return status.get("phase") != "Scheduled" or int(status.get("attempts") or 0) <= self.started[uid]
 
     def _remember(self, task: dict[str, Any]) -> None:
-        self.started[self._attempt(task)] = None
+        self.started[task["metadata"].get("uid", "")] = int((task.get("status") or {}).get("attempts") or 0)
+        self.started.move_to_end(task["metadata"].get("uid", ""))
         while len(self.started) > 1000:
             self.started.popitem(last=False)
+
+    def _forget(self, task: dict[str, Any]) -> None:
+        self.started.pop(task["metadata"].get("uid", ""), None)
 
     def _set_busy(self, busy: bool) -> None:
         try:
@@ -193,15 +203,23 @@ class Agent:
     def _offer(self, loop: asyncio.AbstractEventLoop, task: dict[str, Any]) -> None:
         if is_mine(task, self.settings.pod_name):
             loop.call_soon_threadsafe(self._enqueue, task)
+        elif task["metadata"].get("uid") == self.execution.current and self._left_running(task):
+            # Ended or requeued by someone else (a deadline, the pod counted lost): stop its generation now, so the
+            # pod is not busy with a task that is over; nothing of it is uploaded or reported.
+            asyncio.run_coroutine_threadsafe(self.execution.cancel(task["metadata"]["uid"]), loop)
 
     def _enqueue(self, task: dict[str, Any]) -> None:
         """On the loop: a task queued once however many events show it, with the newest object."""
         name = task["metadata"]["name"]
-        if self._attempt(task) in self.started:
+        if self._seen(task):
             return  # our own Running/Succeeded patches coming back
         if name not in self.latest:
             self.ready.put_nowait(name)
         self.latest[name] = task
+
+    def _left_running(self, task: dict[str, Any]) -> bool:
+        status = task.get("status") or {}
+        return status.get("phase") != Phase.RUNNING.value or status.get("pod") != self.settings.pod_name
 
 
 async def run_agent(settings: AgentSettings) -> int:
@@ -221,12 +239,18 @@ async def run_agent(settings: AgentSettings) -> int:
             credentials=settings.webui_api_auth,
         ) as webui,
         LinkFetcher(
+            policy=AddressPolicy(settings.allow_private_links, settings.allowed_link_hosts),
             s3_client_factory=lambda: s3,
+            s3_prefixes=settings.s3_link_prefixes(),
             max_bytes=settings.max_download_bytes,
-            allow_private=settings.allow_private_links,
-            allowed_hosts=settings.allowed_link_hosts,
+            observe=agent_metrics.link_fetched,
         ) as fetcher,
     ):
-        agent = Agent(settings, kube, TaskExecution(settings, kube, webui, s3, fetcher))
-        await agent.run(stop)
+        execution = TaskExecution(settings, kube, webui, s3, fetcher)
+        agent = Agent(settings, kube, execution)
+        try:
+            await agent.run(stop)
+        finally:
+            # Callbacks still queued get a bounded time; what is left stays Pending for the operator's redelivery.
+            await execution.outbox.close(timeout=10.0)
     return 0

@@ -37,6 +37,8 @@ DEFAULT_PORT = 7860
 DEFAULT_MODELS_MOUNT_PATH = "/models"
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 600
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_LINKS = 16
+DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES = 100 * 1024 * 1024
 
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -202,6 +204,22 @@ class AgentSpec(SpecModel):
     )
     max_download_bytes: int = Field(
         default=DEFAULT_MAX_DOWNLOAD_BYTES, description="Largest input image the agent downloads.", ge=1
+    )
+    max_links: int = Field(
+        default=DEFAULT_MAX_LINKS, description="Most distinct links one task may have downloaded.", ge=0, le=1000
+    )
+    max_total_download_bytes: int = Field(
+        default=DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES,
+        description="Bytes all links of one task may bring in together (the agent holds them in memory).",
+        ge=1,
+    )
+    allowed_s3_prefixes: list[str] | None = Field(
+        default=None,
+        description=(
+            "s3://bucket/prefix locations s3:// links may read with the runtime's credentials; when empty, only the "
+            "runtime's own output bucket and models.s3Prefix."
+        ),
+        json_schema_extra={"items": {"pattern": S3_URI_PATTERN}},
     )
     resources: dict[str, Any] | None = Field(
         default=None, description="Kubernetes ResourceRequirements of the agent container."

@@ -27,6 +27,10 @@ from .common import (
     cel_rules,
 )
 
+# Callback delivery: ten attempts with a back-off of 1, 2, 4, ... 60 s span about four minutes, within the callback's
+# deadline of five (clients/callback.py): a receiver down for a while still gets its callback.
+DEFAULT_CALLBACK_ATTEMPTS = 10
+
 # "extra-batch-image" is the old queue agent's spelling of extra-batch-images, accepted for compatibility.
 TaskType = Literal["image-to-image", "text-to-image", "extra-single-image", "extra-batch-images", "extra-batch-image"]
 TASK_TYPES: tuple[TaskType, ...] = (

@@ -13,7 +13,14 @@ import uuid
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes.client import (
+    ApiClient,
+    AppsV1Api,
+    CoreV1Api,
+    CustomObjectsApi,
+    NetworkingV1Api,
+    RbacAuthorizationV1Api,
+)
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.conditions import now_iso
@@ -57,6 +64,7 @@ class Kube:
         self.apps = AppsV1Api(client)
         self.custom = CustomObjectsApi(client)
         self.rbac = RbacAuthorizationV1Api(client)
+        self.networking = NetworkingV1Api(client)
         self.field_manager = field_manager
 
     # --- SDTask ---------------------------------------------------------------------------------------------------
@@ -146,6 +154,7 @@ class Kube:
             "ServiceAccount": self.core.patch_namespaced_service_account,
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
+            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
         }[kind]
         result = await asyncio.to_thread(
             method,
@@ -177,13 +186,19 @@ class Kube:
             if error.status != 404:  # a pod that just went away needs no annotation
                 raise
 
-    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+    async def read_secret_value(
+        self, namespace: str, name: str, key: str, required_label: str | None = None
+    ) -> str | None:
+        """The key's value; None when the Secret or key is missing, or lacks `required_label` = "true" (one answer
+        for all three, so a task can't probe which Secrets exist)."""
         try:
             secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
         except ApiException as error:
-            if error.status == 404:
+            if error.status in (403, 404):
                 return None
             raise
+        if required_label and ((secret.metadata.labels or {}).get(required_label) or "").lower() != "true":
+            return None
         data = (secret.data or {}).get(key)
         return base64.b64decode(data).decode() if data is not None else None
 

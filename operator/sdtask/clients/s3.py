@@ -24,7 +24,9 @@ __all__ = [
     "ObjectTooLarge",
     "S3Client",
     "S3Settings",
+    "claim_json",
     "describe_s3_error",
+    "get_json",
     "get_object_capped",
     "make_s3_client",
     "put_json",
@@ -100,6 +102,36 @@ async def put_json(client: S3Client, bucket: str, key: str, value: Any) -> None:
     """Store `value` as UTF-8 JSON (the `.out` record)."""
     body = json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")
     await put_object(client, bucket, key, body, JSON_CONTENT_TYPE)
+
+
+async def claim_json(client: S3Client, bucket: str, key: str, value: Any) -> Any:
+    """Create `key` holding `value` unless it exists (If-None-Match: *, atomic in S3); the value now stored.
+
+    Two writers racing for the same key both get the one that won.
+    """
+    body = json.dumps(value, sort_keys=True).encode("utf-8")
+    try:
+        await asyncio.to_thread(
+            client.put_object, Bucket=bucket, Key=key, Body=body, ContentType=JSON_CONTENT_TYPE, IfNoneMatch="*"
+        )
+        return value
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code"))
+        if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise
+    return json.loads(await get_object_capped(client, bucket, key, 64 * 1024))
+
+
+async def get_json(client: S3Client, bucket: str, key: str, max_bytes: int = 16 * 1024 * 1024) -> Any | None:
+    """The JSON stored at `key`, None when there is none (or it isn't JSON)."""
+    try:
+        return json.loads(await get_object_capped(client, bucket, key, max_bytes))
+    except ClientError as error:
+        if str(error.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+            return None
+        raise
+    except ValueError:
+        return None
 
 
 async def get_object_capped(client: S3Client, bucket: str, key: str, max_bytes: int) -> bytes:

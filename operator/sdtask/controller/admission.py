@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdtask.api import MAX_CONTENT_BYTES
+from sdtask.nesting import MAX_CONTENT_DEPTH, depth_exceeds
 from sdtask.request import requested_checkpoint
 from sdtask.routing import Route, RouteError, RuntimeInfo, route_task
 
@@ -26,10 +27,17 @@ class Rejected:
 
 def admit(spec: Mapping[str, Any], runtimes: list[RuntimeInfo]) -> Admitted | Rejected:
     task = spec.get("task") or {}
-    metadata = task.get("metadata") or {}
+    if not isinstance(task, dict):  # the CRD schema refuses it; kopf may still hand over what an older one let in
+        return Rejected("InvalidTask", "spec.task must be an object")
+    metadata: dict[str, Any] = task["metadata"] if isinstance(task.get("metadata"), dict) else {}
     content = task.get("content")
     if not isinstance(content, dict):
         return Rejected("InvalidTask", "spec.task.content must be an object")
+    # Before anything recursive (json.dumps below) touches it.
+    if depth_exceeds(content, MAX_CONTENT_DEPTH):
+        return Rejected(
+            "ContentTooDeep", f"spec.task.content is nested more than {MAX_CONTENT_DEPTH} levels deep; refused"
+        )
     size = len(json.dumps(content, separators=(",", ":")).encode())
     if size > MAX_CONTENT_BYTES:
         return Rejected(

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
+import sys
 from typing import Any
 
 import kopf
@@ -30,12 +31,14 @@ from sdtask.constants import (
     VERSION,
 )
 from sdtask.controller import metrics
+from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
 from sdtask.controller.tasks import Timers, admit_task, fail_orphans, next_housekeeping, run_due
 from sdtask.controller.views import pod_view, runtime_info, task_view
 from sdtask.deployment import deployment_name
 
 log = logging.getLogger(__name__)
+API_SERVER_MAX_JSON_DEPTH = 10_000
 
 
 def _state(memo: Any, namespace: str, runtime: str) -> RuntimeState:
@@ -50,6 +53,11 @@ def _wake(memo: Any, namespace: str | None, runtime: str | None) -> None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf decodes each watch event with json.loads, which fails near 1,000 levels of nesting at the default limit:
+    # one deeply nested task would then break the watch of every task. The API server accepts JSON up to 10,000
+    # levels (Go's decoder limit), so the operator must decode that far; admission then refuses the task
+    # (ContentTooDeep) at 64 levels, long before anything recursive of ours touches it.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), API_SERVER_MAX_JSON_DEPTH * 2 + 1000))
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -88,7 +96,11 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 # --- indices: the operator's in-memory view of the cluster ---------------------------------------------------------
 def _unfinished(body: kopf.Body, **_: Any) -> bool:
-    return (body.get("status") or {}).get("phase") not in {p.value for p in FINISHED_PHASES}
+    """Unfinished, or finished with its callback still Pending (recovery redelivers an abandoned one)."""
+    status = body.get("status") or {}
+    return status.get("phase") not in {p.value for p in FINISHED_PHASES} or (
+        (status.get("callback") or {}).get("state") == "Pending"
+    )
 
 
 # Unfinished tasks only: finished ones need nothing but their TTL timer, and would make every pass and the operator's
@@ -231,6 +243,10 @@ async def housekeeper(
                 await run_due(memo.kube, due, memo.callbacks)
             if loop.time() >= next_orphan_check:
                 next_orphan_check = loop.time() + interval
+                # Crash leftovers (stranded dispatches, abandoned callbacks): over the index, which holds no settled
+                # finished task.
+                indexed = [view for key in list(task_index) for view in task_index.get(key, [])]
+                await recover(memo.kube, indexed, memo.callbacks, now)
                 runtimes = {ns: {r.name for r in runtime_index.get(ns, [])} for ns in list(runtime_index)}
                 gone = [k for k in list(task_index) if k[1] and k[1] not in runtimes.get(k[0], set())]
                 if gone:

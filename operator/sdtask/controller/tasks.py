@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
-from sdtask.completion import CallbackPolicy, Outcome, finish_task
+from sdtask.completion import NOT_FINISHED, CallbackPolicy, Outcome, finish_task
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import FINISHED_PHASES, Phase
 from sdtask.controller import metrics
@@ -190,4 +190,5 @@ async def _fail_body(
 ) -> None:
     if (body.get("status") or {}).get("phase") in {p.value for p in FINISHED_PHASES}:
         return
-    await finish_task(kube, body, Outcome(Phase.FAILED, reason, message), COMPONENT, policy)
+    # Only if still unfinished when written: an agent's success meanwhile is never overwritten.
+    await finish_task(kube, body, Outcome(Phase.FAILED, reason, message), COMPONENT, policy, expect=NOT_FINISHED)

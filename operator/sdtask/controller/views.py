@@ -35,6 +35,7 @@ class TaskView:
     completion_time: dt.datetime | None
     start_time: dt.datetime | None
     conditions: list[dict[str, Any]] | None = None  # to patch them without reading the task again
+    callback_state: str = ""  # status.callback.state: Pending until a delivery ended (see controller/recovery.py)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         completion_time=parse_time(status.get("completionTime")),
         start_time=parse_time(status.get("startTime")),
         conditions=[dict(c) for c in status.get("conditions") or []],
+        callback_state=str((status.get("callback") or {}).get("state") or ""),
     )
 
 

@@ -22,6 +22,9 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# The real node's binaries and kubectl: same module and flags, their own cache folder, so adding them did not
+# invalidate the control-plane binaries already cached on every machine.
+NODE_COMMANDS = ("kubelet", "kube-proxy", "kubectl")
 
 
 class BinaryBuildError(RuntimeError):
@@ -100,7 +103,7 @@ def _ldflags_kubernetes(version: str) -> str:
 _STATIC_ENV = {"CGO_ENABLED": "0"}
 
 
-def _build_kubernetes(dest: Path, work: Path) -> None:
+def _build_kubernetes(dest: Path, work: Path, commands: tuple[str, ...] = KUBE_COMMANDS) -> None:
     info = _module_info("k8s.io/kubernetes", KUBERNETES_VERSION, work)
     go_mod = Path(info["GoMod"]).read_text()
     staging_version = "v0." + KUBERNETES_VERSION.lstrip("v").split(".", 1)[1]
@@ -110,11 +113,11 @@ def _build_kubernetes(dest: Path, work: Path) -> None:
         + "\n)\n"
     )
     _write_wrapper(work, "kubernetes", body)
-    _log(f"building {', '.join(KUBE_COMMANDS)} {KUBERNETES_VERSION} (first time only; 10-25 minutes on 2 cores)")
+    _log(f"building {', '.join(commands)} {KUBERNETES_VERSION} (first time only; 10-25 minutes on 2 cores)")
     tmp = dest.parent / (dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    packages = [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS]
+    packages = [f"k8s.io/kubernetes/cmd/{name}" for name in commands]
     _go(
         [
             "build",
@@ -191,7 +194,46 @@ def ensure_binaries() -> Binaries:
     )
 
 
+@dataclass(frozen=True)
+class NodeBinaries:
+    kubelet: Path
+    kube_proxy: Path
+    kubectl: Path
+    kubernetes_module: Path  # the k8s.io/kubernetes module source (the pause container's pause.c is in it)
+
+
+def _build_node_commands(dest: Path, work: Path) -> None:
+    _build_kubernetes(dest, work, NODE_COMMANDS)
+
+
+def ensure_node_binaries() -> NodeBinaries:
+    """kubelet, kube-proxy and kubectl, built on first use (about a minute when the control plane is cached)."""
+    root = cache_root()
+    directory = root / "bin" / f"kubernetes-node-{KUBERNETES_VERSION}"
+    # The same wrapper module as the control plane: its module downloads and build cache are reused.
+    work = root / "build" / f"kubernetes-{KUBERNETES_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    if not directory.is_dir():
+        _build_node_commands(directory, work)
+    _write_wrapper_if_missing(work)
+    module = Path(_module_info("k8s.io/kubernetes", KUBERNETES_VERSION, work)["Dir"])
+    return NodeBinaries(
+        kubelet=directory / "kubelet",
+        kube_proxy=directory / "kube-proxy",
+        kubectl=directory / "kubectl",
+        kubernetes_module=module,
+    )
+
+
+def _write_wrapper_if_missing(work: Path) -> None:
+    if not (work / "go.mod").is_file():
+        _write_wrapper(work, "kubernetes", f"require k8s.io/kubernetes {KUBERNETES_VERSION}\n")
+
+
 if __name__ == "__main__":
     found = ensure_binaries()
     for field, value in found.__dict__.items():
         print(f"{field}: {value}")
+    if "--node" in sys.argv[1:]:
+        for field, value in ensure_node_binaries().__dict__.items():
+            print(f"{field}: {value}")

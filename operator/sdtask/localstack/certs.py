@@ -15,6 +15,9 @@ from cryptography.x509.oid import NameOID
 _VALIDITY = dt.timedelta(days=7)
 
 
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+
+
 @dataclass(frozen=True)
 class ClusterCertificates:
     ca_cert: Path
@@ -23,6 +26,8 @@ class ClusterCertificates:
     serving_key: Path
     admin_cert: Path
     admin_key: Path
+    kubelet_client_cert: Path  # the API server's identity towards kubelets (logs, exec), bound by RBAC
+    kubelet_client_key: Path
     service_account_key: Path  # private, signs tokens
     service_account_pub: Path  # public, verifies them
 
@@ -93,6 +98,9 @@ def generate(directory: Path) -> ClusterCertificates:
     admin_key = ec.generate_private_key(ec.SECP256R1())
     admin = _issue(_name("sdtask-admin", "system:masters"), admin_key, ca_name, ca_key)
 
+    kubelet_client_key = ec.generate_private_key(ec.SECP256R1())
+    kubelet_client = _issue(_name(KUBELET_CLIENT_USER), kubelet_client_key, ca_name, ca_key)
+
     # Service-account tokens need an RSA (or ECDSA) key pair; RSA is what every component accepts.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -103,6 +111,8 @@ def generate(directory: Path) -> ClusterCertificates:
         serving_key=directory / "apiserver.key",
         admin_cert=directory / "admin.crt",
         admin_key=directory / "admin.key",
+        kubelet_client_cert=directory / "apiserver-kubelet-client.crt",
+        kubelet_client_key=directory / "apiserver-kubelet-client.key",
         service_account_key=directory / "sa.key",
         service_account_pub=directory / "sa.pub",
     )
@@ -112,10 +122,18 @@ def generate(directory: Path) -> ClusterCertificates:
     paths.serving_key.write_bytes(_pem_key(serving_key))
     paths.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
     paths.admin_key.write_bytes(_pem_key(admin_key))
+    paths.kubelet_client_cert.write_bytes(kubelet_client.public_bytes(serialization.Encoding.PEM))
+    paths.kubelet_client_key.write_bytes(_pem_key(kubelet_client_key))
     paths.service_account_key.write_bytes(_pem_key(sa_key))
     paths.service_account_pub.write_bytes(
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    for private in (paths.ca_key, paths.serving_key, paths.admin_key, paths.service_account_key):
+    for private in (
+        paths.ca_key,
+        paths.serving_key,
+        paths.admin_key,
+        paths.kubelet_client_key,
+        paths.service_account_key,
+    ):
         private.chmod(0o600)
     return paths

@@ -133,8 +133,15 @@ def runtime_pods_left_to_the_simulator(document: object) -> object:
 
 
 class LocalControlPlane:
-    def __init__(self, binaries: Binaries, workdir: Path, ports: ClusterPorts | None = None) -> None:
+    def __init__(
+        self,
+        binaries: Binaries,
+        workdir: Path,
+        ports: ClusterPorts | None = None,
+        real_node: bool = False,
+    ) -> None:
         self.binaries = binaries
+        self.real_node = real_node  # the API server then reaches a kubelet (sdtask.localstack.realnode)
         self.workdir = workdir.resolve()  # paths inside the kubeconfig must not depend on the current folder
         self.requested_ports = ports or ClusterPorts()
         self.processes: list[ManagedProcess] = []
@@ -199,6 +206,7 @@ class LocalControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--v=0",
+                *(self._kubelet_client_args(tls) if self.real_node else []),
             ],
         )
         apiserver.wait_until(lambda: http_ok(f"{self.server}/readyz", admin_tls), START_TIMEOUT, "ready (/readyz)")
@@ -260,6 +268,16 @@ class LocalControlPlane:
         )
         if not kwok.running():
             raise StackError("kwok", "exited right after start", kwok.log)
+
+    @staticmethod
+    def _kubelet_client_args(tls: certs.ClusterCertificates) -> list[str]:
+        """For `kubectl logs/exec` on a real kubelet registered as `localhost`: reach it by that name (on loopback)
+        with a client certificate of its own, which the kubelet authorizes through RBAC (realnode binds it)."""
+        return [
+            "--kubelet-preferred-address-types=Hostname",
+            f"--kubelet-client-certificate={tls.kubelet_client_cert}",
+            f"--kubelet-client-key={tls.kubelet_client_key}",
+        ]
 
     def _kwok_stage_config(self) -> Path:
         """kwok takes one or more config files; the stages are concatenated into one multi-document file."""

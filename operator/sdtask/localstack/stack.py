@@ -23,6 +23,7 @@ from sdtask.localstack.binaries import ensure_binaries
 from sdtask.localstack.cluster import ClusterPorts, LocalControlPlane
 from sdtask.localstack.nodes import DEFAULT_POOLS, NodePool, pool_manifests
 from sdtask.localstack.processes import StackError
+from sdtask.localstack.realnode import RealNode
 from sdtask.localstack.s3server import LocalS3Server, S3Endpoint
 
 EXISTING_KUBECONFIG_ENV = "SDTASK_KUBECONFIG"
@@ -36,6 +37,7 @@ class LocalStack:
         pools: tuple[NodePool, ...] = DEFAULT_POOLS,
         ports: ClusterPorts | None = None,
         bucket: str = DEFAULT_BUCKET,
+        real_node: bool = False,
     ) -> None:
         self._owns_workdir = workdir is None
         # Absolute: the kubeconfig names its certificates by path, and a relative path would be resolved again
@@ -48,6 +50,8 @@ class LocalStack:
         self.s3_server: LocalS3Server | None = None
         self.kubeconfig = Path()
         self.s3 = S3Endpoint(url="")
+        self.want_real_node = real_node
+        self.real_node: RealNode | None = None  # a kubelet running pods as real containers (sdtask.localstack.realnode)
 
     @property
     def uses_existing_cluster(self) -> bool:
@@ -69,13 +73,20 @@ class LocalStack:
             if not self.kubeconfig.is_file():
                 raise StackError("cluster", f"{EXISTING_KUBECONFIG_ENV}={existing} names no readable kubeconfig")
         else:
-            self.control_plane = LocalControlPlane(ensure_binaries(), self.workdir, self.ports).start()
+            self.control_plane = LocalControlPlane(
+                ensure_binaries(), self.workdir, self.ports, real_node=self.want_real_node
+            ).start()
             self.kubeconfig = self.control_plane.kubeconfig
         self.s3_server = LocalS3Server(self.workdir).start()
         self.s3 = self.s3_server.endpoint
         self.s3_client().create_bucket(Bucket=self.bucket)
         if not existing:
             self.register_node_pools()
+        if self.want_real_node:
+            if existing or self.control_plane is None or self.s3_server is None:
+                raise StackError("real node", f"runs only with the local control plane, not {EXISTING_KUBECONFIG_ENV}")
+            apiserver_port = int(self.control_plane.server.rsplit(":", 1)[1])
+            self.real_node = RealNode(self.workdir, self.kubeconfig, apiserver_port, self.s3_server.port).start()
 
     def api_client(self) -> ApiClient:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
@@ -127,6 +138,9 @@ class LocalStack:
         }
 
     def stop(self) -> None:
+        if self.real_node:  # first: its pods talk to the control plane and S3 until they are gone
+            self.real_node.stop()
+            self.real_node = None
         if self.s3_server:
             self.s3_server.stop()
             self.s3_server = None

@@ -88,7 +88,11 @@ def run_demo(out: Path) -> int:
             status = wait_for(finished, 180, f"task {name} to finish", interval=0.2)["status"]
             server.shutdown()
             events = core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
+            # Each step is a condition of the task; Events are posted for outcomes and problems only.
             print("\nwhat happened (kubectl describe sdt test-i2i):")
+            for condition in sorted(status.get("conditions") or [], key=lambda c: c.get("lastTransitionTime") or ""):
+                kind, state, reason = condition["type"], condition.get("status", ""), condition.get("reason", "")
+                print(f"  {kind:10} {state:6} {reason:10} {condition.get('message', '')}")
             for event in sorted(events, key=lambda e: e.event_time or e.first_timestamp):
                 print(f"  {event.type:8} {event.reason:10} {event.message}")
             if status["phase"] != "Succeeded":

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -637,6 +638,21 @@ def _refusal(call: Any) -> str:
     return str(caught.value.body)
 
 
+def _refused_once_enforced(call: Any) -> str:
+    """The API server enforces a new ValidatingAdmissionPolicy (and its binding) only once its informers have seen
+    both: wait for the first refusal instead of racing that."""
+
+    def refused() -> str | None:
+        try:
+            call()
+        except ApiException as error:
+            assert error.status in (403, 422), error.body
+            return str(error.body)
+        return None
+
+    return wait_for(refused, 30, "the admission policy to be enforced", interval=0.2)
+
+
 def test_admission_policies_narrow_what_agents_and_the_operator_may_write(
     kube_api: client.ApiClient, clusterwide_release: Release, namespace: str
 ) -> None:
@@ -672,16 +688,19 @@ def test_admission_policies_narrow_what_agents_and_the_operator_may_write(
 
     annotate(agent, "runtime-a", {"sdtask.io/model": "v1-5.safetensors"})  # its own pod's model: allowed
     image = {"spec": {"containers": [{"name": "webui", "image": "evil.example.com/miner:1"}]}}
+    # a harmless write probes for enforcement first: nothing else may get through before the policy is in force
+    # (a new value each time: once a value got through, writing it again changes nothing and would be allowed)
+    only_model = _refused_once_enforced(lambda: annotate(agent, "runtime-a", {"x": uuid.uuid4().hex}))
+    assert "only the sdtask.io/model annotation" in only_model
     assert "may not change a pod's spec" in _refusal(lambda: agent.patch_namespaced_pod("runtime-a", namespace, image))
     relabel = {"metadata": {"labels": {LABEL_RUNTIME: "other"}}}
     assert "labels" in _refusal(lambda: agent.patch_namespaced_pod("runtime-a", namespace, relabel))
-    assert "only the sdtask.io/model annotation" in _refusal(lambda: annotate(agent, "runtime-a", {"x": "y"}))
     assert "only its own pod" in _refusal(lambda: annotate(agent, "runtime-b", {"sdtask.io/model": "x"}))
 
     operator = _token_client(kube_api, namespace, clusterwide_release.service_account)
     cost = {"controller.kubernetes.io/pod-deletion-cost": "-100"}
     annotate(operator, "runtime-b", cost)  # a pod it manages: allowed
-    assert "only what it manages" in _refusal(lambda: annotate(operator, "someone-else", cost))
+    assert "only what it manages" in _refused_once_enforced(lambda: annotate(operator, "someone-else", cost))
     assert "only a pod's annotations" in _refusal(lambda: operator.patch_namespaced_pod("runtime-b", namespace, image))
     assert core.read_namespaced_pod("runtime-a", namespace).spec.containers[0].image == "registry.example.com/webui:1"
     assert foreign.metadata.annotations is None and other.metadata.name == "runtime-b"

@@ -6,7 +6,7 @@
 # Runs as uid/gid 10001 (AGENT_USER_ID in operator/sdtask/deployment.py) with a read-only root filesystem: nothing is
 # written outside /tmp (the bytecode is compiled at build time, HOME is /tmp).
 #
-#   make image        (starts the engine, finds or builds the base, passes the host's CA bundle: localstack/images.py)
+#   make image        (starts the engine, finds or builds the base, passes the host's CA bundle: devcluster/images.py)
 #   DOCKER_BUILDKIT=1 docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
 #       [--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt] -t sdtask-operator:0.1.0 .
 #

@@ -39,8 +39,8 @@ integration: binaries
 # The control-plane and helm binaries, built once from the Go module proxy (a few minutes cold), before any test
 # runs, so no test's time limit includes a build.
 binaries: $(STAMP)
-	$(BIN)/python -m sdtask.localstack.binaries
-	$(BIN)/python -m sdtask.localstack.helm
+	$(BIN)/python -m sdtask.devcluster.binaries
+	$(BIN)/python -m sdtask.devcluster.helm
 
 # The test command: lint, types, CRD drift, then every test (unit, integration and end-to-end on the local stack).
 test: lint typecheck crds-check binaries
@@ -61,11 +61,11 @@ bench: binaries
 	$(BIN)/python -m bench.run
 
 # The image: starts the Docker engine if needed; when $(PYTHON_IMAGE) is not in the engine, builds an equivalent base
-# from Debian's archive once (see operator/sdtask/localstack/images.py). Standard library only: no venv needed.
+# from Debian's archive once (see operator/sdtask/devcluster/images.py). Standard library only: no venv needed.
 IMAGE ?= sdtask-operator:0.1.0
 PYTHON_IMAGE ?= python:3.11-slim
 image: host-packages
-	PYTHONPATH=operator $(PYTHON) -m sdtask.localstack.images --tag $(IMAGE) --python-image $(PYTHON_IMAGE) \
+	PYTHONPATH=operator $(PYTHON) -m sdtask.devcluster.images --tag $(IMAGE) --python-image $(PYTHON_IMAGE) \
 		--version 0.1.0 --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown)
 
 # Debian's docker.io, containerd, runc, CNI plugins, debootstrap and iptables (needs root; once per machine).
@@ -73,7 +73,7 @@ host-packages:
 	scripts/host-packages.sh
 
 node-binaries: binaries
-	$(BIN)/python -m sdtask.localstack.binaries --node
+	$(BIN)/python -m sdtask.devcluster.binaries --node
 
 # The real-container suite: the chart installed by helm with the built image, runtime pods on a real kubelet node.
 # Needs root and the host packages above. SDTASK_SKIP_CONTAINERS=1 skips it (say so: it is the only suite that
@@ -82,9 +82,9 @@ test-containers: image node-binaries
 	$(BIN)/pytest tests/containers -q -p no:cacheprovider
 
 # A kind cluster with fake GPU pools, the image, the chart, the example runtime and the demo task (needs Docker, kind
-# and internet access); see operator/sdtask/localstack/kind.py. Then SDTASK_KUBECONFIG=.kind/kubeconfig make test.
+# and internet access); see operator/sdtask/devcluster/kind.py. Then SDTASK_KUBECONFIG=.kind/kubeconfig make test.
 kind: $(STAMP)
-	$(BIN)/python -m sdtask.localstack.kind
+	$(BIN)/python -m sdtask.devcluster.kind
 
 clean:
 	rm -rf $(VENV) .dev demo-output .kind kind-output .mypy_cache .ruff_cache .pytest_cache

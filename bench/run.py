@@ -44,11 +44,11 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 from sdtask.checkpoints import same_checkpoint
 from sdtask.constants import ANNOTATION_MODEL
-from sdtask.localstack.nodes import NodePool
-from sdtask.localstack.sidecars import StandinTiming
-from sdtask.localstack.stack import LocalStack
-from sdtask.localstack.system import LocalSystem
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.nodes import NodePool
+from sdtask.devcluster.sidecars import StandinTiming
+from sdtask.devcluster.stack import DevStack
+from sdtask.devcluster.system import LocalSystem
+from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.weights import write_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -96,7 +96,7 @@ def load_average() -> str:
 class Observer:
     """Watches the SDTasks of one namespace; remembers when each task was first seen in each phase."""
 
-    def __init__(self, stack: LocalStack, namespace: str) -> None:
+    def __init__(self, stack: DevStack, namespace: str) -> None:
         self.namespace = namespace
         self.custom = CustomObjectsApi(stack.api_client())
         self.seen: dict[str, dict[str, float]] = collections.defaultdict(dict)
@@ -158,7 +158,7 @@ class Observer:
 
 
 class Bench:
-    def __init__(self, stack: LocalStack, system: LocalSystem, namespace: str, profile_dir: Path | None) -> None:
+    def __init__(self, stack: DevStack, system: LocalSystem, namespace: str, profile_dir: Path | None) -> None:
         self.stack, self.system, self.namespace = stack, system, namespace
         self.client = stack.api_client()
         self.core, self.custom = CoreV1Api(self.client), CustomObjectsApi(self.client)
@@ -618,7 +618,7 @@ def main() -> int:
     load = {"before": load_average()}
     # A history that outlives the run: the TTL must not delete the burst's tasks while they are measured.
     operator_env = {"SDTASK_FINISHED_TTL_SECONDS": "3600"}
-    with LocalStack(pools=POOLS) as stack, LocalSystem(stack, operator_env=operator_env) as system:
+    with DevStack(pools=POOLS) as stack, LocalSystem(stack, operator_env=operator_env) as system:
         namespace = f"bench-{uuid.uuid4().hex[:6]}"
         bench = Bench(stack, system, namespace, args.profile)
         bench.core.create_namespace({"metadata": {"name": namespace}})

@@ -1,4 +1,4 @@
-"""Shared fixtures. Integration tests get one real local stack per session (see sdtask.localstack)."""
+"""Shared fixtures. Integration tests get one real local stack per session (see sdtask.devcluster)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from sdtask.localstack.crds import install_crds
-from sdtask.localstack.stack import LocalStack
+from sdtask.devcluster.crds import install_crds
+from sdtask.devcluster.stack import DevStack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,13 +23,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack() as running:
+def stack() -> Iterator[DevStack]:
+    with DevStack() as running:
         yield running
 
 
 @pytest.fixture(scope="session")
-def kube_api(stack: LocalStack) -> Iterator[ApiClient]:
+def kube_api(stack: DevStack) -> Iterator[ApiClient]:
     """An admin client of the real API server, with this repo's CRDs installed and established."""
     with stack.api_client() as client:
         install_crds(client, REPO_ROOT / "crds")

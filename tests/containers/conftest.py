@@ -1,6 +1,6 @@
 """The real-container suite: the built image, installed by helm, runtime pods as real containers on a real kubelet.
 
-The local stack runs with one real node (sdtask.localstack.realnode: containerd, runc, a CNI bridge, kube-proxy, a
+The local stack runs with one real node (sdtask.devcluster.realnode: containerd, runc, a CNI bridge, kube-proxy, a
 kubelet and a fake GPU device plugin) instead of the kwok pools. Needs root and the Debian packages of
 scripts/host-packages.sh; `make test-containers` builds the image first (IMAGE names another one).
 """
@@ -20,12 +20,12 @@ import yaml
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
 
 from sdtask.api import GROUP, VERSION
-from sdtask.localstack import images
-from sdtask.localstack.binaries import ensure_node_binaries
-from sdtask.localstack.helm import run_helm
-from sdtask.localstack.realnode import NODE_NAME
-from sdtask.localstack.stack import LocalStack
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster import images
+from sdtask.devcluster.binaries import ensure_node_binaries
+from sdtask.devcluster.helm import run_helm
+from sdtask.devcluster.realnode import NODE_NAME
+from sdtask.devcluster.stack import DevStack
+from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.weights import checkpoint_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @dataclass
 class RealCluster:
-    stack: LocalStack
+    stack: DevStack
     client: ApiClient
     kubectl_path: Path
     namespace: str
@@ -193,7 +193,7 @@ def real() -> Iterator[RealCluster]:
     for tag in (STANDIN_V1, STANDIN_V2):
         images.docker("tag", IMAGE, tag)
     node_binaries = ensure_node_binaries()
-    with LocalStack(pools=(), real_node=True) as stack:
+    with DevStack(pools=(), real_node=True) as stack:
         assert stack.real_node is not None
         stack.real_node.import_images([IMAGE, STANDIN_V1, STANDIN_V2])
         with stack.api_client() as client:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sdtask.localstack.realnode import NODE_NAME
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.realnode import NODE_NAME
+from sdtask.devcluster.waiting import wait_for
 
 from .conftest import CHECKPOINT, OPERATOR_NAMESPACE, OTHER_CHECKPOINT, STANDIN_V2, RealCluster
 

@@ -14,10 +14,10 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from sdtask.localstack.sidecars import StandinTiming
-from sdtask.localstack.stack import LocalStack
-from sdtask.localstack.system import LocalSystem
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.sidecars import StandinTiming
+from sdtask.devcluster.stack import DevStack
+from sdtask.devcluster.system import LocalSystem
+from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.images import encode_png
 from sdtask.standin.weights import checkpoint_bytes, write_checkpoint
 
@@ -33,7 +33,7 @@ def sample_png(seed: int, size: int = 16) -> bytes:
 
 
 @pytest.fixture(scope="package")  # the operator lives only while the e2e tests run: it acts on every SDTask
-def system(stack: LocalStack, kube_api: ApiClient) -> Iterator[LocalSystem]:
+def system(stack: DevStack, kube_api: ApiClient) -> Iterator[LocalSystem]:
     timing = StandinTiming(load_delay=0.3, image_delay=0.05)
     with LocalSystem(
         stack,
@@ -115,7 +115,7 @@ def callbacks() -> Iterator[CallbackReceiver]:
 class Cluster:
     """What a user does with kubectl, through the API: apply runtimes and tasks, read them back, wait."""
 
-    def __init__(self, stack: LocalStack, system: LocalSystem, client: ApiClient, namespace: str) -> None:
+    def __init__(self, stack: DevStack, system: LocalSystem, client: ApiClient, namespace: str) -> None:
         self.stack = stack
         self.system = system
         self.namespace = namespace
@@ -240,7 +240,7 @@ class Cluster:
         )
 
 
-def make_cluster(stack: LocalStack, system: LocalSystem, kube_api: ApiClient) -> Iterator[Cluster]:
+def make_cluster(stack: DevStack, system: LocalSystem, kube_api: ApiClient) -> Iterator[Cluster]:
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     core = CoreV1Api(kube_api)
     core.create_namespace({"metadata": {"name": namespace}})
@@ -261,6 +261,6 @@ def make_cluster(stack: LocalStack, system: LocalSystem, kube_api: ApiClient) ->
 
 
 @pytest.fixture(scope="module")
-def cluster(stack: LocalStack, system: LocalSystem, kube_api: ApiClient) -> Iterator[Cluster]:
+def cluster(stack: DevStack, system: LocalSystem, kube_api: ApiClient) -> Iterator[Cluster]:
     """One namespace per test module; its runtimes are deleted (and their GPUs freed) at the end."""
     yield from make_cluster(stack, system, kube_api)

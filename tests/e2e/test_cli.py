@@ -16,7 +16,7 @@ import pexpect
 import pytest
 import yaml
 
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.waiting import wait_for
 
 from .conftest import Cluster
 

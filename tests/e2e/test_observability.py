@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient
 
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.waiting import wait_for
 from tests.dashboard import dashboard, exported_series, metric_names, queries
 
 from .conftest import PROGRESS_INTERVAL_SECONDS, CallbackReceiver, Cluster

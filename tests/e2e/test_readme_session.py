@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from sdtask.localstack.dev import write_env_file
+from sdtask.devcluster.dev import write_env_file
 from tests.readme import REPO, readme_block
 
 from .conftest import Cluster

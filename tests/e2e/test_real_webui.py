@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.waiting import wait_for
 from sdtask.media import detect_format
 from sdtask.standin.images import read_standin_metadata
 

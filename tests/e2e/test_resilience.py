@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.waiting import wait_for
 
 from .conftest import Cluster
 

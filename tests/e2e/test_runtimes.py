@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes.client import AppsV1Api
 
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.waiting import wait_for
 
 from .conftest import Cluster
 

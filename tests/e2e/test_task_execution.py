@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from sdtask.api import GROUP, VERSION
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.images import read_standin_metadata
 
 from .conftest import CallbackReceiver, Cluster, Files, sample_png

@@ -2,7 +2,7 @@
 read-only root filesystem, and its RBAC is least privilege, proven on a real API server: the operator's ServiceAccount
 may make every call the operator makes and nothing else that matters, and the operator really runs under it.
 
-helm is built once from the Go module proxy into the cache (sdtask.localstack.helm; SDTASK_HELM names another one).
+helm is built once from the Go module proxy into the cache (sdtask.devcluster.helm; SDTASK_HELM names another one).
 Fixtures (tests/conftest.py): `stack` (the local control plane), `kube_api` (admin ApiClient, CRDs installed) and
 `namespace` (a fresh namespace).
 """
@@ -30,10 +30,10 @@ from sdtask.cli import parse_command_line
 from sdtask.config import OperatorSettings
 from sdtask.constants import LABEL_MANAGED_BY, LABEL_RUNTIME
 from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, build_agent_access, deployment_name
-from sdtask.localstack.helm import HelmError, ensure_helm, run_helm
-from sdtask.localstack.processes import ManagedProcess, free_port
-from sdtask.localstack.stack import LocalStack
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.helm import HelmError, ensure_helm, run_helm
+from sdtask.devcluster.processes import ManagedProcess, free_port
+from sdtask.devcluster.stack import DevStack
+from sdtask.devcluster.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "sdtask-operator"
@@ -374,7 +374,7 @@ def test_runtimes_from_values_are_sdruntimes_the_api_server_accepts(
 class Release:
     """The chart installed with helm into a namespace of the local stack; uninstalled (cluster objects too) after."""
 
-    def __init__(self, helm: Path, home: Path, stack: LocalStack, namespace: str, values: dict[str, Any]) -> None:
+    def __init__(self, helm: Path, home: Path, stack: DevStack, namespace: str, values: dict[str, Any]) -> None:
         self.helm, self.home, self.stack, self.namespace = helm, home, stack, namespace
         self.notes = run_helm(
             [
@@ -404,7 +404,7 @@ class Release:
 
 @pytest.fixture
 def namespaced_release(
-    helm: Path, helm_home: Path, stack: LocalStack, kube_api: client.ApiClient, namespace: str
+    helm: Path, helm_home: Path, stack: DevStack, kube_api: client.ApiClient, namespace: str
 ) -> Iterator[Release]:
     release = Release(helm, helm_home, stack, namespace, {"watchNamespaces": [namespace]})
     yield release
@@ -413,7 +413,7 @@ def namespaced_release(
 
 @pytest.fixture
 def clusterwide_release(
-    helm: Path, helm_home: Path, stack: LocalStack, kube_api: client.ApiClient, namespace: str
+    helm: Path, helm_home: Path, stack: DevStack, kube_api: client.ApiClient, namespace: str
 ) -> Iterator[Release]:
     release = Release(helm, helm_home, stack, namespace, {})
     yield release
@@ -490,7 +490,7 @@ def test_clusterwide_release_grants_the_operator_calls_everywhere_and_no_more(
 
 
 # --- the operator itself under the chart's RBAC ----------------------------------------------------------------------
-def service_account_kubeconfig(kube_api: client.ApiClient, stack: LocalStack, release: Release, path: Path) -> Path:
+def service_account_kubeconfig(kube_api: client.ApiClient, stack: DevStack, release: Release, path: Path) -> Path:
     """A kubeconfig that authenticates as the release's ServiceAccount, with a token from the TokenRequest API."""
     token = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
         release.service_account, release.namespace, {"spec": {"expirationSeconds": 600}}
@@ -517,7 +517,7 @@ def _healthy(url: str) -> bool:
 
 
 def test_operator_runs_with_exactly_the_chart_permissions(
-    kube_api: client.ApiClient, stack: LocalStack, namespaced_release: Release, namespace: str, tmp_path: Path
+    kube_api: client.ApiClient, stack: DevStack, namespaced_release: Release, namespace: str, tmp_path: Path
 ) -> None:
     """The real operator, authenticated as the chart's ServiceAccount, builds a runtime and queues a task, unrefused."""
     kubeconfig = service_account_kubeconfig(kube_api, stack, namespaced_release, tmp_path / "operator.kubeconfig")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sdtask.localstack.helm import ensure_helm, run_helm
+from sdtask.devcluster.helm import ensure_helm, run_helm
 from tests.dashboard import dashboard
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "sdtask-operator"

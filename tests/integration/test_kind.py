@@ -14,9 +14,9 @@ import yaml
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 
 from sdtask.cli.tasks import load_request
-from sdtask.localstack import kind
-from sdtask.localstack.helm import ensure_helm, run_helm
-from sdtask.localstack.stack import LocalStack
+from sdtask.devcluster import kind
+from sdtask.devcluster.helm import ensure_helm, run_helm
+from sdtask.devcluster.stack import DevStack
 from sdtask.standin.weights import read_header
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -64,7 +64,7 @@ def test_fake_gpus_step_gives_labelled_nodes_gpu_capacity(kube_api: ApiClient) -
         core.delete_node(name)
 
 
-def test_seed_step_puts_a_loadable_checkpoint_where_the_runtime_fetches_it(stack: LocalStack) -> None:
+def test_seed_step_puts_a_loadable_checkpoint_where_the_runtime_fetches_it(stack: DevStack) -> None:
     s3 = stack.s3_client()
     (uri,) = kind.seed_s3(s3)
     assert uri == "s3://sdtask-models/checkpoints/v1-5-pruned-emaonly.safetensors"
@@ -96,7 +96,7 @@ def test_demo_task_is_a_valid_request_for_the_kind_runtime() -> None:
 
 def test_make_kind_says_what_it_needs_when_kind_or_docker_is_missing(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sdtask.localstack.kind"],
+        [sys.executable, "-m", "sdtask.devcluster.kind"],
         env={"PATH": str(tmp_path)},
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes.client import CustomObjectsApi
 
-from sdtask.localstack.waiting import ConditionTimeout, wait_for
+from sdtask.devcluster.waiting import ConditionTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "sdtask.io", "v1alpha1"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 
-from sdtask.localstack.helm import ensure_helm, helm_env
-from sdtask.localstack.stack import LocalStack
+from sdtask.devcluster.helm import ensure_helm, helm_env
+from sdtask.devcluster.stack import DevStack
 from tests.readme import REPO, readme_command
 
 
@@ -28,7 +28,7 @@ def test_make_demo_prints_the_story_and_downloads_the_image() -> None:
     assert (REPO / "demo-output" / "image-1.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_helm_install_as_written_installs_the_operator(stack: LocalStack, kube_api: ApiClient, tmp_path: Path) -> None:
+def test_helm_install_as_written_installs_the_operator(stack: DevStack, kube_api: ApiClient, tmp_path: Path) -> None:
     command = readme_command(
         "helm install sdtask charts/sdtask-operator -n sdtask-system --create-namespace"
         " --set image.repository=registry.example.com/sdtask/sdtask-operator --set image.tag=0.1.0"

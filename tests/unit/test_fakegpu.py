@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from sdtask.localstack.fakegpu import KUBELET_SOCKET, FakeGpuPlugin, M
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.fakegpu import KUBELET_SOCKET, FakeGpuPlugin, M
+from sdtask.devcluster.waiting import wait_for
 
 
 class Kubelet:

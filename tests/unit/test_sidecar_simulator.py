@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdtask.localstack.sidecars import expand_vars, local_webui_args, probe_url
+from sdtask.devcluster.sidecars import expand_vars, local_webui_args, probe_url
 
 
 def test_args_are_expanded_from_the_container_environment_like_the_kubelet_does() -> None:

@@ -89,7 +89,7 @@ def dev(
     state_dir: Annotated[str, typer.Option(help="where the kubeconfig, env file and logs go")] = ".dev",
 ) -> None:
     """Run the whole system locally until Ctrl-C."""
-    from sdtask.localstack.dev import run_dev
+    from sdtask.devcluster.dev import run_dev
 
     _logging("dev")
     raise typer.Exit(run_dev(Path(state_dir)))
@@ -100,7 +100,7 @@ def demo(
     out: Annotated[str, typer.Option(help="where the result images are downloaded")] = "demo-output",
 ) -> None:
     """Run the seed image-to-image task end to end on a local stack."""
-    from sdtask.localstack.demo import run_demo
+    from sdtask.devcluster.demo import run_demo
 
     _logging("demo")
     raise typer.Exit(run_demo(Path(out)))

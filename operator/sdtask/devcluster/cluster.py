@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from sdtask.localstack import certs
-from sdtask.localstack.binaries import Binaries
-from sdtask.localstack.processes import ManagedProcess, StackError, ensure_port_free, free_port, http_ok
+from sdtask.devcluster import certs
+from sdtask.devcluster.binaries import Binaries
+from sdtask.devcluster.processes import ManagedProcess, StackError, ensure_port_free, free_port, http_ok
 
 START_TIMEOUT = 90.0
 
@@ -141,7 +141,7 @@ class LocalControlPlane:
         real_node: bool = False,
     ) -> None:
         self.binaries = binaries
-        self.real_node = real_node  # the API server then reaches a kubelet (sdtask.localstack.realnode)
+        self.real_node = real_node  # the API server then reaches a kubelet (sdtask.devcluster.realnode)
         self.workdir = workdir.resolve()  # paths inside the kubeconfig must not depend on the current folder
         self.requested_ports = ports or ClusterPorts()
         self.processes: list[ManagedProcess] = []

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdtask.localstack.processes import ManagedProcess, ensure_port_free, free_port, http_ok
+from sdtask.devcluster.processes import ManagedProcess, ensure_port_free, free_port, http_ok
 
 # moto accepts any credentials; fixed ones keep .dev/env stable and obviously fake.
 LOCAL_ACCESS_KEY = "sdtask-local"

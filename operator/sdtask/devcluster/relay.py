@@ -5,7 +5,7 @@ binding them to every interface, each gets a relay on the bridge's own address, 
 see. The API server then is the `kubernetes` Service's endpoint (through kube-proxy, as on a real cluster) and the
 S3 endpoint of the runtimes is `http://<bridge address>:<port>`.
 
-    python -m sdtask.localstack.relay 10.89.0.1:6443=127.0.0.1:40123 10.89.0.1:9000=127.0.0.1:40124
+    python -m sdtask.devcluster.relay 10.89.0.1:6443=127.0.0.1:40123 10.89.0.1:9000=127.0.0.1:40124
 """
 
 from __future__ import annotations
@@ -55,5 +55,5 @@ async def _main(mappings: list[str]) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or not all("=" in arg for arg in sys.argv[1:]):
-        sys.exit("usage: python -m sdtask.localstack.relay LISTEN_HOST:PORT=TARGET_HOST:PORT ...")
+        sys.exit("usage: python -m sdtask.devcluster.relay LISTEN_HOST:PORT=TARGET_HOST:PORT ...")
     asyncio.run(_main(sys.argv[1:]))

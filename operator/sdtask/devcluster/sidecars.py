@@ -25,7 +25,7 @@ import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 
 from sdtask.constants import AGENT_CONTAINER, LABEL_RUNTIME, WEBUI_CONTAINER
-from sdtask.localstack.processes import ManagedProcess, StackError, free_port, http_ok
+from sdtask.devcluster.processes import ManagedProcess, StackError, free_port, http_ok
 
 log = logging.getLogger(__name__)
 

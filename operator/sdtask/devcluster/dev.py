@@ -8,9 +8,9 @@ import signal
 import threading
 from pathlib import Path
 
-from sdtask.localstack.processes import StackError
-from sdtask.localstack.stack import LocalStack
-from sdtask.localstack.system import LocalSystem
+from sdtask.devcluster.processes import StackError
+from sdtask.devcluster.stack import DevStack
+from sdtask.devcluster.system import LocalSystem
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -25,7 +25,7 @@ def run_dev(state_dir: Path) -> int:
     state_dir = state_dir.resolve()
     shutil.rmtree(state_dir / "stack", ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
-    with LocalStack(workdir=state_dir / "stack") as stack, LocalSystem(stack) as system:
+    with DevStack(workdir=state_dir / "stack") as stack, LocalSystem(stack) as system:
         kubeconfig = state_dir / "kubeconfig"
         shutil.copyfile(stack.kubeconfig, kubeconfig)
         kubeconfig.chmod(0o600)

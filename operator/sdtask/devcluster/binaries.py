@@ -49,7 +49,7 @@ def cache_root() -> Path:
 
 
 def _log(message: str) -> None:
-    print(f"[sdtask localstack] {message}", file=sys.stderr, flush=True)
+    print(f"[sdtask devcluster] {message}", file=sys.stderr, flush=True)
 
 
 def _go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:

@@ -17,10 +17,10 @@ import yaml
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 from sdtask.constants import GROUP, VERSION
-from sdtask.localstack.sidecars import StandinTiming
-from sdtask.localstack.stack import LocalStack
-from sdtask.localstack.system import LocalSystem
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.sidecars import StandinTiming
+from sdtask.devcluster.stack import DevStack
+from sdtask.devcluster.system import LocalSystem
+from sdtask.devcluster.waiting import wait_for
 from sdtask.naming import parse_s3_uri
 from sdtask.standin.images import encode_png, pattern_digest, pattern_rgb
 
@@ -47,7 +47,7 @@ def serve_once(data: bytes) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_port}/cat.png"
 
 
-def local_runtime(stack: LocalStack) -> dict[str, Any]:
+def local_runtime(stack: DevStack) -> dict[str, Any]:
     runtime: dict[str, Any] = yaml.safe_load((EXAMPLES / "runtime-static.yaml").read_text())
     spec = runtime["spec"]
     spec["output"].update(bucket=stack.bucket, endpoint=stack.s3.url, credentialsSecret="s3")
@@ -63,7 +63,7 @@ def seed_task(init_image: str) -> dict[str, Any]:
 
 def run_demo(out: Path) -> int:
     print("starting the local stack (first run builds the control plane from the Go module proxy)...", flush=True)
-    with LocalStack() as stack, LocalSystem(stack, timing=StandinTiming(load_delay=1.0, image_delay=0.5)):
+    with DevStack() as stack, LocalSystem(stack, timing=StandinTiming(load_delay=1.0, image_delay=0.5)):
         server, cat_url = serve_once(encode_png(64, 64, pattern_rgb(pattern_digest("cat"), 64, 64)))
         with stack.api_client() as client:
             core, custom = CoreV1Api(client), CustomObjectsApi(client)

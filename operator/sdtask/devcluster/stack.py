@@ -19,18 +19,18 @@ import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from sdtask.localstack.binaries import ensure_binaries
-from sdtask.localstack.cluster import ClusterPorts, LocalControlPlane
-from sdtask.localstack.nodes import DEFAULT_POOLS, NodePool, pool_manifests
-from sdtask.localstack.processes import StackError
-from sdtask.localstack.realnode import RealNode
-from sdtask.localstack.s3server import LocalS3Server, S3Endpoint
+from sdtask.devcluster.binaries import ensure_binaries
+from sdtask.devcluster.cluster import ClusterPorts, LocalControlPlane
+from sdtask.devcluster.nodes import DEFAULT_POOLS, NodePool, pool_manifests
+from sdtask.devcluster.processes import StackError
+from sdtask.devcluster.realnode import RealNode
+from sdtask.devcluster.s3server import LocalS3Server, S3Endpoint
 
 EXISTING_KUBECONFIG_ENV = "SDTASK_KUBECONFIG"
 DEFAULT_BUCKET = "sdtask-outputs"
 
 
-class LocalStack:
+class DevStack:
     def __init__(
         self,
         workdir: Path | None = None,
@@ -51,13 +51,13 @@ class LocalStack:
         self.kubeconfig = Path()
         self.s3 = S3Endpoint(url="")
         self.want_real_node = real_node
-        self.real_node: RealNode | None = None  # a kubelet running pods as real containers (sdtask.localstack.realnode)
+        self.real_node: RealNode | None = None  # a kubelet running pods as real containers (sdtask.devcluster.realnode)
 
     @property
     def uses_existing_cluster(self) -> bool:
         return bool(os.environ.get(EXISTING_KUBECONFIG_ENV))
 
-    def start(self) -> LocalStack:
+    def start(self) -> DevStack:
         try:
             self._start()
         except BaseException:
@@ -150,7 +150,7 @@ class LocalStack:
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> DevStack:
         return self.start()
 
     def __exit__(

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-from sdtask.localstack.binaries import cache_root
-from sdtask.localstack.processes import StackError
+from sdtask.devcluster.binaries import cache_root
+from sdtask.devcluster.processes import StackError
 
 DEFAULT_PYTHON_IMAGE = "python:3.11-slim"
 DEFAULT_TAG = "sdtask-operator:0.1.0"

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from sdtask.localstack.crds import install_crds
-from sdtask.localstack.processes import ManagedProcess, free_port, http_ok
-from sdtask.localstack.sidecars import SidecarSimulator, StandinTiming
-from sdtask.localstack.stack import LocalStack
+from sdtask.devcluster.crds import install_crds
+from sdtask.devcluster.processes import ManagedProcess, free_port, http_ok
+from sdtask.devcluster.sidecars import SidecarSimulator, StandinTiming
+from sdtask.devcluster.stack import DevStack
 from sdtask.standin.weights import checkpoint_bytes
 
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
@@ -24,7 +24,7 @@ EXAMPLE_CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors",)
 class LocalSystem:
     def __init__(
         self,
-        stack: LocalStack,
+        stack: DevStack,
         *,
         crds: Path = REPO_CRDS,
         timing: StandinTiming | None = None,

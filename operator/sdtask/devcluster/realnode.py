@@ -7,12 +7,12 @@ root and the Debian packages of scripts/host-packages.sh. What it runs, each as 
 - containerd (Debian's) with its own root, state and socket, so it never touches a containerd the machine may have;
   `restrict_oom_score_adj`, because root here can't lower oom_score_adj and every sandbox would fail without it;
 - the CNI bridge plugin on a bridge of ours (`sdtask0`, 10.89.0.0/24), no masquerading: pods reach only this machine;
-- relays from the bridge address to the API server and S3 on loopback (sdtask.localstack.relay), and kube-proxy, so a
+- relays from the bridge address to the API server and S3 on loopback (sdtask.devcluster.relay), and kube-proxy, so a
   pod reaches the API server through the `kubernetes` Service exactly as on a real cluster (no hostNetwork, no env
   overrides in our manifests); the Service's EndpointSlice points at the relay;
 - the kubelet (cgroup v1 allowed, cgroupfs, registered as `localhost` so the API server reaches it on loopback), with
   the pool label and the GPU taint of a GPU node;
-- a fake GPU device plugin (sdtask.localstack.fakegpu) advertising `nvidia.com/gpu`.
+- a fake GPU device plugin (sdtask.devcluster.fakegpu) advertising `nvidia.com/gpu`.
 
 Teardown removes everything: pods' containers and shims, mounts under the work folder, the pods' network namespaces,
 the bridge, the iptables chains the kubelet and kube-proxy added, and the cgroups.
@@ -37,10 +37,10 @@ import yaml
 from kubernetes.client import ApiClient, CoreV1Api, DiscoveryV1Api, RbacAuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 
-from sdtask.localstack import images
-from sdtask.localstack.binaries import NodeBinaries, cache_root, ensure_node_binaries
-from sdtask.localstack.certs import KUBELET_CLIENT_USER
-from sdtask.localstack.processes import ManagedProcess, StackError, free_port, http_ok
+from sdtask.devcluster import images
+from sdtask.devcluster.binaries import NodeBinaries, cache_root, ensure_node_binaries
+from sdtask.devcluster.certs import KUBELET_CLIENT_USER
+from sdtask.devcluster.processes import ManagedProcess, StackError, free_port, http_ok
 
 NODE_NAME = "localhost"  # the kubelet's --hostname-override; the API server reaches it by this name on loopback
 POOL = "real"
@@ -171,7 +171,7 @@ class RealNode:
     ) -> None:
         self.workdir = workdir.resolve() / "realnode"
         self.kubeconfig = kubeconfig
-        self.ca_cert = workdir.resolve() / "pki" / "ca.crt"  # written by sdtask.localstack.certs
+        self.ca_cert = workdir.resolve() / "pki" / "ca.crt"  # written by sdtask.devcluster.certs
         self.apiserver_port = apiserver_port
         self.s3_port = s3_port
         self.gpus = gpus
@@ -232,7 +232,7 @@ class RealNode:
             [
                 sys.executable,
                 "-m",
-                "sdtask.localstack.relay",
+                "sdtask.devcluster.relay",
                 f"{BRIDGE_ADDRESS}:{APISERVER_RELAY_PORT}=127.0.0.1:{self.apiserver_port}",
                 f"{BRIDGE_ADDRESS}:{S3_RELAY_PORT}=127.0.0.1:{self.s3_port}",
             ],
@@ -248,7 +248,7 @@ class RealNode:
         self._start_kubelet()
         self._spawn(
             "fake-gpu-plugin",
-            [sys.executable, "-m", "sdtask.localstack.fakegpu", "--resource", GPU_RESOURCE, "--count", str(self.gpus)],
+            [sys.executable, "-m", "sdtask.devcluster.fakegpu", "--resource", GPU_RESOURCE, "--count", str(self.gpus)],
         )
         self.wait_ready()
 
@@ -341,7 +341,7 @@ state = "{base / "state"}"
                 "namespace": "default",
                 "labels": {
                     "kubernetes.io/service-name": "kubernetes",
-                    "endpointslice.kubernetes.io/managed-by": "sdtask.localstack",
+                    "endpointslice.kubernetes.io/managed-by": "sdtask.devcluster",
                 },
             },
             "addressType": "IPv4",
@@ -361,7 +361,7 @@ state = "{base / "state"}"
         body = {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": "sdtask-localstack:apiserver-kubelet-client"},
+            "metadata": {"name": "sdtask-devcluster:apiserver-kubelet-client"},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",

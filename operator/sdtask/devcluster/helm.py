@@ -1,6 +1,6 @@
 """Build (once) and run the helm binary the chart tests use.
 
-Like the control-plane binaries (see sdtask.localstack.binaries), helm is built from the Go module proxy into the cache,
+Like the control-plane binaries (see sdtask.devcluster.binaries), helm is built from the Go module proxy into the cache,
 keyed by version. helm's go.mod has no `replace` directives, so a wrapper module that simply requires it builds
 cmd/helm with exactly the dependency versions helm itself pins. The ldflags are those of helm's own Makefile: the
 version, and the Kubernetes version helm assumes when it renders offline (`helm template`, `helm lint`), derived from
@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdtask.localstack.binaries import (
+from sdtask.devcluster.binaries import (
     _STATIC_ENV,
     BinaryBuildError,
     _go,

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, VersionApi
 
-from sdtask.localstack.binaries import KUBERNETES_VERSION, ensure_binaries
-from sdtask.localstack.cluster import ClusterPorts, LocalControlPlane
-from sdtask.localstack.nodes import GPU_RESOURCE, POOL_LABEL
-from sdtask.localstack.processes import StackError
-from sdtask.localstack.stack import LocalStack
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.binaries import KUBERNETES_VERSION, ensure_binaries
+from sdtask.devcluster.cluster import ClusterPorts, LocalControlPlane
+from sdtask.devcluster.nodes import GPU_RESOURCE, POOL_LABEL
+from sdtask.devcluster.processes import StackError
+from sdtask.devcluster.stack import DevStack
+from sdtask.devcluster.waiting import wait_for
 
 
 def gpu_deployment(name: str, pool: str, replicas: int) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def test_api_server_reports_pinned_version(kube_api: ApiClient) -> None:
 
 
 def test_gpu_pods_run_only_on_their_pool_and_extra_ones_stay_pending(
-    stack: LocalStack, kube_api: ApiClient, namespace: str
+    stack: DevStack, kube_api: ApiClient, namespace: str
 ) -> None:
     core, apps = CoreV1Api(kube_api), AppsV1Api(kube_api)
     pool = next(p for p in stack.pools if p.name == "pool-a")
@@ -92,7 +92,7 @@ def test_deleting_a_deployment_garbage_collects_its_replicaset_and_pods(kube_api
     wait_for(lambda: not pods_of(core, namespace, "gc"), 60, "the pods to be collected")
 
 
-def test_an_object_round_trips_through_the_s3_server(stack: LocalStack) -> None:
+def test_an_object_round_trips_through_the_s3_server(stack: DevStack) -> None:
     s3 = stack.s3_client()
     s3.put_object(Bucket=stack.bucket, Key="roundtrip/hello.txt", Body=b"hello", ContentType="text/plain")
     fetched = s3.get_object(Bucket=stack.bucket, Key="roundtrip/hello.txt")
@@ -129,10 +129,10 @@ def test_a_crashing_component_fails_with_the_tail_of_its_log(tmp_path: Path) -> 
 
 
 def test_an_existing_cluster_named_by_sdtask_kubeconfig_is_used_instead_of_starting_one(
-    stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: DevStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SDTASK_KUBECONFIG", str(stack.kubeconfig))
-    with LocalStack(workdir=tmp_path) as reusing:
+    with DevStack(workdir=tmp_path) as reusing:
         assert reusing.control_plane is None  # no etcd or API server of its own
         assert reusing.kubeconfig == stack.kubeconfig
         with reusing.api_client() as client:
@@ -145,4 +145,4 @@ def test_an_existing_cluster_named_by_sdtask_kubeconfig_is_used_instead_of_start
 def test_a_kubeconfig_that_does_not_exist_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SDTASK_KUBECONFIG", str(tmp_path / "missing"))
     with pytest.raises(StackError, match=r"SDTASK_KUBECONFIG=.*names no readable kubeconfig"):
-        LocalStack(workdir=tmp_path).start()
+        DevStack(workdir=tmp_path).start()

@@ -28,7 +28,7 @@ from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
-from sdtask.localstack.waiting import wait_for
+from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.weights import checkpoint_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -133,7 +133,7 @@ def seed_s3(s3: S3Client) -> list[str]:
 
 
 def install_chart(kubeconfig: Path) -> None:
-    from sdtask.localstack.helm import ensure_helm
+    from sdtask.devcluster.helm import ensure_helm
 
     helm = ensure_helm()
     run(

@@ -35,6 +35,14 @@ MAX_FINISHING = 2  # tasks whose outputs may be stored and reported while the ne
 TAKEN_PHASES = {Phase.SCHEDULED.value, Phase.RUNNING.value}
 
 
+def run_order(task: dict[str, Any]) -> tuple[int, str, str]:
+    """The operator's dispatch order (priority, then age): tasks assigned to this pod in one pass arrive in any order
+    (their patches run concurrently), and the higher-priority one must still start first."""
+    metadata = task["metadata"]
+    priority = int((task.get("spec") or {}).get("priority") or 0)
+    return -priority, str(metadata.get("creationTimestamp") or ""), str(metadata["name"])
+
+
 def is_mine(task: dict[str, Any], pod_name: str) -> bool:
     status = task.get("status") or {}
     return status.get("pod") == pod_name and status.get("phase") in TAKEN_PHASES
@@ -45,7 +53,7 @@ class Agent:
         self.settings = settings
         self.kube = kube
         self.execution = execution
-        self.ready: asyncio.Queue[str] = asyncio.Queue()
+        self.ready: asyncio.PriorityQueue[tuple[tuple[int, str, str], str]] = asyncio.PriorityQueue()
         self.finishing: set[asyncio.Task[None]] = set()  # tasks generated, their outputs being stored and reported
         # The newest object the watch showed per queued task: the agent starts from it instead of reading the task
         # again (its Running patch is guarded by that object's resourceVersion, so a stale one costs a retry only).
@@ -85,7 +93,7 @@ class Agent:
         done, pending = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for future in pending:
             future.cancel()
-        return getter.result() if getter in done else None
+        return getter.result()[1] if getter in done else None
 
     async def _run_one(self, name: str) -> None:
         """Start the task and return as soon as the Web UI is free again: its outputs are stored and reported in
@@ -214,7 +222,7 @@ class Agent:
         if self._seen(task):
             return  # our own Running/Succeeded patches coming back
         if name not in self.latest:
-            self.ready.put_nowait(name)
+            self.ready.put_nowait((run_order(task), name))
         self.latest[name] = task
 
     def _left_running(self, task: dict[str, Any]) -> bool:

@@ -386,8 +386,17 @@ class RuntimeLoop:
             starvation_limit=dt.timedelta(seconds=self.settings.starvation_limit_seconds),
             min_switch_tasks=settings.min_switch_tasks,
         )
-        # Concurrently: each assignment is two requests, and a burst on many pods should not wait in line.
-        await asyncio.gather(*(self._assign(views[a.task.name], a.pod.name, now) for a in plan))
+        # Pods concurrently: each assignment is two requests, and a burst on many pods should not wait in line. One
+        # pod's tasks in plan order, one after the other: an idle agent starts the first task it sees, so a
+        # lower-priority task dispatched beside a higher one must not reach it first.
+        by_pod: dict[str, list[TaskView]] = {}
+        for assignment in plan:
+            by_pod.setdefault(assignment.pod.name, []).append(views[assignment.task.name])
+        await asyncio.gather(*(self._assign_in_order(pod, assigned, now) for pod, assigned in by_pod.items()))
+
+    async def _assign_in_order(self, pod: str, tasks: list[TaskView], now: dt.datetime) -> None:
+        for task in tasks:
+            await self._assign(task, pod, now)
 
     async def _take_back_for_priority(
         self,

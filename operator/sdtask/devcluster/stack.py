@@ -147,7 +147,7 @@ class DevStack:
         if self.control_plane:
             self.control_plane.stop()
             self.control_plane = None
-        if self._owns_workdir:
+        if self._owns_workdir and not os.environ.get("SDTASK_KEEP_STACK"):  # kept: its logs, to read after a failure
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> DevStack:

@@ -31,9 +31,10 @@ from sdtask.constants import (
     VERSION,
 )
 from sdtask.controller import metrics
+from sdtask.controller.housekeeping import Timers, next_housekeeping
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
-from sdtask.controller.tasks import Timers, admit_task, fail_orphans, next_housekeeping, run_due
+from sdtask.controller.tasks import admit_task, fail_orphans, run_due
 from sdtask.controller.views import pod_view, runtime_info, task_view
 from sdtask.deployment import deployment_name
 

@@ -203,3 +203,28 @@ def test_a_claim_settles_once_the_index_shows_the_task_dispatched_or_gone_or_aft
     }
     old = task_view({"metadata": {"name": "old"}, "status": {"phase": "Pending"}})
     assert sorted(settled_claims(claims, [pending, scheduled, old], NOW)) == ["gone", "old", "s"]
+
+
+# --- spec parts through the models -------------------------------------------------------------------------------
+
+
+def test_a_runtime_spec_is_read_through_its_model_with_the_models_defaults() -> None:
+    from sdtask.api.runtime import ScalingSpec, SchedulingSpec
+    from sdtask.controller.decisions import scaling_policy, scheduling_settings
+    from sdtask.scaling import ScalingPolicy
+    from sdtask.scheduling import Policy
+
+    defaults = ScalingSpec()
+    assert scaling_policy({}) == ScalingPolicy() == ScalingPolicy.from_spec(defaults)
+    assert scaling_policy({}).scale_down_delay == dt.timedelta(seconds=defaults.scale_down_delay_seconds)
+    tuned = scaling_policy({"scaling": {"maxReplicas": 4, "tasksPerReplica": 2, "fromANewerCrd": True}})
+    assert (tuned.min_replicas, tuned.max_replicas, tuned.tasks_per_replica) == (defaults.min_replicas, 4, 2)
+    assert scaling_policy({"scaling": {"maxReplicas": 0}}) == ScalingPolicy()  # refused by the model: its defaults
+    settings = scheduling_settings({})
+    assert (settings.policy, settings.depth, settings.min_switch_tasks) == (
+        Policy(SchedulingSpec().policy),
+        1 + SchedulingSpec().tasks_ahead,
+        SchedulingSpec().min_tasks_per_switch,
+    )
+    fifo = scheduling_settings({"scheduling": {"policy": "fifo", "tasksAhead": 0}})
+    assert (fifo.policy, fifo.depth) == (Policy.FIFO, 1)

@@ -7,9 +7,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sdtask.api.runtime import QUEUE_HEAD_LENGTH
+from pydantic import BaseModel, ValidationError
+
+from sdtask.api.common import plain_json, tolerant_context
+from sdtask.api.runtime import (
+    CONDITION_DEGRADED,
+    CONDITION_READY,
+    CONDITION_SCALING,
+    QUEUE_HEAD_LENGTH,
+    ScalingSpec,
+    SchedulingSpec,
+)
 from sdtask.conditions import set_condition
 from sdtask.constants import ACTIVE_PHASES, Phase
 from sdtask.controller.views import PodView, TaskView
@@ -17,6 +27,7 @@ from sdtask.scaling import ScalingPolicy
 from sdtask.scheduling import Policy, QueuedTask, queue_summary
 
 CLAIM_TTL = dt.timedelta(seconds=30)
+Part = TypeVar("Part", bound=BaseModel)
 # Pods' busy/task fields change with every task; the status is rewritten at most this often for them alone.
 STATUS_MIN_INTERVAL_SECONDS = 1.0
 # The status fields whose change is written at once; the per-pod and per-task ones wait for the interval above.
@@ -32,14 +43,18 @@ class Claim:
     since: dt.datetime
 
 
+def spec_part(model: type[Part], value: Any) -> Part:
+    """A part of a runtime's spec through its model, so the defaults are the model's: unknown fields are dropped
+    (a newer CRD), and a value the model refuses (an object stored before a schema change; the API server checks
+    the same schema) gives the model's defaults rather than stopping the runtime's loop."""
+    try:
+        return model.model_validate(plain_json(value or {}), context=tolerant_context())
+    except ValidationError:
+        return model()
+
+
 def scaling_policy(spec: Mapping[str, Any]) -> ScalingPolicy:
-    scaling = spec.get("scaling") or {}
-    return ScalingPolicy(
-        min_replicas=int(scaling.get("minReplicas", 0)),
-        max_replicas=int(scaling.get("maxReplicas", 1)),
-        tasks_per_replica=int(scaling.get("tasksPerReplica", 1)),
-        scale_down_delay=dt.timedelta(seconds=float(scaling.get("scaleDownDelaySeconds", 300))),
-    )
+    return ScalingPolicy.from_spec(spec_part(ScalingSpec, spec.get("scaling")))
 
 
 @dataclass(frozen=True)
@@ -50,12 +65,11 @@ class SchedulingSettings:
 
 
 def scheduling_settings(spec: Mapping[str, Any]) -> SchedulingSettings:
-    scheduling = spec.get("scheduling") or {}
-    policy = scheduling.get("policy", Policy.SWITCH_AWARE.value)
+    scheduling = spec_part(SchedulingSpec, spec.get("scheduling"))
     return SchedulingSettings(
-        policy=Policy(policy) if policy in Policy._value2member_map_ else Policy.SWITCH_AWARE,
-        depth=1 + max(int(scheduling.get("tasksAhead", 1)), 0),
-        min_switch_tasks=max(int(scheduling.get("minTasksPerSwitch", 4)), 1),
+        policy=Policy(scheduling.policy),
+        depth=1 + max(scheduling.tasks_ahead, 0),
+        min_switch_tasks=max(scheduling.min_tasks_per_switch, 1),
     )
 
 
@@ -116,29 +130,38 @@ def runtime_conditions(
     conditions = previous
     if desired == 0 and not live:
         conditions = set_condition(
-            conditions, "Ready", True, "ScaledToZero", "no pods while idle; a new task scales the runtime up", now
+            conditions,
+            CONDITION_READY,
+            True,
+            "ScaledToZero",
+            "no pods while idle; a new task scales the runtime up",
+            now,
         )
     elif ready >= max(desired, 1):
-        conditions = set_condition(conditions, "Ready", True, "PodsReady", f"{ready} pod(s) ready", now)
+        conditions = set_condition(conditions, CONDITION_READY, True, "PodsReady", f"{ready} pod(s) ready", now)
     else:
-        conditions = set_condition(conditions, "Ready", False, "PodsNotReady", f"{ready}/{desired} pod(s) ready", now)
+        conditions = set_condition(
+            conditions, CONDITION_READY, False, "PodsNotReady", f"{ready}/{desired} pod(s) ready", now
+        )
     if len(live) != desired:
         direction = "ScalingUp" if len(live) < desired else "ScalingDown"
-        conditions = set_condition(conditions, "Scaling", True, direction, f"{len(live)} -> {desired} replicas", now)
+        conditions = set_condition(
+            conditions, CONDITION_SCALING, True, direction, f"{len(live)} -> {desired} replicas", now
+        )
     else:
-        conditions = set_condition(conditions, "Scaling", False, "Stable", f"{desired} replicas", now)
+        conditions = set_condition(conditions, CONDITION_SCALING, False, "Stable", f"{desired} replicas", now)
     failing = [p for p in live if p.init_failure]
     if failing:
         # The reason names the object (e.g. the checkpoint missing from models.s3Prefix); the pod never starts, so
         # tasks wait rather than run on a Web UI that fell back to another model.
         reason = "ModelMissing" if "ModelMissing:" in failing[0].init_failure else "InitFailed"
         message = f"{len(failing)} pod(s) can't start: {failing[0].name}: {failing[0].init_failure}"
-        conditions = set_condition(conditions, "Degraded", True, reason, message, now)
+        conditions = set_condition(conditions, CONDITION_DEGRADED, True, reason, message, now)
     elif pending:
         message = f"{len(pending)} pod(s) Pending: no GPU capacity in pool ({pending[0].unschedulable})"
-        conditions = set_condition(conditions, "Degraded", True, "Unschedulable", message, now)
+        conditions = set_condition(conditions, CONDITION_DEGRADED, True, "Unschedulable", message, now)
     else:
-        conditions = set_condition(conditions, "Degraded", False, "AsExpected", "all pods placed", now)
+        conditions = set_condition(conditions, CONDITION_DEGRADED, False, "AsExpected", "all pods placed", now)
     return conditions
 
 

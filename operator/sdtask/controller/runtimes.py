@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdtask.api.task import CONDITION_SCHEDULED
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import CallbackPolicy, end_failed_attempt
 from sdtask.conditions import set_condition
 from sdtask.config import OperatorSettings
-from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, POD_DELETION_COST, Phase
+from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, OPERATOR_NAME, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.decisions import (
     Claim,
@@ -43,7 +44,6 @@ from sdtask.scaling import demand, desired_replicas
 from sdtask.scheduling import AheadTask, IdlePod, QueuedTask, plan_assignments, reclaims
 
 log = logging.getLogger(__name__)
-COMPONENT = "sdtask-operator"
 
 TICK_SECONDS = 1.0
 
@@ -62,7 +62,7 @@ class RuntimeState:
     last_status_at: float = 0.0
 
 
-INITIAL_REPLICAS_MANAGER = "sdtask-operator-initial-replicas"
+INITIAL_REPLICAS_MANAGER = f"{OPERATOR_NAME}-initial-replicas"
 
 
 class RuntimeLoop:
@@ -132,7 +132,7 @@ class RuntimeLoop:
         if replicas is None and deployment_generation is None:
             # An external scaler (KEDA, HPA) owns spec.replicas. Created without it, the Deployment would default to
             # one GPU pod; a one-time manager sets minReplicas at creation so ours never owns the field.
-            initial = int((runtime.get("spec") or {}).get("scaling", {}).get("minReplicas", 0))
+            initial = scaling_policy(runtime.get("spec") or {}).min_replicas
             await self.kube.apply(build_deployment(runtime, initial, self.settings), INITIAL_REPLICAS_MANAGER)
         deployment = build_deployment(runtime, replicas or 0, self.settings)
         if replicas is None:
@@ -198,14 +198,14 @@ class RuntimeLoop:
             f"pod {task.pod} went away during attempt {task.attempts}",
             retryable=True,
             backoff_seconds=self.settings.retry_backoff_seconds,
-            component=COMPONENT,
+            component=OPERATOR_NAME,
             policy=self.callbacks,
         )
 
     async def _take_back(self, task: TaskView, reason: str, message: str, now: dt.datetime) -> None:
         """Back to the queue without counting an attempt: it never started. The resourceVersion guard fails (409)
         if the agent started it meanwhile."""
-        conditions = set_condition(task.conditions, "Scheduled", False, reason, message, now)
+        conditions = set_condition(task.conditions, CONDITION_SCHEDULED, False, reason, message, now)
         await self.kube.patch_task_status(
             task.namespace,
             task.name,
@@ -308,7 +308,7 @@ class RuntimeLoop:
         is left for the next pass) and the labels the pod's agent watches."""
         attempt = task.attempts + 1
         message = f"assigned to pod {pod} (attempt {attempt})"
-        conditions = set_condition(task.conditions, "Scheduled", True, "Assigned", message, now)
+        conditions = set_condition(task.conditions, CONDITION_SCHEDULED, True, "Assigned", message, now)
         try:
             await self.kube.patch_task_status(
                 task.namespace,

@@ -8,10 +8,11 @@ import datetime as dt
 import logging
 from typing import Any
 
+from sdtask.api.task import CONDITION_SCHEDULED
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import NOT_FINISHED, CallbackPolicy, Outcome, finish_task
 from sdtask.conditions import now_iso, set_condition
-from sdtask.constants import FINISHED_PHASES, Phase
+from sdtask.constants import FINISHED_PHASES, OPERATOR_NAME, Phase
 from sdtask.controller import metrics
 from sdtask.controller.admission import Admitted, admit
 from sdtask.controller.housekeeping import TaskKey, deadline_passed, orphaned
@@ -19,7 +20,6 @@ from sdtask.controller.views import TaskView, task_view
 from sdtask.routing import RuntimeInfo
 
 log = logging.getLogger(__name__)
-COMPONENT = "sdtask-operator"
 
 
 async def admit_task(kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInfo], policy: CallbackPolicy) -> None:
@@ -29,7 +29,7 @@ async def admit_task(kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInf
     decision = admit(task.get("spec") or {}, runtimes)
     if not isinstance(decision, Admitted):
         log.info("task %s/%s rejected: %s", meta["namespace"], meta["name"], decision.message)
-        await finish_task(kube, task, Outcome(Phase.FAILED, decision.reason, decision.message), COMPONENT, policy)
+        await finish_task(kube, task, Outcome(Phase.FAILED, decision.reason, decision.message), OPERATOR_NAME, policy)
         return
     now = dt.datetime.now(dt.UTC)
     model = f" (model {decision.model})" if decision.model else ""
@@ -42,7 +42,7 @@ async def admit_task(kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInf
         "model": decision.model,
         "attempts": 0,
         "queuedTime": now_iso(now),
-        "conditions": set_condition(None, "Scheduled", False, "Queued", message, now),
+        "conditions": set_condition(None, CONDITION_SCHEDULED, False, "Queued", message, now),
     }
     try:
         await kube.patch_task_status(meta["namespace"], meta["name"], status, meta.get("resourceVersion"))
@@ -111,4 +111,4 @@ async def _fail_body(
     if (body.get("status") or {}).get("phase") in {p.value for p in FINISHED_PHASES}:
         return
     # Only if still unfinished when written: an agent's success meanwhile is never overwritten.
-    await finish_task(kube, body, Outcome(Phase.FAILED, reason, message), COMPONENT, policy, expect=NOT_FINISHED)
+    await finish_task(kube, body, Outcome(Phase.FAILED, reason, message), OPERATOR_NAME, policy, expect=NOT_FINISHED)

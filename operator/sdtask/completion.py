@@ -19,7 +19,6 @@ from sdtask.api.task import (
     CONDITION_SUCCEEDED,
 )
 from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, signing_token, task_metadata
-from sdtask.clients.callback import send_callback
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.clients.outbound import Outbound
 from sdtask.conditions import now_iso, set_condition
@@ -226,16 +225,7 @@ async def announce_start(kube: Kube, task: dict[str, Any], pod: str, attempt: in
     if refusal is not None:
         return False  # the result callback will report it
     async with Outbound(policy.addresses(), resolver=policy.resolver, read_timeout=policy.attempt_timeout) as outbound:
-        result = await send_callback(
-            url,
-            start_payload(task, pod, attempt),
-            token=token,
-            outbound=outbound,
-            attempts=policy.attempts,
-            base_delay=policy.base_delay,
-            timeout=policy.attempt_timeout,
-            deadline=policy.deadline,
-        )
+        result = await policy.send(url, start_payload(task, pod, attempt), token=token, outbound=outbound)
     if result.delivered:
         await kube.patch_task_status(meta["namespace"], meta["name"], {"callback": {"startedAttempt": attempt}})
     return result.delivered

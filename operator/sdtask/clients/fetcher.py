@@ -12,11 +12,11 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from sdtask.addresses import AddressPolicy
 from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES
+from sdtask.clients.closing import AsyncClosable
 from sdtask.clients.outbound import Outbound, OutboundError, Resolver
 from sdtask.clients.s3 import ObjectTooLarge, S3Client, describe_s3_error, get_object_capped
 from sdtask.links import (
@@ -35,7 +35,7 @@ from sdtask.naming import parse_s3_uri
 Fetch = Callable[[str, ByteBudget], Awaitable[bytes]]
 
 
-class LinkFetcher:
+class LinkFetcher(AsyncClosable):
     """Fetches http(s) and s3 links with a per-link size cap, timeouts, the address policy and the S3 allow-list.
 
     `s3_client_factory` returns the boto3 client of the runtime's S3 endpoint (called once, lazily, in a thread).
@@ -68,14 +68,6 @@ class LinkFetcher:
         self._observe = observe  # (scheme, seconds, bytes or None on failure): the agent's metrics
         self._owned = outbound is None
         self._outbound = outbound or Outbound(policy or AddressPolicy(), resolver=resolver, read_timeout=timeout)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._owned:

@@ -8,13 +8,13 @@ import json
 import logging
 import re
 import time
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 from prometheus_client import Counter, Histogram
 
 from sdtask.checkpoints import Checkpoint, match_checkpoint
+from sdtask.clients.closing import AsyncClosable
 from sdtask.config import DEFAULT_MODEL_SWITCH_TIMEOUT_SECONDS
 
 __all__ = [
@@ -152,7 +152,7 @@ def _validation_item(item: Any) -> str:
     return str(item)
 
 
-class WebUIClient:
+class WebUIClient(AsyncClosable):
     """Async client of one Web UI. Pass `client` to share an httpx.AsyncClient (it is then not closed here)."""
 
     def __init__(
@@ -172,14 +172,6 @@ class WebUIClient:
         self._auth = basic_auth(credentials)
         # The Web UI is local to the pod: no proxy from the environment.
         self._client = client if client is not None else httpx.AsyncClient(trust_env=False)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -53,7 +53,7 @@ from sdtask.devcluster.host import (
     remove_chains,
     run,
 )
-from sdtask.devcluster.processes import ManagedProcess, StackError, free_port, http_ok
+from sdtask.devcluster.processes import LocalPart, ManagedProcess, StackError, free_port, http_ok
 
 NODE_NAME = "localhost"  # the kubelet's --hostname-override; the API server reaches it by this name on loopback
 POOL = "real"
@@ -65,7 +65,7 @@ S3_RELAY_PORT = 9000
 CONTAINERD_NAMESPACE = "k8s.io"
 START_TIMEOUT = 120.0
 GPU_RESOURCE = "nvidia.com/gpu"
-class RealNode:
+class RealNode(LocalPart):
     def __init__(
         self,
         workdir: Path,
@@ -100,23 +100,13 @@ class RealNode:
     def labels(self) -> dict[str, str]:
         return {"sdtask.io/pool": self.pool, "nvidia.com/gpu.product": "fake"}
 
-    def _spawn(self, component: str, argv: list[str]) -> ManagedProcess:
-        process = ManagedProcess(component, argv, self.workdir / "logs" / f"{component}.log").start()
-        self.processes.append(process)
-        return process
-
     def start(self) -> RealNode:
         problems = preflight_problems()
         if problems:
             raise StackError(
                 "real node", "can't start: " + "; ".join(problems) + ". Set SDTASK_SKIP_CONTAINERS=1 to run without it."
             )
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return super().start()
 
     def _start(self) -> None:
         if Path(f"/sys/class/net/{BRIDGE}").exists():

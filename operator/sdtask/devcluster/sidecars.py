@@ -219,7 +219,7 @@ class SidecarSimulator:
         any container starts; a failure is reported in the pod status with its message, and the pod never starts."""
         env = resolve_env(core, pod, init.get("env") or [])
         env.update({key: value for key, value in self.default_agent_env.items() if not env.get(key)})
-        env = {key: str(models) + value[len(mount) :] if value == mount else value for key, value in env.items()}
+        env = {key: str(models) if value == mount else value for key, value in env.items()}
         log = pod_dir / f"{init['name']}.log"
         termination = pod_dir / f"{init['name']}.termination-log"
         process = ManagedProcess(

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import boto3
@@ -22,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from sdtask.devcluster.binaries import ensure_binaries
 from sdtask.devcluster.cluster import ClusterPorts, LocalControlPlane
 from sdtask.devcluster.nodes import DEFAULT_POOLS, NodePool, pool_manifests
-from sdtask.devcluster.processes import StackError
+from sdtask.devcluster.processes import LocalPart, StackError
 from sdtask.devcluster.realnode import RealNode
 from sdtask.devcluster.s3server import LocalS3Server, S3Endpoint
 
@@ -30,7 +29,7 @@ EXISTING_KUBECONFIG_ENV = "SDTASK_KUBECONFIG"
 DEFAULT_BUCKET = "sdtask-outputs"
 
 
-class DevStack:
+class DevStack(LocalPart):
     def __init__(
         self,
         workdir: Path | None = None,
@@ -56,14 +55,6 @@ class DevStack:
     @property
     def uses_existing_cluster(self) -> bool:
         return bool(os.environ.get(EXISTING_KUBECONFIG_ENV))
-
-    def start(self) -> DevStack:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -150,10 +141,3 @@ class DevStack:
         if self._owns_workdir and not os.environ.get("SDTASK_KEEP_STACK"):  # kept: its logs, to read after a failure
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> DevStack:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

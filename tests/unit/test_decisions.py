@@ -1,6 +1,5 @@
 import datetime as dt
 
-from sdtask.constants import Phase
 from sdtask.controller.decisions import (
     STATUS_MIN_INTERVAL_SECONDS,
     Claim,
@@ -16,7 +15,6 @@ from sdtask.controller.decisions import (
     status_write_due,
 )
 from sdtask.controller.views import PodView, task_view
-from sdtask.retry import after_failed_attempt, backoff
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -59,17 +57,6 @@ def test_a_pod_holds_its_running_task_and_the_one_assigned_ahead_and_will_have_t
     # A claim (dispatched, not yet seen by the index) counts and names the model last.
     claimed = pod_work([running], {"c": Claim("p", "z", NOW)}, {"p": "a"})
     assert (claimed["p"].load, claimed["p"].model) == (2, "z")
-
-
-def test_infrastructure_failures_retry_with_growing_backoff_then_fail() -> None:
-    assert backoff(1, 10) == dt.timedelta(seconds=10) and backoff(3, 10) == dt.timedelta(seconds=40)
-    first = after_failed_attempt(1, 2, True, NOW, 10)
-    assert first.phase == Phase.PENDING and first.not_before == NOW + dt.timedelta(seconds=10)
-    assert after_failed_attempt(3, 2, True, NOW, 10).phase == Phase.FAILED
-
-
-def test_input_errors_never_retry() -> None:
-    assert after_failed_attempt(1, 5, False, NOW).phase == Phase.FAILED
 
 
 def test_a_failing_fetch_model_init_container_degrades_the_runtime_naming_the_missing_object() -> None:

@@ -7,7 +7,6 @@ result and prints where it is and the response object the old API returned.
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,11 +17,11 @@ import yaml
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 from sdtask.constants import GROUP, VERSION
+from sdtask.devcluster.processes import run_folder_command
 from sdtask.devcluster.sidecars import StandinTiming
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
 from sdtask.devcluster.waiting import wait_for
-from sdtask.logs import configure
 from sdtask.naming import parse_s3_uri
 from sdtask.standin.images import encode_png, pattern_digest, pattern_rgb
 
@@ -117,12 +116,9 @@ def run_demo(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdtask.devcluster.demo", description=run_demo.__doc__)
-    parser.add_argument("--out", default="demo-output", help="where the result images are downloaded")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    configure(args.log_level, "auto", "demo")
-    return run_demo(Path(args.out))
+    return run_folder_command(
+        "sdtask.devcluster.demo", run_demo, "--out", "demo-output", "where the result images are downloaded", argv
+    )
 
 
 if __name__ == "__main__":

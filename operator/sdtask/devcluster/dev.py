@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import shutil
 import signal
 import threading
 from pathlib import Path
 
-from sdtask.devcluster.processes import StackError
+from sdtask.devcluster.processes import StackError, run_folder_command
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
-from sdtask.logs import configure
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -54,12 +52,9 @@ def run_dev(state_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdtask.devcluster.dev", description=run_dev.__doc__)
-    parser.add_argument("--state-dir", default=".dev", help="where the kubeconfig, env file and logs go")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    configure(args.log_level, "auto", "dev")
-    return run_dev(Path(args.state_dir))
+    return run_folder_command(
+        "sdtask.devcluster.dev", run_dev, "--state-dir", ".dev", "where the kubeconfig, env file and logs go", argv
+    )
 
 
 if __name__ == "__main__":

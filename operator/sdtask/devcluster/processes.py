@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -167,3 +168,17 @@ class LocalPart:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def run_folder_command(
+    prog: str, run: Callable[[Path], int], option: str, default: str, help: str, argv: list[str] | None = None
+) -> int:
+    """The command line of `make dev` and `make demo`: one folder option and --log-level, then `run(folder)`."""
+    from sdtask.logs import configure
+
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=run.__doc__)
+    parser.add_argument(option, default=default, help=help)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure(args.log_level, "auto", prog.rsplit(".", 1)[-1])
+    return run(Path(getattr(args, option.lstrip("-").replace("-", "_"))))

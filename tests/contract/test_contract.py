@@ -103,7 +103,8 @@ def test_the_models_catch_drift_in_answers() -> None:
 def test_the_models_catch_drift_in_requests() -> None:
     with pytest.raises(pydantic.ValidationError):
         ExtrasBatchImagesRequest.model_validate({"imageList": [{"data": PNG}]}, strict=True)  # FileData.name
-    for drifted in ({"prompt": 1}, {"batch_size": "2"}, {"alwayson_scripts": []}, {"promt": "typo"}):
+    drifts: list[dict[str, object]] = [{"prompt": 1}, {"batch_size": "2"}, {"alwayson_scripts": []}, {"promt": "typo"}]
+    for drifted in drifts:
         with pytest.raises(pydantic.ValidationError):
             check_request("/sdapi/v1/txt2img", drifted)
     with pytest.raises(pydantic.ValidationError):

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, VERSION
 from sdtask.cli import parse_command_line
+from sdtask.clients.kube import is_not_found
 from sdtask.config import OperatorSettings
 from sdtask.constants import LABEL_MANAGED_BY, LABEL_RUNTIME
 from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, build_agent_access, deployment_name
@@ -590,7 +591,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(runtime_gone, 30, "the runtime deleted (finalizer released)")
@@ -599,7 +600,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 apps.read_namespaced_deployment(deployment_name(name), namespace)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(deployment_gone, 30, "the runtime's Deployment deleted")

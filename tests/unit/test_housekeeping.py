@@ -1,12 +1,12 @@
 import datetime as dt
 
 from sdtask.controller.tasks import Timers, next_housekeeping
-from sdtask.controller.views import task_view
+from sdtask.controller.views import TaskView, task_view
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def view(phase: str | None, **spec: object) -> object:
+def view(phase: str | None, **spec: object) -> TaskView:
     status = {"phase": phase, "completionTime": "2026-01-01T00:00:10Z"} if phase else {}
     return task_view(
         {

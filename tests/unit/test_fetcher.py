@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sdtask.addresses import AddressPolicy, IPAddress
-from sdtask.clients.fetcher import LinkFetcher
+from sdtask.clients.fetcher import LinkFetcher, replace_links
 from sdtask.clients.outbound import Outbound
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
-from sdtask.links import ByteBudget, LinkError, LinkLimitError, LinkLimits, replace_links
+from sdtask.links import ByteBudget, LinkError, LinkLimitError, LinkLimits
 from tests.origin import PNG, Origin, gzip_bomb, reply
 
 CAP = 1024

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from sdtask.addresses import AddressPolicy, address_refusal, canonical_host
+from sdtask.clients.fetcher import inline_links, replace_links
 from sdtask.links import (
     ByteBudget,
     LinkError,
@@ -19,10 +20,8 @@ from sdtask.links import (
     LinkLimits,
     LinkRef,
     find_links,
-    inline_links,
     is_link,
     redact_url,
-    replace_links,
     restore_links,
     s3_link_refusal,
 )

@@ -18,7 +18,7 @@ from sdtask.agent.models import ModelFetchError, fetch_checkpoint
 from sdtask.agent.progress import ProgressReporter
 from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
-from sdtask.clients.fetcher import LinkFetcher
+from sdtask.clients.fetcher import LinkFetcher, inline_links
 from sdtask.clients.kube import Kube
 from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object
 from sdtask.clients.webui import (
@@ -42,7 +42,7 @@ from sdtask.completion import (
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
-from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
+from sdtask.links import LinkError, LinkLimits, restore_links
 from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part

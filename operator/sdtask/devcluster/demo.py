@@ -7,6 +7,7 @@ result and prints where it is and the response object the old API returned.
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ from sdtask.devcluster.sidecars import StandinTiming
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
 from sdtask.devcluster.waiting import wait_for
+from sdtask.logs import configure
 from sdtask.naming import parse_s3_uri
 from sdtask.standin.images import encode_png, pattern_digest, pattern_rgb
 
@@ -62,6 +64,7 @@ def seed_task(init_image: str) -> dict[str, Any]:
 
 
 def run_demo(out: Path) -> int:
+    """Run the seed image-to-image task end to end on a local stack."""
     print("starting the local stack (first run builds the control plane from the Go module proxy)...", flush=True)
     with DevStack() as stack, LocalSystem(stack, timing=StandinTiming(load_delay=1.0, image_delay=0.5)):
         server, cat_url = serve_once(encode_png(64, 64, pattern_rgb(pattern_digest("cat"), 64, 64)))
@@ -111,3 +114,16 @@ def run_demo(out: Path) -> int:
                 print(f"downloaded: {path.resolve()}")
             print(f"response: {json.dumps(status['response'])}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdtask.devcluster.demo", description=run_demo.__doc__)
+    parser.add_argument("--out", default="demo-output", help="where the result images are downloaded")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure(args.log_level, "auto", "demo")
+    return run_demo(Path(args.out))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,8 @@
-"""`sdtask dev`: the whole system running locally until Ctrl-C or SIGTERM."""
+"""`make dev` (`python -m sdtask.devcluster.dev`): the whole system running locally until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import shutil
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 from sdtask.devcluster.processes import StackError
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
+from sdtask.logs import configure
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -19,6 +21,7 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 
 
 def run_dev(state_dir: Path) -> int:
+    """Run the whole system locally until Ctrl-C."""
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
@@ -48,3 +51,16 @@ def run_dev(state_dir: Path) -> int:
                 raise StackError("operator", "exited", system.operator.log)
     print("local stack stopped")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdtask.devcluster.dev", description=run_dev.__doc__)
+    parser.add_argument("--state-dir", default=".dev", help="where the kubeconfig, env file and logs go")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure(args.log_level, "auto", "dev")
+    return run_dev(Path(args.state_dir))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

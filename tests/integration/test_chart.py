@@ -16,7 +16,7 @@ import os
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -632,14 +632,14 @@ def _token_client(kube_api: client.ApiClient, namespace: str, account: str, boun
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
-def _refusal(call: Any) -> str:
+def _refusal(call: Callable[[], object]) -> str:
     with pytest.raises(ApiException) as caught:
         call()
     assert caught.value.status in (403, 422), caught.value.body
     return str(caught.value.body)
 
 
-def _refused_once_enforced(call: Any) -> str:
+def _refused_once_enforced(call: Callable[[], object]) -> str:
     """The API server enforces a new ValidatingAdmissionPolicy (and its binding) only once its informers have seen
     both: wait for the first refusal instead of racing that."""
 

@@ -15,12 +15,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sdtask.addresses import address_refusal as address_refusal  # re-exported: its old home
-from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
+from sdtask.api.runtime import DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = DEFAULT_MAX_DOWNLOAD_BYTES
-DEFAULT_MAX_TOTAL_BYTES = DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
 MAX_LINK_LENGTH = 8192
 LINK_SCHEMES = frozenset({"http", "https", "s3"})
 
@@ -130,7 +128,7 @@ class LinkLimits:
     """Caps on a task's links as a whole. The per-link size cap belongs to the fetcher."""
 
     max_links: int = DEFAULT_MAX_LINKS
-    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
     seconds: float | None = None  # the whole link phase; the caller gives what is left of the attempt's timeout
 
 

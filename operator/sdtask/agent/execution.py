@@ -16,6 +16,7 @@ from typing import Any
 from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
 from sdtask.agent.progress import ProgressReporter
+from sdtask.api.task import CONDITION_RUNNING
 from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.fetcher import LinkFetcher, inline_links
@@ -48,6 +49,7 @@ from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
 from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
 from sdtask.request import makes_videos, prepare_payload
+from sdtask.retry import max_retries
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
@@ -182,8 +184,7 @@ class TaskExecution:
 
     def _retries_exhausted(self, task: dict[str, Any]) -> bool:
         spec, status = task.get("spec") or {}, task.get("status") or {}
-        max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
-        return int(status.get("attempts") or 1) > max_retries + 1
+        return int(status.get("attempts") or 1) > max_retries(spec) + 1
 
     async def _run(self, task: dict[str, Any], started: dt.datetime) -> Phase | None:
         uid, free, generated = task["metadata"].get("uid", ""), self._free, False
@@ -233,7 +234,7 @@ class TaskExecution:
         message = f"running on pod {self.settings.pod_name} (attempt {attempts})"
         if retaken:
             message += " after an agent restart"
-        conditions = set_condition(status.get("conditions"), "Running", True, "Started", message, now)
+        conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, True, "Started", message, now)
         patch = {
             "phase": Phase.RUNNING.value,
             "reason": "Started",

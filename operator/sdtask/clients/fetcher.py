@@ -16,10 +16,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from sdtask.addresses import AddressPolicy
+from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES
 from sdtask.clients.outbound import Outbound, OutboundError, Resolver
 from sdtask.clients.s3 import ObjectTooLarge, S3Client, describe_s3_error, get_object_capped
 from sdtask.links import (
-    DEFAULT_MAX_BYTES,
     ByteBudget,
     Inlined,
     LinkError,
@@ -50,7 +50,7 @@ class LinkFetcher:
         policy: AddressPolicy | None = None,
         s3_client_factory: Callable[[], S3Client] | None = None,
         s3_prefixes: tuple[str, ...] = (),
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         timeout: float = 30.0,
         total_timeout: float = 120.0,
         resolver: Resolver | None = None,

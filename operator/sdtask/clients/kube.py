@@ -25,10 +25,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.conditions import now_iso
-from sdtask.constants import GROUP, RUNTIME_PLURAL, TASK_PLURAL, VERSION
-
-FIELD_MANAGER = "sdtask-operator"
-
+from sdtask.constants import GROUP, MANAGER, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 
 # Worker threads for the blocking client; the connection pool matches, so no thread waits for (or discards) a
 # connection. The operator sets its event loop's default executor to this size (see sdtask.controller.main).
@@ -58,7 +55,7 @@ def is_not_found(error: BaseException) -> bool:
 
 
 class Kube:
-    def __init__(self, client: ApiClient, field_manager: str = FIELD_MANAGER, instance: str = "") -> None:
+    def __init__(self, client: ApiClient, field_manager: str = MANAGER, instance: str = "") -> None:
         self.client = client
         self.instance = instance
         self.core = CoreV1Api(client)

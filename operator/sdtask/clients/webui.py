@@ -15,6 +15,7 @@ import httpx
 from prometheus_client import Counter, Histogram
 
 from sdtask.checkpoints import Checkpoint, match_checkpoint
+from sdtask.config import DEFAULT_MODEL_SWITCH_TIMEOUT_SECONDS
 
 __all__ = [
     "Checkpoint",
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 
 API = "/sdapi/v1"
 DEFAULT_REQUEST_TIMEOUT = 30.0
-# Loading a checkpoint from network storage onto the GPU can take minutes.
-DEFAULT_SWITCH_TIMEOUT = 600.0
 INTERRUPT_TIMEOUT = 10.0
 PROGRESS_TIMEOUT = 5.0
 _MESSAGE_LIMIT = 2000
@@ -162,7 +161,7 @@ class WebUIClient:
         *,
         client: httpx.AsyncClient | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        switch_timeout: float = DEFAULT_SWITCH_TIMEOUT,
+        switch_timeout: float = DEFAULT_MODEL_SWITCH_TIMEOUT_SECONDS,
         credentials: str = "",
     ) -> None:
         """`credentials` is the Web UI's `--api-auth` value ("user:password"; the first pair of a list is used)."""

@@ -32,9 +32,10 @@ from sdtask.constants import (
     VERSION,
 )
 from sdtask.controller import metrics
+from sdtask.controller.housekeeping import TaskKey, Timers, next_housekeeping
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
-from sdtask.controller.tasks import TaskKey, Timers, admit_task, fail_orphans, next_housekeeping, run_due
+from sdtask.controller.tasks import admit_task, fail_orphans, run_due
 from sdtask.controller.views import PodView, TaskView, pod_view, runtime_info, task_view
 from sdtask.deployment import deployment_name
 from sdtask.routing import RuntimeInfo

@@ -9,6 +9,7 @@ from typing import Any
 
 from sdtask.conditions import parse_time
 from sdtask.constants import ANNOTATION_MODEL, LABEL_POD, LABEL_RUNTIME, Phase
+from sdtask.retry import max_retries
 from sdtask.routing import RuntimeInfo
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -72,7 +73,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         model=status.get("model") or None,
         priority=int(spec.get("priority", 0) or 0),
         attempts=int(status.get("attempts", 0) or 0),
-        max_retries=int(spec.get("maxRetries", 2) if spec.get("maxRetries") is not None else 2),
+        max_retries=max_retries(spec),
         not_before=parse_time(status.get("notBefore")),
         active_deadline_seconds=spec.get("activeDeadlineSeconds"),
         ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),

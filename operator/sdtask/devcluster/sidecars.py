@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 
+from sdtask.api.runtime import DEFAULT_MODELS_MOUNT_PATH
 from sdtask.constants import AGENT_CONTAINER, LABEL_RUNTIME, WEBUI_CONTAINER
 from sdtask.devcluster.processes import ManagedProcess, StackError, free_port, http_ok
 
@@ -246,7 +247,7 @@ _VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 def models_mount_path(webui: dict[str, Any]) -> str:
     mounts = {m["name"]: m["mountPath"] for m in webui.get("volumeMounts") or []}
-    return str(mounts.get("models", "/models")).rstrip("/") or "/"
+    return str(mounts.get("models", DEFAULT_MODELS_MOUNT_PATH)).rstrip("/") or "/"
 
 
 def expand_vars(args: list[str], env: dict[str, str]) -> list[str]:

@@ -401,7 +401,11 @@ class Bench:
             name = f"cold-{index}"
             self.task(name, "cold")
             self.observer.wait_finished([name], 60)
-            wait_for(lambda seen=seen: "running" in seen, 30, "the pod to run")  # type: ignore[misc]
+
+            def pod_running(seen: dict[str, float] = seen) -> bool:
+                return "running" in seen
+
+            wait_for(pod_running, 30, "the pod to run")
             stop.set()
             watcher.join()
             start = self.created[name]

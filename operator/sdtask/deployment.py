@@ -243,7 +243,7 @@ def webui_probes(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gpu_resources(placement: dict[str, Any]) -> dict[str, Any]:
-    resources = json.loads(json.dumps(placement.get("resources", {})))  # deep copy of plain JSON
+    resources: dict[str, Any] = json.loads(json.dumps(placement.get("resources", {})))  # deep copy of plain JSON
     gpus = placement.get("gpusPerPod", DEFAULT_GPUS_PER_POD)
     if gpus:
         for kind in ("limits", "requests"):

@@ -1,4 +1,5 @@
 import datetime as dt
+from typing import Any
 
 from sdtask.controller.decisions import (
     STATUS_MIN_INTERVAL_SECONDS,
@@ -24,7 +25,7 @@ def pod(name: str, ready: bool = True, unschedulable: str = "") -> PodView:
     return PodView("ns", name, "rt", phase, ready, False, "node-1" if ready else "", None, unschedulable)
 
 
-def by_type(conditions: list[dict]) -> dict[str, tuple[str, str]]:
+def by_type(conditions: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in conditions}
 
 
@@ -63,7 +64,7 @@ def test_a_failing_fetch_model_init_container_degrades_the_runtime_naming_the_mi
     from sdtask.controller.views import pod_view
 
     message = "ModelMissing: checkpoint absent.safetensors not found (s3://models/ckpt/absent.safetensors)"
-    body = {
+    body: dict[str, Any] = {
         "metadata": {"name": "p1", "namespace": "ns", "labels": {"sdtask.io/runtime": "rt"}},
         "spec": {"nodeName": "n1"},
         "status": {

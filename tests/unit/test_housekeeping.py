@@ -1,12 +1,12 @@
 import datetime as dt
 
 from sdtask.controller.housekeeping import Timers, deadline_passed, next_housekeeping, orphaned
-from sdtask.controller.views import task_view
+from sdtask.controller.views import TaskView, task_view
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def view(phase: str | None, **spec: object) -> object:
+def view(phase: str | None, **spec: object) -> TaskView:
     status = {"phase": phase, "completionTime": "2026-01-01T00:00:10Z"} if phase else {}
     return task_view(
         {
@@ -62,7 +62,7 @@ def test_a_deadline_passes_only_for_an_unfinished_task_after_its_active_deadline
     assert not deadline_passed(view(None, activeDeadlineSeconds=1), T0 + dt.timedelta(hours=1))  # not admitted yet
 
 
-def queued_on(runtime: str, phase: str = "Pending") -> object:
+def queued_on(runtime: str, phase: str = "Pending") -> TaskView:
     return task_view({"metadata": {"name": "t"}, "status": {"phase": phase, "runtime": runtime}})
 
 

@@ -67,7 +67,7 @@ def test_unknown_tasktype_is_a_value_error_listing_the_known_ones() -> None:
 
 def test_content_must_be_an_object() -> None:
     with pytest.raises(ValueError, match="must be an object"):
-        prepare_payload("text-to-image", ["x"])  # type: ignore[arg-type]
+        prepare_payload("text-to-image", ["x"])  # type: ignore[arg-type]  # the wrong type is the case under test
 
 
 def test_new_form_strips_the_checkpoint_and_keeps_real_scripts() -> None:

@@ -21,7 +21,7 @@ from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.fetcher import LinkFetcher, inline_links
 from sdtask.clients.kube import Kube
-from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object
+from sdtask.clients.s3 import S3Client, describe_s3_error, get_json, put_json, put_object
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
@@ -88,7 +88,9 @@ def attempt_timeout(task: dict[str, Any], default: float, now: dt.datetime) -> f
 
 
 class TaskExecution:
-    def __init__(self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: Any, fetcher: LinkFetcher) -> None:
+    def __init__(
+        self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: S3Client, fetcher: LinkFetcher
+    ) -> None:
         self.settings = settings
         self.kube = kube
         self.webui = webui

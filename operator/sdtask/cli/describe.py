@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdtask.api.task import DEFAULT_MAX_RETRIES
-from sdtask.cli.views import QueuePlace, age, created, phase_of, runtime_of, state_line
+from sdtask.cli.views import QueuePlace, age, phase_of, runtime_of, state_line
 from sdtask.conditions import parse_time
 
 
@@ -62,7 +62,7 @@ def render_task(
                 ("Attempts:", f"{status.get('attempts') or 0} (retries allowed: {retries})"),
                 ("Priority:", spec.get("priority", 0)),
                 ("Progress:", progress.get("summary") if phase_of(task) == "Running" else ""),
-                ("Created:", _when(meta.get("creationTimestamp"), now) if created(task) else ""),
+                ("Created:", _when(meta.get("creationTimestamp"), now)),
                 ("Started:", _when(status.get("startTime"), now)),
                 ("Completed:", _when(status.get("completionTime"), now)),
                 ("Output:", status.get("output_location")),

@@ -26,15 +26,13 @@ def _logging(component: str) -> None:
 
 @app.command(rich_help_panel="Services")
 def operator(
-    liveness: Annotated[
-        str, typer.Option(help="kopf's liveness endpoint ('' = off)")
-    ] = "http://0.0.0.0:8081/healthz",
+    liveness: Annotated[str, typer.Option(help="kopf's liveness endpoint ('' = off)")] = "http://0.0.0.0:8081/healthz",
 ) -> None:
     """Run the operator (kopf)."""
     import kopf
 
-    import sdtask.controller.main  # noqa: F401 - registers the handlers
     from sdtask.config import OperatorSettings
+    from sdtask.controller.main import OperatorMemo  # the import registers the handlers
 
     config = OperatorSettings.from_env()
     _logging("operator")  # instead of kopf.configure: one format for kopf's lines and ours
@@ -46,6 +44,7 @@ def operator(
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=liveness or None,
+        memo=OperatorMemo.for_settings(config),
     )
 
 

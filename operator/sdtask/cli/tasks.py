@@ -82,7 +82,8 @@ def _outputs_endpoint(kube: Cluster, task: dict[str, Any], endpoint: str | None)
     if endpoint:
         return endpoint
     runtime = kube.get_runtime(str((task.get("status") or {}).get("runtime") or ""))
-    return ((runtime or {}).get("spec") or {}).get("output", {}).get("endpoint")
+    configured: str | None = ((runtime or {}).get("spec") or {}).get("output", {}).get("endpoint")
+    return configured
 
 
 def _download(kube: Cluster, task: dict[str, Any], folder: Path, endpoint: str | None) -> None:

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
@@ -106,9 +107,11 @@ class Kube:
             if error.status not in (404, 409):
                 raise
 
-    def watch_tasks(self, namespace: str, label_selector: str, resource_version: str, timeout: int) -> Any:
-        """A blocking generator of watch events (run it in a thread)."""
-        return kubernetes.watch.Watch().stream(
+    def watch_tasks(
+        self, namespace: str, label_selector: str, resource_version: str, timeout: int
+    ) -> Iterator[dict[str, Any]]:
+        """A blocking generator of watch events (run it in a thread): {"type": ..., "object": the task's dict}."""
+        events: Iterator[dict[str, Any]] = kubernetes.watch.Watch().stream(
             self.custom.list_namespaced_custom_object,
             GROUP,
             VERSION,
@@ -119,6 +122,7 @@ class Kube:
             timeout_seconds=timeout,
             allow_watch_bookmarks=True,
         )
+        return events
 
     def list_tasks(self, namespace: str, label_selector: str) -> dict[str, Any]:
         """Blocking, like `watch_tasks`: for the agent's watch thread."""

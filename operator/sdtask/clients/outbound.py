@@ -323,7 +323,7 @@ class Outbound(AsyncClosable):
         except httpx.TimeoutException as error:
             raise OutboundError(f"timed out ({type(error).__name__})", retryable=True) from None
         except httpx.ConnectError as error:
-            raise OutboundError(f"connection failed: {error or 'connection refused'}", retryable=True) from None
+            raise OutboundError(f"connection failed: {str(error) or 'connection refused'}", retryable=True) from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:
             raise OutboundError(f"{type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:

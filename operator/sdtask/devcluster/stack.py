@@ -11,13 +11,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import boto3
 import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from sdtask.clients.s3 import S3Client
 from sdtask.devcluster.binaries import ensure_binaries
 from sdtask.devcluster.cluster import ClusterPorts, LocalControlPlane
 from sdtask.devcluster.nodes import DEFAULT_POOLS, NodePool, pool_manifests
@@ -82,7 +82,7 @@ class DevStack(LocalPart):
     def api_client(self) -> ApiClient:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def s3_client(self) -> Any:
+    def s3_client(self) -> S3Client:
         return boto3.client(
             "s3",
             endpoint_url=self.s3.url,

@@ -14,6 +14,7 @@ import pydantic
 import pytest
 import yaml
 
+from sdtask.clients.webui import api_path
 from sdtask.request import TASKTYPE_ENDPOINTS, legacy_to_task, prepare_payload
 from sdtask.standin import StandinWebUI, write_checkpoint
 from sdtask.standin.images import render_png
@@ -159,7 +160,7 @@ LEGACY_WITH_FOREIGN_KEYS = {
 
 def assert_fits(tasktype: str, content: dict[str, Any]) -> None:
     call = prepare_payload(tasktype, content)
-    check_request(call.path, call.payload)
+    check_request(api_path(call.endpoint), call.payload)
     if call.endpoint in ("txt2img", "img2img"):
         # init_script_args: every alwayson_scripts key must be one of the runner's script titles.
         titles = {script.title.lower() for script in runner(call.endpoint)}

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from sdtask.clients.webui import (
-    API,
     Checkpoint,
     WebUIClient,
     WebUIError,
     WebUITimeout,
     WebUIUnavailable,
+    api_path,
     match_checkpoint,
 )
 from sdtask.request import (
@@ -57,7 +57,7 @@ def legacy_body(**scripts: Any) -> dict[str, Any]:
 
 def test_endpoints() -> None:
     assert {k: prepare_payload(k, {}).endpoint for k in TASKTYPE_ENDPOINTS} == TASKTYPE_ENDPOINTS
-    assert f"{API}/{prepare_payload('text-to-image', {}).endpoint}" == "/sdapi/v1/txt2img"
+    assert api_path(prepare_payload("text-to-image", {}).endpoint) == "/sdapi/v1/txt2img"
 
 
 def test_unknown_tasktype_is_a_value_error_listing_the_known_ones() -> None:

@@ -151,7 +151,7 @@ class Agent:
         uid = task["metadata"].get("uid", "")
         if uid not in self.started:
             return False
-        return status.get("phase") != "Scheduled" or int(status.get("attempts") or 0) <= self.started[uid]
+        return status.get("phase") != Phase.SCHEDULED or int(status.get("attempts") or 0) <= self.started[uid]
 
     def _remember(self, task: dict[str, Any]) -> None:
         self.started[task["metadata"].get("uid", "")] = int((task.get("status") or {}).get("attempts") or 0)

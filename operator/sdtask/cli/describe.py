@@ -14,6 +14,7 @@ from rich.text import Text
 from sdtask.api.task import DEFAULT_MAX_RETRIES
 from sdtask.cli.views import QueuePlace, age, phase_of, runtime_of, state_line
 from sdtask.conditions import parse_time
+from sdtask.constants import Phase
 
 
 def _fields(rows: list[tuple[str, Any]]) -> Table:
@@ -61,7 +62,7 @@ def render_task(
                 ("Pod:", status.get("pod")),
                 ("Attempts:", f"{status.get('attempts') or 0} (retries allowed: {retries})"),
                 ("Priority:", spec.get("priority", 0)),
-                ("Progress:", progress.get("summary") if phase_of(task) == "Running" else ""),
+                ("Progress:", progress.get("summary") if phase_of(task) == Phase.RUNNING else ""),
                 ("Created:", _when(meta.get("creationTimestamp"), now)),
                 ("Started:", _when(status.get("startTime"), now)),
                 ("Completed:", _when(status.get("completionTime"), now)),

@@ -28,6 +28,7 @@ from sdtask.cli.views import (
     task_row,
     validate_manifest,
 )
+from sdtask.constants import FINISHED_PHASES, Phase
 from sdtask.request import is_legacy_body
 from sdtask.submit import manifest_from_body, read_body
 
@@ -102,10 +103,10 @@ def _download(kube: Cluster, task: dict[str, Any], folder: Path, endpoint: str |
 def _finish(kube: Cluster, tasks: list[dict[str, Any]], out_dir: Path | None, endpoint: str | None) -> int:
     for task in tasks:
         out.print(json.dumps(result_object(task)), highlight=False)
-        if phase_of(task) == "Failed":
+        if phase_of(task) == Phase.FAILED:
             err.print(f"[red]{task['metadata']['name']} failed:[/] {state_line(task, None)}", highlight=False)
     for task in tasks:
-        if out_dir is not None and phase_of(task) == "Succeeded":
+        if out_dir is not None and phase_of(task) == Phase.SUCCEEDED:
             _download(kube, task, out_dir / task["metadata"]["name"], endpoint)
     return exit_code(tasks)
 
@@ -113,7 +114,7 @@ def _finish(kube: Cluster, tasks: list[dict[str, Any]], out_dir: Path | None, en
 def _wait(kube: Cluster, names: list[str], timeout: float | None, out_dir: Path | None, endpoint: str | None) -> int:
     waiter = Waiter(kube, names, timeout=timeout)
     if not waiter.wait():
-        pending = [n for n in names if phase_of(waiter.latest[n]) not in ("Succeeded", "Failed")]
+        pending = [n for n in names if phase_of(waiter.latest[n]) not in FINISHED_PHASES]
         fail(f"timed out after {timeout:g}s waiting for {', '.join(pending)}", EXIT_FAILED)
     return _finish(kube, [waiter.latest[n] for n in names], out_dir, endpoint)
 
@@ -254,7 +255,7 @@ def describe(
 
     kube = cluster(kubeconfig, context, namespace)
     task = _task_or_fail(kube, name)
-    places = queue_places(kube.list_tasks()) if phase_of(task) == "Pending" else {}
+    places = queue_places(kube.list_tasks()) if phase_of(task) == Phase.PENDING else {}
     events = kube.events(name, task["metadata"].get("uid"))
     out.print(render_task(task, places.get((kube.namespace, name)), events, dt.datetime.now(dt.UTC)))
 
@@ -295,7 +296,7 @@ def download(
     kube = cluster(kubeconfig, context, namespace)
     for name in names:
         task = _task_or_fail(kube, name)
-        if phase_of(task) != "Succeeded":
+        if phase_of(task) != Phase.SUCCEEDED:
             fail(f"{name} has no outputs: {phase_of(task)} {state_line(task, None)}", EXIT_FAILED)
         _download(kube, task, out_dir / name, s3_endpoint)
 

@@ -97,6 +97,11 @@ class WebUIUnavailable(WebUIException):
         return f"Web UI unreachable ({self.path}): {self.reason}"
 
 
+def api_path(endpoint: str) -> str:
+    """Where a generation endpoint is posted: txt2img -> /sdapi/v1/txt2img."""
+    return f"{API}/{endpoint.strip('/')}"
+
+
 def basic_auth(credentials: str) -> httpx.BasicAuth | None:
     """HTTP Basic auth for a Web UI started with `--api-auth user:pass[,user2:pass2]` (modules/api/api.py checks
     every API route against those pairs); None without credentials."""
@@ -247,7 +252,7 @@ class WebUIClient(AsyncClosable):
         """POST /sdapi/v1/<endpoint> (txt2img, img2img, extra-single-image, extra-batch-images)."""
         started, outcome = time.monotonic(), "error"
         try:
-            result = await self._call("POST", f"{API}/{endpoint.strip('/')}", json_body=payload, timeout=timeout)
+            result = await self._call("POST", api_path(endpoint), json_body=payload, timeout=timeout)
             outcome = "ok"
         finally:
             GENERATION.labels(endpoint_label(endpoint), outcome).observe(time.monotonic() - started)

@@ -72,18 +72,24 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
 
 @dataclass(frozen=True)
 class Expect:
-    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod."""
+    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod, and (for a
+    lost pod's requeue) the attempt that ran there."""
 
     phases: frozenset[str | None]
     pod: str | None = None
+    attempt: int | None = None
 
     def holds(self, task: Mapping[str, Any]) -> bool:
         status = task.get("status") or {}
-        return status.get("phase") in self.phases and (self.pod is None or status.get("pod") == self.pod)
+        return (
+            status.get("phase") in self.phases
+            and (self.pod is None or status.get("pod") == self.pod)
+            and (self.attempt is None or int(status.get("attempts") or 0) == self.attempt)
+        )
 
 
-def running_on(pod: str) -> Expect:
-    return Expect(frozenset({Phase.RUNNING.value}), pod)
+def running_on(pod: str, attempt: int | None = None) -> Expect:
+    return Expect(frozenset({Phase.RUNNING.value}), pod, attempt)
 
 
 NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.value, Phase.RUNNING.value}))

@@ -147,22 +147,58 @@ def test_text_to_image_batch_of_four_yields_four_numbered_images(cluster: Cluste
     assert seeds == [1234, 1235, 1236, 1237]
 
 
-def test_a_retried_task_overwrites_its_own_outputs(cluster: Cluster) -> None:
-    """Running the same task twice (as at-least-once execution may) leaves one copy of each result."""
+def test_a_second_task_with_the_same_id_is_refused_and_the_first_results_stay(cluster: Cluster) -> None:
+    """Outputs live at <prefix>/<id> (the old API's layout): a second SDTask naming the same prefix and id while the
+    first exists would overwrite its results. It is refused, with the owner named, and nothing of the first changes.
+    (A retry of one task, same uid, overwrites its own keys: test_resilience's agent-crash test.)"""
     cluster.submit(text_task("twice", batch_size=2, seed=7), name="twice-1")
-    cluster.wait_finished("twice-1")
-    first = cluster.s3_keys("t2i/twice/")
-    cluster.submit(text_task("twice", batch_size=2, seed=7), name="twice-2")
-    assert cluster.wait_finished("twice-2")["status"]["phase"] == "Succeeded"
-    assert (
-        cluster.s3_keys("t2i/twice/")
-        == first
-        == [
-            "t2i/twice/image-1.png",
-            "t2i/twice/image-2.png",
-            "t2i/twice/twice.out",
-        ]
-    )
+    assert cluster.wait_finished("twice-1")["status"]["phase"] == "Succeeded"
+    keys = ["t2i/twice/image-1.png", "t2i/twice/image-2.png", "t2i/twice/twice.out"]
+    assert cluster.s3_keys("t2i/twice/") == keys
+    before = [cluster.s3_object(f"s3://{cluster.stack.bucket}/{key}")[0] for key in keys]
+
+    cluster.submit(text_task("twice", batch_size=2, seed=8), name="twice-2")
+    status = cluster.wait_finished("twice-2")["status"]
+    assert (status["phase"], status["reason"], status["attempts"]) == ("Failed", "OutputClaimed", 1)
+    assert f"s3://{cluster.stack.bucket}/t2i/twice" in status["message"]
+    assert f"{cluster.namespace}/twice-1" in status["message"]
+    cluster.wait_for_event("twice-2", "Warning", "OutputClaimed")
+    assert cluster.s3_keys("t2i/twice/") == keys
+    assert [cluster.s3_object(f"s3://{cluster.stack.bucket}/{key}")[0] for key in keys] == before
+
+
+def delete_task(cluster: Cluster, name: str) -> None:
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "sdtasks", name)
+    wait_for(lambda: name not in cluster.task_names(), 30, f"task {name} deleted")
+
+
+def test_a_task_re_created_after_deletion_takes_its_id_back(cluster: Cluster) -> None:
+    """kubectl delete, then kubectl apply of the same task (as GitOps does): it runs again and its results replace
+    the old ones, one copy of each."""
+    cluster.submit(text_task("again", batch_size=2, seed=7))
+    first = cluster.wait_finished("again")["status"]
+    old_image = cluster.s3_object(first["images"][0])[0]
+    delete_task(cluster, "again")
+    cluster.submit(text_task("again", batch_size=2, seed=9))
+    second = cluster.wait_finished("again")["status"]
+    assert second["phase"] == "Succeeded", second
+    assert second["images"] == first["images"]
+    assert cluster.s3_keys("t2i/again/") == ["t2i/again/again.out", "t2i/again/image-1.png", "t2i/again/image-2.png"]
+    assert cluster.s3_object(second["images"][0])[0] != old_image  # the new run's (seed 9), not the old one's
+
+
+def test_a_failed_re_run_never_replaces_the_earlier_success_record(cluster: Cluster) -> None:
+    """Re-created after deletion (while the first exists, a second task is refused before it writes anything), the
+    task fails this time: its error is in its status, the success record stays."""
+    cluster.submit(text_task("kept", seed=7))
+    first = cluster.wait_finished("kept")["status"]
+    record = cluster.s3_object(first["output_url"])[0]
+    delete_task(cluster, "kept")
+    cluster.submit(text_task("kept", seed=7, alwayson_scripts={"NoSuchScript": {"args": []}}))
+    failed = cluster.wait_finished("kept")["status"]
+    assert (failed["phase"], failed["reason"]) == ("Failed", "WebUIError"), failed
+    assert cluster.s3_object(first["output_url"])[0] == record  # the delivered result is still there, unchanged
+    assert json.loads(record)["error"] is None
 
 
 def test_extra_single_image_upscales_the_given_image(cluster: Cluster, files: Files) -> None:
@@ -404,19 +440,6 @@ def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, call
     assert errors[0] == errors[1] == expected
     assert callbacks.for_id("cb-unlabelled") == [] and callbacks.for_id("cb-missing") == []
     assert "hunter2" not in json.dumps(cluster.task("cb-unlabelled"))
-
-
-def test_a_failed_re_run_never_replaces_an_earlier_success_record(cluster: Cluster) -> None:
-    cluster.submit(text_task("kept", seed=5), name="kept-1")
-    done = cluster.wait_finished("kept-1")["status"]
-    assert done["phase"] == "Succeeded"
-    record_before = json.loads(cluster.s3_object(done["output_url"])[0])
-    failing = text_task("kept", init_images=["http://127.0.0.1:9/gone.png"])
-    failing["metadata"]["tasktype"] = "image-to-image"
-    cluster.submit(failing, name="kept-2")
-    assert cluster.wait_finished("kept-2")["status"]["reason"] == "LinkFailed"
-    assert json.loads(cluster.s3_object(done["output_url"])[0]) == record_before
-    assert record_before["error"] is None and record_before["images"] == done["images"]
 
 
 def test_content_nested_too_deep_fails_at_admission_and_the_operator_keeps_watching(cluster: Cluster) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sdtask.naming import owner_key, record_key
 from sdtask.ownership import Claim, Owner, claimed_message, decide, owner_exists, owner_of, stored_owner
 
@@ -21,7 +23,8 @@ def test_the_owner_comes_from_the_task_and_round_trips_through_its_marker() -> N
 
 
 def test_anything_but_a_complete_marker_names_no_owner() -> None:
-    for marker in (None, "x", [], {}, {"namespace": "a", "name": "b"}, {"namespace": "a", "name": "b", "uid": 3}):
+    markers: list[Any] = [None, "x", [], {}, {"namespace": "a", "name": "b"}, {"namespace": "a", "name": "b", "uid": 3}]
+    for marker in markers:
         assert stored_owner(marker) is None
 
 

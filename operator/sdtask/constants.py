@@ -19,7 +19,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_CALLBACK_SECRET = "sdtask.io/callback-secret"
 MANAGER = "sdtask-operator"
 
-ANNOTATION_MODEL = "sdtask.io/model"  # on a runtime pod: the checkpoint its Web UI has loaded (written by the agent)
+ANNOTATION_MODEL = "sdtask.io/model"  # on a pod's model Lease: the checkpoint its Web UI loaded (modelreport.py)
 ANNOTATION_REQUEST_FORMAT = "sdtask.io/request-format"  # "legacy" when converted from the old flat body
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # busy pods are the last a ReplicaSet removes
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from kubernetes.client import CoordinationV1Api
+from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, VERSION
 from sdtask.devcluster.waiting import wait_for
@@ -279,6 +283,37 @@ def test_a_dynamic_runtime_switches_to_another_existing_checkpoint(cluster: Clus
     assert loaded_model(cluster, "dynamic").startswith("dreamshaper.safetensors")
 
 
+def test_a_pod_reports_its_loaded_model_before_any_task_in_a_lease_it_owns_not_on_the_pod(cluster: Cluster) -> None:
+    """The operator knows each pod's model from the start (model affinity needs it); the agent has no pod write:
+    it reports in a Lease named after its pod, which goes away with the pod."""
+    cluster.models("reporter", "dreamshaper.safetensors")
+    cluster.runtime("reporter", "pool-b", dynamicModel=True, scaling={"minReplicas": 1, "maxReplicas": 1})
+
+    def reported() -> dict[str, Any] | None:
+        pods = cluster.get_runtime("reporter").get("status", {}).get("pods", [])
+        return pods[0] if pods and pods[0].get("model") else None
+
+    shown = wait_for(reported, 60, "the runtime status to show its pod's loaded model")
+    assert shown["model"].startswith("dreamshaper.safetensors")
+    leases = CoordinationV1Api(cluster.core.api_client)
+    lease = leases.read_namespaced_lease(shown["name"], cluster.namespace)
+    assert lease.metadata.annotations["sdtask.io/model"] == shown["model"]
+    pod = cluster.core.read_namespaced_pod(shown["name"], cluster.namespace)
+    assert [(o.kind, o.uid) for o in lease.metadata.owner_references] == [("Pod", pod.metadata.uid)]
+    assert "sdtask.io/model" not in (pod.metadata.annotations or {})
+
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "sdruntimes", "reporter")
+
+    def lease_gone() -> bool:
+        try:
+            leases.read_namespaced_lease(shown["name"], cluster.namespace)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(lease_gone, 90, "the pod's Lease to go with its pod (garbage collection)")
+
+
 def test_a_dynamic_runtime_fails_a_missing_checkpoint_and_keeps_the_loaded_one(cluster: Cluster) -> None:
     cluster.submit(text_task("warm-up", runtime="dynamic"))
     assert cluster.wait_finished("warm-up")["status"]["phase"] == "Succeeded"
@@ -306,6 +341,49 @@ def test_a_web_ui_timeout_interrupts_and_fails_the_attempt(cluster: Cluster) -> 
     # The runtime is still healthy: the next task runs.
     cluster.submit(text_task("after-timeout"))
     assert cluster.wait_finished("after-timeout")["status"]["phase"] == "Succeeded"
+
+
+class HeldReceiver:
+    """A callback receiver that holds every request open until released (a slow or stuck endpoint of a user)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.arrived.set()
+                receiver.release.wait(60)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/callback"
+
+
+def test_a_stuck_callback_receiver_never_holds_the_gpu(cluster: Cluster) -> None:
+    """Callbacks go out from a queue: the pod takes its next task while the first one's receiver still hangs."""
+    held = HeldReceiver()
+    try:
+        cluster.submit(text_task("held-callback"), callback={"url": held.url})
+        assert cluster.wait_finished("held-callback")["status"]["phase"] == "Succeeded"
+        assert held.arrived.wait(30), "the callback was never sent"
+        cluster.submit(text_task("after-held-callback"))
+        assert cluster.wait_finished("after-held-callback")["status"]["phase"] == "Succeeded"
+        assert cluster.status("held-callback")["callback"]["state"] == "Pending"  # still held meanwhile
+    finally:
+        held.release.set()
+    delivered = wait_for(
+        lambda: (cluster.status("held-callback").get("callback") or {}).get("state") == "Delivered", 60, "delivery"
+    )
+    held.server.shutdown()
+    assert delivered
 
 
 def test_a_legacy_body_routes_by_checkpoint_and_answers_in_the_legacy_shape(cluster: Cluster, files: Files) -> None:

@@ -41,10 +41,11 @@ from sdtask.completion import (
 )
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
-from sdtask.constants import ANNOTATION_MODEL, Phase
+from sdtask.constants import Phase
 from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
 from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
+from sdtask.modelreport import model_lease
 from sdtask.naming import image_key, output_location, owner_key, record_key, s3_uri, validate_key_part
 from sdtask.ownership import Claim, Owner, claimed_message, decide, owner_exists, owner_of, stored_owner
 from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
@@ -356,9 +357,12 @@ class TaskExecution:
         return loaded or expected
 
     async def report_model(self, model: str | None) -> None:
-        """Tell the operator which checkpoint this pod has loaded (model affinity reads it)."""
+        """Tell the operator which checkpoint this pod has loaded (model affinity reads it): in the pod's Lease, as
+        the agent may write no pod (see sdtask/modelreport.py)."""
         if model:
-            await self.kube.annotate_pod(self.settings.namespace, self.settings.pod_name, {ANNOTATION_MODEL: model})
+            settings = self.settings
+            lease = model_lease(settings.namespace, settings.pod_name, settings.pod_uid, settings.runtime, model)
+            await self.kube.apply(lease)
 
     async def _find_checkpoint(self, wanted: str) -> Checkpoint | None:
         found = match_checkpoint(wanted, await self.webui.list_checkpoints())

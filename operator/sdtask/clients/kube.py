@@ -16,6 +16,7 @@ import kubernetes
 from kubernetes.client import (
     ApiClient,
     AppsV1Api,
+    CoordinationV1Api,
     CoreV1Api,
     CustomObjectsApi,
     NetworkingV1Api,
@@ -65,6 +66,7 @@ class Kube:
         self.custom = CustomObjectsApi(client)
         self.rbac = RbacAuthorizationV1Api(client)
         self.networking = NetworkingV1Api(client)
+        self.coordination = CoordinationV1Api(client)
         self.field_manager = field_manager
 
     # --- SDTask ---------------------------------------------------------------------------------------------------
@@ -155,6 +157,7 @@ class Kube:
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
             "NetworkPolicy": self.networking.patch_namespaced_network_policy,
+            "Lease": self.coordination.patch_namespaced_lease,  # an agent's model report (sdtask/modelreport.py)
         }[kind]
         result = await asyncio.to_thread(
             method,

@@ -34,8 +34,9 @@ from sdtask.controller import metrics
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
 from sdtask.controller.tasks import Timers, admit_task, fail_orphans, next_housekeeping, run_due
-from sdtask.controller.views import pod_view, runtime_info, task_view
+from sdtask.controller.views import pod_view, runtime_info, task_view, with_models
 from sdtask.deployment import deployment_name
+from sdtask.modelreport import LEASE_GROUP, LEASE_PLURAL, LEASE_SELECTOR, LEASE_VERSION, reported_model
 
 log = logging.getLogger(__name__)
 API_SERVER_MAX_JSON_DEPTH = 10_000
@@ -63,6 +64,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's handler chatter would drown it
     settings.watching.server_timeout = 300
+    # Only the agents' model Leases, filtered by the API server: every node's heartbeat is a Lease too.
+    settings.watching.label_selectors[LEASE_GROUP, LEASE_PLURAL] = LEASE_SELECTOR
     settings.networking.request_timeout = 60
     # A quiet object's worker goes after 1 s instead of 5: a burst of thousands of new tasks holds fewer at once.
     settings.batching.idle_timeout = 1.0
@@ -123,6 +126,14 @@ def pod_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
     return {(view.namespace, view.runtime): view}
 
 
+# The model each pod's agent reports it has loaded (sdtask/modelreport.py): agents may not write their pods.
+@kopf.index(LEASE_GROUP, LEASE_VERSION, LEASE_PLURAL, labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
+def model_index(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], tuple[str, str | None]]:
+    return {(namespace or "", labels[LABEL_RUNTIME]): reported_model(body)}
+
+
 @kopf.index("apps", "v1", "deployments", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
 def deployment_index(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
@@ -161,6 +172,13 @@ def pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: 
     _wake(memo, namespace, labels.get(LABEL_RUNTIME))
 
 
+@kopf.on.event(
+    LEASE_GROUP, LEASE_VERSION, LEASE_PLURAL, labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER}
+)
+def model_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    _wake(memo, namespace, labels.get(LABEL_RUNTIME))
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
 def deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     _wake(memo, namespace, labels.get(LABEL_RUNTIME))
@@ -187,6 +205,7 @@ async def runtime_daemon(
     task_index: kopf.Index[tuple[str, str], Any] = kwargs["task_index"]
     pod_index: kopf.Index[tuple[str, str], Any] = kwargs["pod_index"]
     deployment_index: kopf.Index[tuple[str, str], int] = kwargs["deployment_index"]
+    model_index: kopf.Index[tuple[str, str], tuple[str, str | None]] = kwargs["model_index"]
     namespace = namespace or ""  # SDRuntimes are namespaced; kopf's signature is generic
     logs.bind(namespace=namespace, runtime=name)  # the daemon is its own asyncio task: only its lines get these
     state = _state(memo, namespace, name)
@@ -202,7 +221,7 @@ async def runtime_daemon(
             await loop.reconcile(
                 dict(body),
                 list(task_index.get(key, [])),
-                list(pod_index.get(key, [])),
+                with_models(list(pod_index.get(key, [])), dict(model_index.get(key, []))),
                 generations[0] if generations else None,
             )
             failures = 0

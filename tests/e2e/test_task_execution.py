@@ -482,9 +482,21 @@ def test_an_unwritable_output_bucket_is_retried_then_fails_clearly(cluster: Clus
     assert cluster.get_runtime("no-bucket")["status"]["readyReplicas"] >= 1
 
 
+def wait_generating(cluster: Cluster, name: str) -> None:
+    """Running AND generating (its progress shows): Running alone may still be before the generation (the output
+    claim, links, the model), where a cancel stops the task before the Web UI is even asked, with nothing to
+    interrupt."""
+
+    def generating() -> bool:
+        status = cluster.status(name)
+        return status.get("phase") == "Running" and bool(status.get("progress"))
+
+    wait_for(generating, 30, f"task {name} to generate")
+
+
 def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> None:
     cluster.submit(text_task("cancel-me", batch_size=8, n_iter=8))  # 3.2 s of generation
-    wait_for(lambda: cluster.status("cancel-me").get("phase") == "Running", 30, "the task to run")
+    wait_generating(cluster, "cancel-me")
     interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
 
     cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdtasks", "cancel-me")
@@ -497,6 +509,30 @@ def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> Non
     cluster.submit(text_task("after-cancel"))  # the pod is free again at once
     assert cluster.wait_finished("after-cancel")["status"]["phase"] == "Succeeded"
     assert cluster.s3_keys("t2i/cancel-me/") == []  # nothing of the cancelled task was uploaded
+
+
+def test_a_task_ended_elsewhere_while_it_generates_stops_and_is_never_overwritten_by_a_success(
+    cluster: Cluster,
+) -> None:
+    """The operator ends a running task (its deadline, as the housekeeper writes it): the agent stops the generation
+    at once, uploads nothing, and never writes its success over the failure; the pod takes the next task."""
+    cluster.submit(text_task("ended-elsewhere", batch_size=8, n_iter=8))  # 3.2 s of generation
+    wait_generating(cluster, "ended-elsewhere")
+    interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+    ended = {"phase": "Failed", "reason": "DeadlineExceeded", "message": "activeDeadlineSeconds passed"}
+    cluster.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, cluster.namespace, "sdtasks", "ended-elsewhere", {"status": ended}
+    )
+    wait_for(
+        lambda: int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1]) == interrupts + 1,
+        30,
+        "the Web UI to be interrupted",
+    )
+    cluster.submit(text_task("after-ended"))
+    assert cluster.wait_finished("after-ended")["status"]["phase"] == "Succeeded"
+    status = cluster.status("ended-elsewhere")
+    assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded")
+    assert cluster.s3_keys("t2i/ended-elsewhere/") == []
 
 
 def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, callbacks: CallbackReceiver) -> None:

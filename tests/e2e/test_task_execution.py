@@ -386,6 +386,28 @@ def test_a_stuck_callback_receiver_never_holds_the_gpu(cluster: Cluster) -> None
     assert delivered
 
 
+def test_a_stuck_callback_receiver_never_holds_up_the_operators_deadlines(cluster: Cluster) -> None:
+    """The operator's own endings (here deadlines, from its housekeeping) queue their callbacks too: a receiver that
+    hangs delays nothing else."""
+    cluster.runtime("unplaceable", "pool-that-does-not-exist", checkpoint=STATIC_MODEL)
+    held = HeldReceiver()
+    try:
+        cluster.submit(
+            text_task("held-deadline", runtime="unplaceable"), activeDeadlineSeconds=1, callback={"url": held.url}
+        )
+        assert held.arrived.wait(30), "the callback was never sent"
+        cluster.submit(text_task("next-deadline", runtime="unplaceable"), activeDeadlineSeconds=1)
+        status = cluster.wait_finished("next-deadline", timeout=30)["status"]
+        assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded")
+        assert cluster.status("held-deadline")["callback"]["state"] == "Pending"  # still held meanwhile
+    finally:
+        held.release.set()
+    wait_for(
+        lambda: (cluster.status("held-deadline").get("callback") or {}).get("state") == "Delivered", 60, "delivery"
+    )
+    held.server.shutdown()
+
+
 def test_a_legacy_body_routes_by_checkpoint_and_answers_in_the_legacy_shape(cluster: Cluster, files: Files) -> None:
     from sdtask.submit import manifest_from_body
 

@@ -16,7 +16,7 @@ import os
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, VERSION
 from sdtask.cli import parse_command_line
+from sdtask.clients.kube import is_not_found
 from sdtask.config import OperatorSettings
 from sdtask.constants import LABEL_MANAGED_BY, LABEL_RUNTIME
 from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, build_agent_access, deployment_name
@@ -594,7 +595,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(runtime_gone, 30, "the runtime deleted (finalizer released)")
@@ -603,7 +604,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 apps.read_namespaced_deployment(deployment_name(name), namespace)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(deployment_gone, 30, "the runtime's Deployment deleted")
@@ -635,14 +636,14 @@ def _token_client(kube_api: client.ApiClient, namespace: str, account: str, boun
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
-def _refusal(call: Any) -> str:
+def _refusal(call: Callable[[], object]) -> str:
     with pytest.raises(ApiException) as caught:
         call()
     assert caught.value.status in (403, 422), caught.value.body
     return str(caught.value.body)
 
 
-def _refused_once_enforced(call: Any) -> str:
+def _refused_once_enforced(call: Callable[[], object]) -> str:
     """The API server enforces a new ValidatingAdmissionPolicy (and its binding) only once its informers have seen
     both: wait for the first refusal instead of racing that."""
 
@@ -706,11 +707,12 @@ def test_admission_policies_narrow_what_agents_and_the_operator_may_write(
 
     # No pod write at all, by RBAC: not the model annotation it used to write, not the image.
     image = {"spec": {"containers": [{"name": "webui", "image": "evil.example.com/miner:1"}]}}
-    for refused in (
+    pod_calls: list[Callable[[], Any]] = [
         lambda: annotate(agent, "runtime-a", {"sdtask.io/model": "v1-5.safetensors"}),
         lambda: agent.patch_namespaced_pod("runtime-a", namespace, image),
         lambda: agent.read_namespaced_pod("runtime-a", namespace),
-    ):
+    ]
+    for refused in pod_calls:
         with pytest.raises(ApiException) as caught:
             refused()
         assert caught.value.status == 403, caught.value.body
@@ -724,7 +726,7 @@ def test_admission_policies_narrow_what_agents_and_the_operator_may_write(
     # a harmless write probes for enforcement first: nothing else may get through before the policy is in force
     # (a new value each time: once a value got through, writing it again changes nothing and would be allowed)
     assert "only the Lease of its own pod" in _refused_once_enforced(lambda: report(other, uuid.uuid4().hex))
-    unowned = {"ownerReferences": []}
+    unowned: dict[str, Any] = {"ownerReferences": []}
     assert "owned by its pod" in _refusal(lambda: report(mine, "x", **unowned))
     unlabelled = {"labels": {"app": "db"}}
     assert "only its model Lease" in _refusal(lambda: report(mine, "x", **unlabelled))

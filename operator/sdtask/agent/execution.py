@@ -16,11 +16,20 @@ from typing import Any
 from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
 from sdtask.agent.progress import ProgressReporter
+from sdtask.api.task import CONDITION_RUNNING
 from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
-from sdtask.clients.fetcher import LinkFetcher
+from sdtask.clients.fetcher import LinkFetcher, inline_links
 from sdtask.clients.kube import Kube, is_not_found
-from sdtask.clients.s3 import claim_json, describe_s3_error, get_json, put_json, put_object, replace_json_if
+from sdtask.clients.s3 import (
+    S3Client,
+    claim_json,
+    describe_s3_error,
+    get_json,
+    put_json,
+    put_object,
+    replace_json_if,
+)
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
@@ -42,7 +51,7 @@ from sdtask.completion import (
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import Phase
-from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
+from sdtask.links import LinkError, LinkLimits, restore_links
 from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.modelreport import model_lease
@@ -50,6 +59,7 @@ from sdtask.naming import image_key, output_location, owner_key, record_key, s3_
 from sdtask.ownership import Claim, Owner, claimed_message, decide, owner_exists, owner_of, stored_owner
 from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
 from sdtask.request import makes_videos, prepare_payload
+from sdtask.retry import max_retries
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
@@ -88,7 +98,9 @@ def attempt_timeout(task: dict[str, Any], default: float, now: dt.datetime) -> f
 
 
 class TaskExecution:
-    def __init__(self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: Any, fetcher: LinkFetcher) -> None:
+    def __init__(
+        self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: S3Client, fetcher: LinkFetcher
+    ) -> None:
         self.settings = settings
         self.kube = kube
         self.webui = webui
@@ -182,8 +194,7 @@ class TaskExecution:
 
     def _retries_exhausted(self, task: dict[str, Any]) -> bool:
         spec, status = task.get("spec") or {}, task.get("status") or {}
-        max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
-        return int(status.get("attempts") or 1) > max_retries + 1
+        return int(status.get("attempts") or 1) > max_retries(spec) + 1
 
     async def _run(self, task: dict[str, Any], started: dt.datetime) -> Phase | None:
         uid, free, generated = task["metadata"].get("uid", ""), self._free, False
@@ -239,7 +250,7 @@ class TaskExecution:
         message = f"running on pod {self.settings.pod_name} (attempt {attempts})"
         if retaken:
             message += " after an agent restart"
-        conditions = set_condition(status.get("conditions"), "Running", True, "Started", message, now)
+        conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, True, "Started", message, now)
         patch = {
             "phase": Phase.RUNNING.value,
             "reason": "Started",
@@ -358,11 +369,15 @@ class TaskExecution:
 
     async def report_model(self, model: str | None) -> None:
         """Tell the operator which checkpoint this pod has loaded (model affinity reads it): in the pod's Lease, as
-        the agent may write no pod (see sdtask/modelreport.py)."""
+        the agent may write no pod (see sdtask/modelreport.py). Best effort: a failed report costs affinity, never
+        the task (the task's own status says which model it ran on)."""
         if model:
             settings = self.settings
             lease = model_lease(settings.namespace, settings.pod_name, settings.pod_uid, settings.runtime, model)
-            await self.kube.apply(lease)
+            try:
+                await self.kube.apply(lease)
+            except Exception as error:
+                log.warning("could not report the loaded model %s: %s", model, error)
 
     async def _find_checkpoint(self, wanted: str) -> Checkpoint | None:
         found = match_checkpoint(wanted, await self.webui.list_checkpoints())

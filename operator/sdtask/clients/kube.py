@@ -86,8 +86,13 @@ class Kube:
         )
         return result
 
-    async def patch_task_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
-        """None removes a label."""
+    async def patch_task_labels(
+        self, namespace: str, name: str, labels: dict[str, str | None], resource_version: str | None = None
+    ) -> None:
+        """None removes a label; with a resourceVersion the patch fails with 409 if the task changed meanwhile."""
+        metadata: dict[str, Any] = {"labels": labels}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object,
             GROUP,
@@ -95,7 +100,7 @@ class Kube:
             namespace,
             TASK_PLURAL,
             name,
-            {"metadata": {"labels": labels}},
+            {"metadata": metadata},
         )
 
     async def delete_task(self, namespace: str, name: str, uid: str = "") -> None:

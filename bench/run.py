@@ -39,7 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client import CoreV1Api, CustomObjectsApi
+from kubernetes.client import CoordinationV1Api, CoreV1Api, CustomObjectsApi
 
 from bench.observe import Observer, load_average, ms_stats, rss_mib, urlopen_text, wait_rss_settled
 from bench.report import table
@@ -50,6 +50,7 @@ from sdtask.devcluster.sidecars import StandinTiming
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
 from sdtask.devcluster.waiting import wait_for
+from sdtask.modelreport import LEASE_SELECTOR
 from sdtask.standin.weights import write_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -78,6 +79,7 @@ class Bench:
         self.stack, self.system, self.namespace = stack, system, namespace
         self.client = stack.api_client()
         self.core, self.custom = CoreV1Api(self.client), CustomObjectsApi(self.client)
+        self.coordination = CoordinationV1Api(self.client)  # the agents report their loaded model in Leases
         self.local = threading.local()
         self.created: dict[str, float] = {}
         self.observer = Observer(stack, namespace)
@@ -148,8 +150,11 @@ class Bench:
 
         def ready() -> bool:
             pods = [p for p in self.pods(runtime) if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
-            annotated = [p for p in pods if (p.metadata.annotations or {}).get(ANNOTATION_MODEL)]
-            return len(annotated) == count
+            leases = self.coordination.list_namespaced_lease(self.namespace, label_selector=LEASE_SELECTOR).items
+            reported = {
+                lease.metadata.name for lease in leases if (lease.metadata.annotations or {}).get(ANNOTATION_MODEL)
+            }
+            return len([p for p in pods if p.metadata.name in reported]) == count
 
         wait_for(ready, 120, f"{count} ready pods of {runtime}", interval=0.2)
 

@@ -77,18 +77,24 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
 
 @dataclass(frozen=True)
 class Expect:
-    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod."""
+    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod, and (for a
+    lost pod's requeue) the attempt that ran there."""
 
     phases: frozenset[str | None]
     pod: str | None = None
+    attempt: int | None = None
 
     def holds(self, task: Mapping[str, Any]) -> bool:
         status = task.get("status") or {}
-        return status.get("phase") in self.phases and (self.pod is None or status.get("pod") == self.pod)
+        return (
+            status.get("phase") in self.phases
+            and (self.pod is None or status.get("pod") == self.pod)
+            and (self.attempt is None or int(status.get("attempts") or 0) == self.attempt)
+        )
 
 
-def running_on(pod: str) -> Expect:
-    return Expect(frozenset({Phase.RUNNING.value}), pod)
+def running_on(pod: str, attempt: int | None = None) -> Expect:
+    return Expect(frozenset({Phase.RUNNING.value}), pod, attempt)
 
 
 NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.value, Phase.RUNNING.value}))
@@ -96,36 +102,35 @@ NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.valu
 
 async def patch_status_if(
     kube: Kube, task: Mapping[str, Any], status: dict[str, Any], expect: Expect | None, *, tries: int = 5
-) -> bool:
-    """Patch the status only while `expect` holds; False when it no longer does (nothing written).
+) -> dict[str, Any] | None:
+    """Patch the status only while `expect` holds: the task as written, None when it no longer held (nothing
+    written).
 
     The check and the write are one: the patch carries the resourceVersion of the read that passed the check, so
     a deadline failure written meanwhile makes it fail (409) instead of being overwritten by a success.
     """
     meta = task["metadata"]
     if expect is None:
-        await kube.patch_task_status(meta["namespace"], meta["name"], status)
-        return True
+        return await kube.patch_task_status(meta["namespace"], meta["name"], status)
     for _ in range(tries):
         try:
             current = await kube.get_task(meta["namespace"], meta["name"])
         except Exception as error:
             if is_not_found(error):
-                return False
+                return None
             raise
         if not expect.holds(current):
-            return False
+            return None
         try:
-            await kube.patch_task_status(
+            return await kube.patch_task_status(
                 meta["namespace"], meta["name"], status, current["metadata"]["resourceVersion"]
             )
-            return True
         except Exception as error:
             if is_not_found(error):
-                return False
+                return None
             if not is_conflict(error):
                 raise
-    return False
+    return None
 
 
 async def finish_task(
@@ -143,7 +148,7 @@ async def finish_task(
     meta = task["metadata"]
     now = dt.datetime.now(dt.UTC)
     status = final_status(task, outcome, now)
-    if not await patch_status_if(kube, task, status, expect):
+    if await patch_status_if(kube, task, status, expect) is None:
         log.info("%s/%s: no longer %s; its end is not written", meta["namespace"], meta["name"], expect)
         return None
     event_type = "Normal" if outcome.phase == Phase.SUCCEEDED else "Warning"
@@ -194,9 +199,18 @@ async def end_failed_attempt(
         "progress": None,
         "conditions": conditions,
     }
-    if not await patch_status_if(kube, task, requeue, expect):
+    written = await patch_status_if(kube, task, requeue, expect)
+    if written is None:
         return None
-    await kube.patch_task_labels(meta["namespace"], meta["name"], {LABEL_POD: None})
+    try:
+        # Only the version just written: a quick retry may already be dispatched again, perhaps to this very pod,
+        # and removing the label then would strand that new dispatch (its agent watches the label).
+        await kube.patch_task_labels(
+            meta["namespace"], meta["name"], {LABEL_POD: None}, written["metadata"]["resourceVersion"]
+        )
+    except Exception as error:
+        if not (is_conflict(error) or is_not_found(error)):
+            raise
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING
 

@@ -81,6 +81,7 @@ class AgentSettings:
     pod_name: str
     namespace: str
     runtime: str
+    pod_uid: str = ""  # owner of the pod's model Lease, so it goes with the pod
     webui_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     webui_api_auth: str = field(default="", repr=False)  # the Web UI's --api-auth "user:password", from a Secret
     dynamic_model: bool = False
@@ -115,6 +116,7 @@ class AgentSettings:
     def from_env(cls) -> AgentSettings:
         return cls(
             pod_name=_env("SDTASK_POD_NAME"),
+            pod_uid=_env("SDTASK_POD_UID"),
             namespace=_env("SDTASK_NAMESPACE", "default"),
             runtime=_env("SDTASK_RUNTIME"),
             webui_url=_env("SDTASK_WEBUI_URL", cls.webui_url),

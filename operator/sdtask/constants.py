@@ -22,7 +22,7 @@ MANAGER = OPERATOR_NAME
 # The image of the operator, the agent and the CLI (devcluster/images.py builds it under this tag, stdlib only).
 DEFAULT_IMAGE = f"{OPERATOR_NAME}:0.1.0"
 
-ANNOTATION_MODEL = "sdtask.io/model"  # on a runtime pod: the checkpoint its Web UI has loaded (written by the agent)
+ANNOTATION_MODEL = "sdtask.io/model"  # on a pod's model Lease: the checkpoint its Web UI loaded (modelreport.py)
 ANNOTATION_REQUEST_FORMAT = "sdtask.io/request-format"  # "legacy" when converted from the old flat body
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # busy pods are the last a ReplicaSet removes
 

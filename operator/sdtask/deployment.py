@@ -113,6 +113,7 @@ def agent_env(runtime: dict[str, Any], settings: OperatorSettings | None = None)
     agent = spec.get("agent", {})
     env = [
         _field_env("SDTASK_POD_NAME", "metadata.name"),
+        _field_env("SDTASK_POD_UID", "metadata.uid"),
         _field_env("SDTASK_NAMESPACE", "metadata.namespace"),
         _env("SDTASK_RUNTIME", runtime["metadata"]["name"]),
         _env("SDTASK_WEBUI_URL", f"http://127.0.0.1:{webui_port(spec)}"),
@@ -406,12 +407,13 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# What the agent may do, in its own namespace only: read and update the tasks given to its pod, annotate its pod with
-# the loaded model, read a callback's signing Secret, and post Events. No wildcards.
+# What the agent may do, in its own namespace only: read and update the tasks given to its pod, report the loaded
+# model in its pod's Lease (server-side apply: create and patch; the chart's admission policy narrows it to the Lease
+# of its own pod), read a callback's signing Secret, and post Events. No wildcards, and no pod write at all.
 AGENT_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["sdtask.io"], "resources": ["sdtasks"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["sdtask.io"], "resources": ["sdtasks/status"], "verbs": ["get", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]

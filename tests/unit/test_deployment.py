@@ -231,7 +231,7 @@ def test_the_agent_reads_back_exactly_what_the_operator_puts_in_its_pod_env(monk
     operator = OperatorSettings(allow_private_callbacks=True, allowed_callback_hosts=frozenset({"hooks.example.com"}))
     env = kubelet_env(
         agent_env(spec, operator),
-        {"metadata.name": "sd15-abc", "metadata.namespace": "gen"},
+        {"metadata.name": "sd15-abc", "metadata.namespace": "gen", "metadata.uid": "7d3c-uid"},
         {("s3", "AWS_ACCESS_KEY_ID"): "AK", ("s3", "AWS_SECRET_ACCESS_KEY"): "SK", ("webui-auth", "api-auth"): "u:p"},
     )
     for name in list(os.environ):
@@ -243,6 +243,7 @@ def test_the_agent_reads_back_exactly_what_the_operator_puts_in_its_pod_env(monk
     settings.validate()
     read = (
         settings.pod_name,
+        settings.pod_uid,
         settings.namespace,
         settings.runtime,
         settings.webui_url,
@@ -266,6 +267,7 @@ def test_the_agent_reads_back_exactly_what_the_operator_puts_in_its_pod_env(monk
     )
     assert read == (
         "sd15-abc",
+        "7d3c-uid",
         "gen",
         "sd15",
         "http://127.0.0.1:7861",

@@ -17,6 +17,7 @@ import kubernetes
 from kubernetes.client import (
     ApiClient,
     AppsV1Api,
+    CoordinationV1Api,
     CoreV1Api,
     CustomObjectsApi,
     NetworkingV1Api,
@@ -63,6 +64,7 @@ class Kube:
         self.custom = CustomObjectsApi(client)
         self.rbac = RbacAuthorizationV1Api(client)
         self.networking = NetworkingV1Api(client)
+        self.coordination = CoordinationV1Api(client)
         self.field_manager = field_manager
 
     # --- SDTask ---------------------------------------------------------------------------------------------------
@@ -84,8 +86,13 @@ class Kube:
         )
         return result
 
-    async def patch_task_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
-        """None removes a label."""
+    async def patch_task_labels(
+        self, namespace: str, name: str, labels: dict[str, str | None], resource_version: str | None = None
+    ) -> None:
+        """None removes a label; with a resourceVersion the patch fails with 409 if the task changed meanwhile."""
+        metadata: dict[str, Any] = {"labels": labels}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object,
             GROUP,
@@ -93,7 +100,7 @@ class Kube:
             namespace,
             TASK_PLURAL,
             name,
-            {"metadata": {"labels": labels}},
+            {"metadata": metadata},
         )
 
     async def delete_task(self, namespace: str, name: str, uid: str = "") -> None:
@@ -156,6 +163,7 @@ class Kube:
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
             "NetworkPolicy": self.networking.patch_namespaced_network_policy,
+            "Lease": self.coordination.patch_namespaced_lease,  # an agent's model report (sdtask/modelreport.py)
         }[kind]
         result = await asyncio.to_thread(
             method,

@@ -36,8 +36,9 @@ from sdtask.controller.housekeeping import TaskKey, Timers, next_housekeeping
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
 from sdtask.controller.tasks import admit_task, fail_orphans, run_due
-from sdtask.controller.views import PodView, TaskView, pod_view, runtime_info, task_view
+from sdtask.controller.views import PodView, TaskView, pod_view, runtime_info, task_view, with_models
 from sdtask.deployment import deployment_name
+from sdtask.modelreport import LEASE_GROUP, LEASE_PLURAL, LEASE_SELECTOR, LEASE_VERSION, reported_model
 from sdtask.routing import RuntimeInfo
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ async def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's handler chatter would drown it
     settings.watching.server_timeout = 300
+    # Only the agents' model Leases, filtered by the API server: every node's heartbeat is a Lease too.
+    settings.watching.label_selectors[LEASE_GROUP, LEASE_PLURAL] = LEASE_SELECTOR
     settings.networking.request_timeout = 60
     # A quiet object's worker goes after 1 s instead of 5: a burst of thousands of new tasks holds fewer at once.
     settings.batching.idle_timeout = 1.0
@@ -145,6 +148,20 @@ def index_runtime(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str,
 def index_pod(body: kopf.Body, **_: Any) -> dict[RuntimeKey, PodView]:
     view = pod_view(body)
     return {(view.namespace, view.runtime): view}
+
+
+# The model each pod's agent reports it has loaded, (pod name, model) (sdtask/modelreport.py): agents write no pod.
+@kopf.index(
+    LEASE_GROUP,
+    LEASE_VERSION,
+    LEASE_PLURAL,
+    id="models_by_runtime",
+    labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER},
+)
+def index_model(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[RuntimeKey, tuple[str, str | None]]:
+    return {(namespace or "", labels[LABEL_RUNTIME]): reported_model(body)}
 
 
 # The runtime's Deployment by its generation: the loop compares it with the generation it applied.
@@ -200,6 +217,13 @@ def pod_event(namespace: str | None, labels: kopf.Labels, memo: OperatorMemo, **
     memo.wake(namespace, labels.get(LABEL_RUNTIME))
 
 
+@kopf.on.event(
+    LEASE_GROUP, LEASE_VERSION, LEASE_PLURAL, labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER}
+)
+def model_event(namespace: str | None, labels: kopf.Labels, memo: OperatorMemo, **_: Any) -> None:
+    memo.wake(namespace, labels.get(LABEL_RUNTIME))
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
 def deployment_event(namespace: str | None, labels: kopf.Labels, memo: OperatorMemo, **_: Any) -> None:
     memo.wake(namespace, labels.get(LABEL_RUNTIME))
@@ -226,6 +250,7 @@ async def runtime_daemon(
     tasks_by_runtime: kopf.Index[RuntimeKey, TaskView],
     pods_by_runtime: kopf.Index[RuntimeKey, PodView],
     deployment_generations_by_runtime: kopf.Index[RuntimeKey, int],
+    models_by_runtime: kopf.Index[RuntimeKey, tuple[str, str | None]],
     **_: Any,
 ) -> None:
     namespace = namespace or ""  # SDRuntimes are namespaced; kopf's signature is generic
@@ -243,7 +268,7 @@ async def runtime_daemon(
             await loop.reconcile(
                 dict(body),
                 list(tasks_by_runtime.get(key, [])),
-                list(pods_by_runtime.get(key, [])),
+                with_models(list(pods_by_runtime.get(key, [])), dict(models_by_runtime.get(key, []))),
                 generations[0] if generations else None,
             )
             failures = 0

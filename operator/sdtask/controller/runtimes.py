@@ -17,7 +17,7 @@ from typing import Any
 
 from sdtask.api.task import CONDITION_SCHEDULED
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
-from sdtask.completion import CallbackPolicy, end_failed_attempt
+from sdtask.completion import CallbackPolicy, end_failed_attempt, running_on
 from sdtask.conditions import set_condition
 from sdtask.config import OperatorSettings
 from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, OPERATOR_NAME, POD_DELETION_COST, Phase
@@ -188,8 +188,12 @@ class RuntimeLoop:
         return [t for t in tasks if t.name not in handled] if handled else tasks
 
     async def _end_lost_attempt(self, task: TaskView) -> None:
+        """Only while the task is still Running on that pod in that attempt, checked and written as one (the write
+        carries the resourceVersion of the read that passed the check): a task the index showed late, that ended or
+        moved on meanwhile (its success written just before the pod vanished), is never failed or run again."""
         body = await self.kube.get_task(task.namespace, task.name)
-        if (body.get("status") or {}).get("pod") != task.pod:
+        still = running_on(task.pod, task.attempts)
+        if not still.holds(body):
             return  # the index was behind; the task moved on
         await end_failed_attempt(
             self.kube,
@@ -200,6 +204,7 @@ class RuntimeLoop:
             backoff_seconds=self.settings.retry_backoff_seconds,
             component=OPERATOR_NAME,
             policy=self.callbacks,
+            expect=still,
         )
 
     async def _take_back(self, task: TaskView, reason: str, message: str, now: dt.datetime) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sdtask.conditions import parse_time
-from sdtask.constants import ANNOTATION_MODEL, LABEL_POD, LABEL_RUNTIME, Phase
+from sdtask.constants import LABEL_POD, LABEL_RUNTIME, Phase
 from sdtask.routing import RuntimeInfo
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -99,10 +100,15 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         ready=ready and status.get("phase") == "Running",
         deleting=bool(meta.get("deletionTimestamp")),
         node=spec.get("nodeName") or "",
-        model=(meta.get("annotations") or {}).get(ANNOTATION_MODEL) or None,
+        model=None,  # reported apart, in the pod's Lease: see with_models
         unschedulable=unschedulable,
         init_failure=init_failure(status),
     )
+
+
+def with_models(pods: list[PodView], models: Mapping[str, str | None]) -> list[PodView]:
+    """The pods with the model each one's agent reports in its Lease (pod name -> model; sdtask/modelreport.py)."""
+    return [dataclasses.replace(pod, model=models.get(pod.name)) if pod.name in models else pod for pod in pods]
 
 
 def init_failure(status: Mapping[str, Any]) -> str:

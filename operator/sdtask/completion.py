@@ -101,6 +101,17 @@ async def patch_status_if(
     if expect is None:
         await kube.patch_task_status(meta["namespace"], meta["name"], status)
         return True
+    if expect.holds(task) and meta.get("resourceVersion"):
+        # The caller's copy passes the check: if the task is still that version (usually: the agent's own Running
+        # write), one guarded write does it, without reading the task first.
+        try:
+            await kube.patch_task_status(meta["namespace"], meta["name"], status, meta["resourceVersion"])
+            return True
+        except Exception as error:
+            if is_not_found(error):
+                return False
+            if not is_conflict(error):
+                raise
     for _ in range(tries):
         try:
             current = await kube.get_task(meta["namespace"], meta["name"])

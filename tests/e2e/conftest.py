@@ -52,10 +52,12 @@ class Files:
 
     def __init__(self) -> None:
         self.content: dict[str, bytes] = {}
+        self.requested: list[str] = []  # the paths asked for, in order
         files = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                files.requested.append(self.path)
                 body = files.content.get(self.path)
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "image/png")

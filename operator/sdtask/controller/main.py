@@ -80,14 +80,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.callbacks = CallbackPolicy(
         allow_private=config.allow_private_callbacks, allowed_hosts=config.allowed_callback_hosts
     )
-    memo.housekeeper = None
+    # kopf gives every object a shallow copy of this memo: what must exist once per operator (the housekeeper)
+    # lives in a container the copies share, never in an attribute set from a handler (that would set it on one
+    # object's copy, and start a housekeeper per task).
+    memo.singletons = {}
     memo.outcomes = metrics.OutcomeRecorder()
     metrics.serve(config.metrics_port)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("housekeeper")
+    task = memo.singletons.get("housekeeper")
     if task:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -136,9 +139,10 @@ async def task_event(type: str, body: kopf.Body, namespace: str | None, memo: ko
     # kopf passes indices by their function names; its handler protocol has no typed slot for them.
     runtime_index: kopf.Index[str, Any] = kwargs["runtime_index"]
     task_index: kopf.Index[tuple[str, str], Any] = kwargs["task_index"]
-    if memo.get("housekeeper") is None:
+    singletons: dict[str, asyncio.Task[None]] = memo.singletons
+    if "housekeeper" not in singletons:
         # kopf hands indices only to handlers, and they are live: the first task event gives them to the housekeeper.
-        memo.housekeeper = asyncio.create_task(housekeeper(memo, task_index, runtime_index))
+        singletons["housekeeper"] = asyncio.create_task(housekeeper(memo, task_index, runtime_index))
     view = task_view(body)
     logs.bind(namespace=namespace, task=view.name, runtime=view.runtime)  # kopf's worker task of this object
     memo.outcomes.observe(type, body)

@@ -438,6 +438,7 @@ class Bench:
         stop.set()
         sampler.join()
         self.finish_profile(profiler)
+        admission_cpu = self.meter.stop() if self.meter else None  # creation and admission, before the history
         rss_queued = rss_mib(operator)
         # Growth per 1,000 tasks: least squares of resident memory over tasks admitted, during the burst.
         points = [(a, r) for _, a, r in samples if a > 0]
@@ -463,6 +464,8 @@ class Bench:
             "operator_rss_mib": {"before": rss_before, "queued": rss_queued, "history": rss_history},
             "rss_growth_mib_per_1000_tasks": round(slope, 2),
             "history_written_seconds": round(finish_seconds, 1),
+            # CPU per component while the tasks were created and admitted (the history's writes not included).
+            "create_and_admit_cpu": admission_cpu,
             "namespace": namespace,
         }
 

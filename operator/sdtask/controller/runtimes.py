@@ -230,6 +230,8 @@ class RuntimeLoop:
 
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
     def _forget_settled_claims(self, tasks: list[TaskView], now: dt.datetime) -> None:
+        if not self.state.claims:
+            return  # the usual case once dispatches settle: no pass over the queue for nothing
         by_name = {t.name: t for t in tasks}
         for name, claim in list(self.state.claims.items()):
             seen = by_name.get(name)
@@ -463,16 +465,25 @@ class RuntimeLoop:
     ) -> None:
         previous = (runtime.get("status") or {}).get("conditions")
         live = [p for p in pods if not p.deleting]
-        status = {
+        conditions = runtime_conditions(previous, desired, pods, now)
+        structural: dict[str, Any] = {
             "observedGeneration": runtime["metadata"].get("generation"),
             "desiredReplicas": desired,
             "replicas": len(live),
             "readyReplicas": sum(1 for p in live if p.ready),
-            "queued": sum(1 for t in tasks if t.phase == Phase.PENDING),
+            "conditions": [{k: c[k] for k in ("type", "status", "reason", "message")} for c in conditions],
+        }
+        unchanged = all(structural[k] == self.state.last_status.get(k) for k in structural)
+        # Only the per-task fields may have changed: at most once a second (the loop ticks every second, so it gets
+        # written), and not even computed meanwhile: with thousands queued, the queue's summary is the pass's cost.
+        if unchanged and time.monotonic() - self.state.last_status_at < STATUS_MIN_INTERVAL_SECONDS:
+            return
+        pending = [t for t in tasks if t.phase == Phase.PENDING]
+        per_task = {
+            "queued": len(pending),
             "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
             "queue": queue_summary(
-                [QueuedTask(t.name, t.priority, t.created, t.model) for t in tasks if t.phase == Phase.PENDING],
-                QUEUE_HEAD_LENGTH,
+                [QueuedTask(t.name, t.priority, t.created, t.model) for t in pending], QUEUE_HEAD_LENGTH
             ),
             "pods": [
                 {
@@ -487,18 +498,10 @@ class RuntimeLoop:
                 for p in sorted(pods, key=lambda p: p.name)
             ],
         }
-        comparable = dict(status)
-        status["conditions"] = runtime_conditions(previous, desired, pods, now)
-        comparable["conditions"] = [
-            {k: c[k] for k in ("type", "status", "reason", "message")} for c in status["conditions"]
-        ]
+        comparable = {**structural, **per_task}
         if comparable == self.state.last_status:
             return
-        # Only the per-task fields changed: at most once a second (the loop ticks every second, so it gets written).
-        structural = ("observedGeneration", "desiredReplicas", "replicas", "readyReplicas", "conditions")
-        unchanged = all(comparable[k] == self.state.last_status.get(k) for k in structural)
-        if unchanged and time.monotonic() - self.state.last_status_at < STATUS_MIN_INTERVAL_SECONDS:
-            return
+        status = {**comparable, "conditions": conditions}
         try:
             await self.kube.patch_runtime_status(runtime["metadata"]["namespace"], runtime["metadata"]["name"], status)
         except Exception as error:

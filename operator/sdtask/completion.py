@@ -12,14 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sdtask.api.task import (
+    CONDITION_FAILED,
+    CONDITION_RUNNING,
+    CONDITION_SCHEDULED,
+    CONDITION_SUCCEEDED,
+)
 from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, signing_token, task_metadata
-from sdtask.clients.callback import send_callback
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.clients.outbound import Outbound
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import ANNOTATION_REQUEST_FORMAT, LABEL_POD, Phase
 from sdtask.request import callback_payload, response_object
-from sdtask.retry import after_failed_attempt
+from sdtask.retry import after_failed_attempt, max_retries
 
 __all__ = ["CallbackPolicy", "Outcome", "end_failed_attempt", "final_status", "finish_task", "task_metadata"]
 
@@ -46,9 +51,9 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
     status = task.get("status") or {}
     succeeded = outcome.phase == Phase.SUCCEEDED
     model = outcome.model or status.get("model")
-    conditions = set_condition(status.get("conditions"), "Running", False, outcome.reason, outcome.message, now)
-    conditions = set_condition(conditions, "Succeeded", succeeded, outcome.reason, outcome.message, now)
-    conditions = set_condition(conditions, "Failed", not succeeded, outcome.reason, outcome.message, now)
+    conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, False, outcome.reason, outcome.message, now)
+    conditions = set_condition(conditions, CONDITION_SUCCEEDED, succeeded, outcome.reason, outcome.message, now)
+    conditions = set_condition(conditions, CONDITION_FAILED, not succeeded, outcome.reason, outcome.message, now)
     has_callback = bool(((task.get("spec") or {}).get("callback") or {}).get("url"))
     return {
         "phase": outcome.phase.value,
@@ -177,9 +182,9 @@ async def end_failed_attempt(
     meta, status = task["metadata"], task.get("status") or {}
     attempts = int(status.get("attempts") or 0)
     spec = task.get("spec") or {}
-    max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
+    allowed = max_retries(spec)
     now = dt.datetime.now(dt.UTC)
-    outcome = after_failed_attempt(attempts, max_retries, retryable, now, backoff_seconds)
+    outcome = after_failed_attempt(attempts, allowed, retryable, now, backoff_seconds)
     if outcome.phase == Phase.FAILED:
         if retryable:
             message += f" (no retries left after {attempts} attempt(s))"
@@ -188,9 +193,9 @@ async def end_failed_attempt(
         )
         return Phase.FAILED if written is not None else None  # like a success, it keeps its pod label
     retry_at = now_iso(outcome.not_before)
-    message += f"; retrying after {retry_at} (attempt {attempts + 1} of {max_retries + 1})"
-    conditions = set_condition(status.get("conditions"), "Running", False, reason, message, now)
-    conditions = set_condition(conditions, "Scheduled", False, reason, message, now)
+    message += f"; retrying after {retry_at} (attempt {attempts + 1} of {allowed + 1})"
+    conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, False, reason, message, now)
+    conditions = set_condition(conditions, CONDITION_SCHEDULED, False, reason, message, now)
     requeue = {
         "phase": Phase.PENDING.value,
         "reason": reason,
@@ -231,16 +236,7 @@ async def announce_start(kube: Kube, task: dict[str, Any], pod: str, attempt: in
     if refusal is not None:
         return False  # the result callback will report it
     async with Outbound(policy.addresses(), resolver=policy.resolver, read_timeout=policy.attempt_timeout) as outbound:
-        result = await send_callback(
-            url,
-            start_payload(task, pod, attempt),
-            token=token,
-            outbound=outbound,
-            attempts=policy.attempts,
-            base_delay=policy.base_delay,
-            timeout=policy.attempt_timeout,
-            deadline=policy.deadline,
-        )
+        result = await policy.send(url, start_payload(task, pod, attempt), token=token, outbound=outbound)
     if result.delivered:
         await kube.patch_task_status(meta["namespace"], meta["name"], {"callback": {"startedAttempt": attempt}})
     return result.delivered

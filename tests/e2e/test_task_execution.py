@@ -19,6 +19,7 @@ import pytest
 from sdtask.api import GROUP, VERSION
 from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.images import read_standin_metadata
+from tests.standin_support import metadata
 
 from .conftest import CallbackReceiver, Cluster, Files, sample_png
 
@@ -143,7 +144,7 @@ def test_text_to_image_batch_of_four_yields_four_numbered_images(cluster: Cluste
     assert status["phase"] == "Succeeded", status
     keys = cluster.s3_keys("t2i/batch-four/")
     assert keys == sorted([f"t2i/batch-four/image-{i}.png" for i in range(1, 5)] + ["t2i/batch-four/batch-four.out"])
-    seeds = [read_standin_metadata(cluster.s3_object(uri)[0])["seed"] for uri in status["images"]]  # type: ignore[index]
+    seeds = [metadata(cluster.s3_object(uri)[0])["seed"] for uri in status["images"]]
     assert seeds == [1234, 1235, 1236, 1237]
 
 
@@ -394,11 +395,12 @@ def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, call
     for name, secret in (("cb-unlabelled", "db-password"), ("cb-missing", "no-such-secret")):
         cluster.submit(text_task(name), callback={"url": callbacks.url, "secretRef": {"name": secret, "key": "token"}})
         assert cluster.wait_finished(name)["status"]["phase"] == "Succeeded"
-        failed = wait_for(
-            lambda n=name: (cluster.status(n).get("callback") or {}).get("state") == "Failed" and cluster.status(n),
-            30,
-            f"the callback of {name} to be refused",
-        )
+
+        def refused(n: str = name) -> dict[str, Any] | None:
+            status = cluster.status(n)
+            return status if (status.get("callback") or {}).get("state") == "Failed" else None
+
+        failed = wait_for(refused, 30, f"the callback of {name} to be refused")
         errors.append(failed["callback"]["lastError"].replace(secret, "<name>"))
     expected = "callback secret <name>/token not found or not labelled sdtask.io/callback-secret=true"
     assert errors[0] == errors[1] == expected

@@ -16,7 +16,7 @@ import os
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, VERSION
 from sdtask.cli import parse_command_line
+from sdtask.clients.kube import is_not_found
 from sdtask.config import OperatorSettings
 from sdtask.constants import LABEL_MANAGED_BY, LABEL_RUNTIME
 from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, build_agent_access, deployment_name
@@ -590,7 +591,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(runtime_gone, 30, "the runtime deleted (finalizer released)")
@@ -599,7 +600,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 apps.read_namespaced_deployment(deployment_name(name), namespace)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(deployment_gone, 30, "the runtime's Deployment deleted")
@@ -631,14 +632,14 @@ def _token_client(kube_api: client.ApiClient, namespace: str, account: str, boun
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
-def _refusal(call: Any) -> str:
+def _refusal(call: Callable[[], object]) -> str:
     with pytest.raises(ApiException) as caught:
         call()
     assert caught.value.status in (403, 422), caught.value.body
     return str(caught.value.body)
 
 
-def _refused_once_enforced(call: Any) -> str:
+def _refused_once_enforced(call: Callable[[], object]) -> str:
     """The API server enforces a new ValidatingAdmissionPolicy (and its binding) only once its informers have seen
     both: wait for the first refusal instead of racing that."""
 

@@ -17,11 +17,12 @@ from typing import Any
 from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
 from sdtask.agent.progress import ProgressReporter
+from sdtask.api.task import CONDITION_RUNNING
 from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
-from sdtask.clients.fetcher import LinkFetcher
+from sdtask.clients.fetcher import LinkFetcher, inline_links
 from sdtask.clients.kube import Kube
-from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object
+from sdtask.clients.s3 import S3Client, describe_s3_error, get_json, put_json, put_object
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
@@ -43,12 +44,13 @@ from sdtask.completion import (
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import ANNOTATION_MODEL, Phase
-from sdtask.links import Inlined, LinkError, LinkLimits, inline_links, restore_links
+from sdtask.links import Inlined, LinkError, LinkLimits, restore_links
 from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
 from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
 from sdtask.request import PreparedCall, makes_videos, prepare_payload
+from sdtask.retry import max_retries
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
@@ -95,7 +97,9 @@ def attempt_timeout(task: dict[str, Any], default: float, now: dt.datetime) -> f
 
 
 class TaskExecution:
-    def __init__(self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: Any, fetcher: LinkFetcher) -> None:
+    def __init__(
+        self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: S3Client, fetcher: LinkFetcher
+    ) -> None:
         self.settings = settings
         self.kube = kube
         self.webui = webui
@@ -196,8 +200,7 @@ class TaskExecution:
 
     def _retries_exhausted(self, task: dict[str, Any]) -> bool:
         spec, status = task.get("spec") or {}, task.get("status") or {}
-        max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
-        return int(status.get("attempts") or 1) > max_retries + 1
+        return int(status.get("attempts") or 1) > max_retries(spec) + 1
 
     async def _run(
         self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None = None
@@ -249,7 +252,7 @@ class TaskExecution:
         message = f"running on pod {self.settings.pod_name} (attempt {attempts})"
         if retaken:
             message += " after an agent restart"
-        conditions = set_condition(status.get("conditions"), "Running", True, "Started", message, now)
+        conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, True, "Started", message, now)
         patch = {
             "phase": Phase.RUNNING.value,
             "reason": "Started",

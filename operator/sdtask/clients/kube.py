@@ -10,6 +10,7 @@ import base64
 import contextlib
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
@@ -24,10 +25,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.conditions import now_iso
-from sdtask.constants import GROUP, RUNTIME_PLURAL, TASK_PLURAL, VERSION
-
-FIELD_MANAGER = "sdtask-operator"
-
+from sdtask.constants import GROUP, MANAGER, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 
 # Worker threads for the blocking client; the connection pool matches, so no thread waits for (or discards) a
 # connection. The operator sets its event loop's default executor to this size (see sdtask.controller.main).
@@ -57,7 +55,7 @@ def is_not_found(error: BaseException) -> bool:
 
 
 class Kube:
-    def __init__(self, client: ApiClient, field_manager: str = FIELD_MANAGER, instance: str = "") -> None:
+    def __init__(self, client: ApiClient, field_manager: str = MANAGER, instance: str = "") -> None:
         self.client = client
         self.instance = instance
         self.core = CoreV1Api(client)
@@ -109,9 +107,11 @@ class Kube:
             if error.status not in (404, 409):
                 raise
 
-    def watch_tasks(self, namespace: str, label_selector: str, resource_version: str, timeout: int) -> Any:
-        """A blocking generator of watch events (run it in a thread)."""
-        return kubernetes.watch.Watch().stream(
+    def watch_tasks(
+        self, namespace: str, label_selector: str, resource_version: str, timeout: int
+    ) -> Iterator[dict[str, Any]]:
+        """A blocking generator of watch events (run it in a thread): {"type": ..., "object": the task's dict}."""
+        events: Iterator[dict[str, Any]] = kubernetes.watch.Watch().stream(
             self.custom.list_namespaced_custom_object,
             GROUP,
             VERSION,
@@ -122,6 +122,7 @@ class Kube:
             timeout_seconds=timeout,
             allow_watch_bookmarks=True,
         )
+        return events
 
     def list_tasks(self, namespace: str, label_selector: str) -> dict[str, Any]:
         """Blocking, like `watch_tasks`: for the agent's watch thread."""

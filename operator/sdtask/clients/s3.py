@@ -15,6 +15,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sdtask.api.runtime import DEFAULT_REGION
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 else:
@@ -49,7 +51,7 @@ _REASONS_BY_CODE = {
 @dataclass(frozen=True)
 class S3Settings:
     endpoint_url: str | None = None
-    region: str = "us-east-1"
+    region: str = DEFAULT_REGION
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     connect_timeout: float = 10.0

@@ -28,12 +28,10 @@ class TaskView:
     model: str | None
     priority: int
     attempts: int
-    max_retries: int
     not_before: dt.datetime | None
     active_deadline_seconds: int | None
     ttl_seconds_after_finished: int | None
     completion_time: dt.datetime | None
-    start_time: dt.datetime | None
     conditions: list[dict[str, Any]] | None = None  # to patch them without reading the task again
     callback_state: str = ""  # status.callback.state: Pending until a delivery ended (see controller/recovery.py)
 
@@ -72,12 +70,10 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         model=status.get("model") or None,
         priority=int(spec.get("priority", 0) or 0),
         attempts=int(status.get("attempts", 0) or 0),
-        max_retries=int(spec.get("maxRetries", 2) if spec.get("maxRetries") is not None else 2),
         not_before=parse_time(status.get("notBefore")),
         active_deadline_seconds=spec.get("activeDeadlineSeconds"),
         ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
         completion_time=parse_time(status.get("completionTime")),
-        start_time=parse_time(status.get("startTime")),
         conditions=[dict(c) for c in status.get("conditions") or []],
         callback_state=str((status.get("callback") or {}).get("state") or ""),
     )

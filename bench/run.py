@@ -41,6 +41,7 @@ from typing import Any
 
 from kubernetes.client import CoordinationV1Api, CoreV1Api, CustomObjectsApi
 
+from bench.cpu import CpuMeter
 from bench.observe import Observer, load_average, ms_stats, rss_mib, urlopen_text, wait_rss_settled
 from bench.report import table
 from sdtask.checkpoints import same_checkpoint
@@ -84,6 +85,19 @@ class Bench:
         self.created: dict[str, float] = {}
         self.observer = Observer(stack, namespace)
         self.profile_dir = profile_dir
+        self.meter: CpuMeter | None = None
+        self.cpu: dict[str, Any] | None = None
+
+    def cpu_begin(self) -> None:
+        """The phase's work starts here (after its pods started: their imports are not the tasks' cost)."""
+        if self.meter is not None:
+            self.meter = CpuMeter().start()
+
+    def cpu_done(self) -> dict[str, Any] | None:
+        """The phase's CPU per component, taken before its runtime's pods (and their processes) go."""
+        if self.meter is not None and self.cpu is None:
+            self.cpu = self.meter.stop()
+        return self.cpu
 
     # --- objects ------------------------------------------------------------------------------------------------------
     def _thread_custom(self) -> CustomObjectsApi:
@@ -207,6 +221,12 @@ class Bench:
             steps["created -> Succeeded"].append(times["Succeeded"] - times["created"])
         return {"rounds": rounds, "pods": 4, "service_seconds": 0.0, **{k: ms_stats(v) for k, v in steps.items()}}
 
+    def idle(self, seconds: float = 10.0) -> dict[str, Any]:
+        """Nothing to do, the 4 warm pods up: the stack's own background CPU (leases, controllers, probes, the
+        agents' watches), which every figure pays on top of its tasks."""
+        time.sleep(seconds)
+        return {"seconds": seconds}
+
     def api_requests(self, runtime: str, count: int = 200) -> dict[str, Any]:
         names = [f"api-{index}" for index in range(count)]
         before = self.request_counts()
@@ -239,12 +259,25 @@ class Bench:
         self.runtime("busy", timing=StandinTiming(0.0, service), scaling={"minReplicas": pods, "maxReplicas": pods})
         self.wait_ready("busy", pods)
         names = [f"busy-{index}" for index in range(count)]
-        profiler = self.profile("busy", 20)
+        # The operator, and one pod's agent and stand-in, and the S3 server: where the CPU of a task goes.
+        pod = next(
+            p for key, p in self.system.sidecars.pods.items() if key[0] == self.namespace and p.runtime == "busy"
+        )
+        s3_pid = self.stack.s3_server.process.pid if self.stack.s3_server else None
+        profilers = [
+            self.profile("busy", 20),
+            self.profile("busy-agent", 20, pod.agent.pid),
+            self.profile("busy-standin", 20, pod.webui.pid),
+            self.profile("busy-s3", 20, s3_pid) if s3_pid else None,
+        ]
+        self.cpu_begin()
         began = time.monotonic()
         self.create_many([(n, "busy", None) for n in names])
         self.observer.wait_finished(names, 300)
         makespan = max(self.observer.seen[n]["Succeeded"] for n in names) - began
-        self.finish_profile(profiler)
+        for profiler in profilers:
+            self.finish_profile(profiler)
+        self.cpu_done()
         self.delete_runtime("busy")
         return {
             "pods": pods,
@@ -267,6 +300,7 @@ class Bench:
         initial = self.wait_loaded(name, pods)
         names = [f"{name}-{index}" for index in range(count)]
         tasks = [(n, name, CHECKPOINTS[index % len(CHECKPOINTS)]) for index, n in enumerate(names)]
+        self.cpu_begin()
         began = time.monotonic()
         for task in tasks:  # in order: round-robin arrival is the point of this scenario
             self.task(*task)
@@ -283,6 +317,7 @@ class Bench:
                 if not same_checkpoint(model, loaded):
                     switches += 1
                 loaded = model
+        self.cpu_done()
         self.delete_runtime(name)
         return {
             "policy": policy,
@@ -331,6 +366,7 @@ class Bench:
         stop.set()
         sampler.join()
         self.finish_profile(profiler)
+        admission_cpu = self.meter.stop() if self.meter else None  # creation and admission, before the history
         rss_queued = rss_mib(operator)
         # Growth per 1,000 tasks: least squares of resident memory over tasks admitted, during the burst.
         points = [(a, r) for _, a, r in samples if a > 0]
@@ -356,6 +392,8 @@ class Bench:
             "operator_rss_mib": {"before": rss_before, "queued": rss_queued, "history": rss_history},
             "rss_growth_mib_per_1000_tasks": round(slope, 2),
             "history_written_seconds": round(finish_seconds, 1),
+            # CPU per component while the tasks were created and admitted (the history's writes not included).
+            "create_and_admit_cpu": admission_cpu,
             "namespace": namespace,
         }
 
@@ -426,7 +464,8 @@ class Bench:
         }
 
     # --- profiling ----------------------------------------------------------------------------------------------------
-    def profile(self, name: str, seconds: int) -> subprocess.Popen[bytes] | None:
+    def profile(self, name: str, seconds: int, pid: int | None = None) -> subprocess.Popen[bytes] | None:
+        """py-spy on the operator (or on `pid`) for `seconds`, written to the profile folder as `name`.txt."""
         if self.profile_dir is None:
             return None
         self.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -435,7 +474,7 @@ class Bench:
                 str(Path(sys.executable).parent / "py-spy"),
                 "record",
                 "--pid",
-                str(self.system.operator.pid),
+                str(pid or self.system.operator.pid),
                 "--duration",
                 str(seconds),
                 "--rate",
@@ -456,12 +495,23 @@ class Bench:
             profiler.wait(timeout=120)
 
 
+PHASE_NAMES = ("latency", "api", "busy", "switching", "scale_from_zero", "burst")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--profile", type=Path, default=None, help="record py-spy profiles of the operator here")
     parser.add_argument("--burst", type=int, default=10_000, help="tasks in the burst")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASE_NAMES),
+        help=f"comma-separated phases to run, of {','.join(PHASE_NAMES)} (burst includes the latency with history)",
+    )
     args = parser.parse_args()
+    only = {p.strip() for p in args.only.split(",") if p.strip()}
+    if unknown := only - set(PHASE_NAMES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     started = time.monotonic()
     load = {"before": load_average()}
     # A history that outlives the run: the TTL must not delete the burst's tasks while they are measured.
@@ -472,30 +522,49 @@ def main() -> int:
         bench.core.create_namespace({"metadata": {"name": namespace}})
         bench.observer.start()
         results: dict[str, Any] = {}
+        cpu: dict[str, Any] = {}
 
         def step(name: str, work: Any) -> Any:
             """One scenario; a failure is recorded as such and the run goes on to the next."""
             began = time.monotonic()
+            bench.meter, bench.cpu = CpuMeter().start(), None
             try:
                 value = work()
             except Exception as error:
                 value = {"error": f"{type(error).__name__}: {error}"}
+            measured = bench.cpu_done()
+            cpu[name] = {"load_average": load_average(), **(measured or {})}
+            tasks = value.get("tasks") or value.get("rounds") if isinstance(value, dict) else None
+            if tasks and measured:
+                used: dict[str, float] = measured["by_component_cpu_seconds"]
+                cpu[name]["cpu_ms_per_task"] = {k: round(v / tasks * 1000, 1) for k, v in used.items()}
+                cpu[name]["stack_cpu_ms_per_task"] = round(sum(used.values()) / tasks * 1000, 1)
             print(f"[bench] {name}: {time.monotonic() - began:.1f}s {json.dumps(value)}", flush=True)
+            print(f"[bench] {name} cpu: {json.dumps(cpu[name])}", flush=True)
             return value
 
-        bench.runtime("lat", timing=StandinTiming(0.0, 0.0), scaling={"minReplicas": 4, "maxReplicas": 4})
-        bench.wait_ready("lat", 4)
-        results["latency"] = step("latency", lambda: bench.latency("lat", 50, "lat"))
-        results["api"] = step("api", lambda: bench.api_requests("lat"))
-        results["busy"] = step("busy", bench.busy)
-        results["switching"] = {
-            "policy": step("switching (switch-aware)", lambda: bench.switching("switch-aware")),
-            "fifo": step("switching (fifo)", lambda: bench.switching("fifo")),
-        }
-        results["scale_from_zero"] = step("scale_from_zero", bench.scale_from_zero)
-        results["burst"] = step("burst", lambda: bench.burst(args.burst))
-        results["latency_with_history"] = step("latency with history", lambda: bench.latency("lat", 30, "hist"))
+        if only & {"latency", "api", "burst"}:
+            bench.runtime("lat", timing=StandinTiming(0.0, 0.0), scaling={"minReplicas": 4, "maxReplicas": 4})
+            bench.wait_ready("lat", 4)
+            results["idle"] = step("idle", bench.idle)
+        if "latency" in only:
+            results["latency"] = step("latency", lambda: bench.latency("lat", 50, "lat"))
+        if "api" in only:
+            results["api"] = step("api", lambda: bench.api_requests("lat"))
+        if "busy" in only:
+            results["busy"] = step("busy", bench.busy)
+        if "switching" in only:
+            results["switching"] = {
+                "policy": step("switching (switch-aware)", lambda: bench.switching("switch-aware")),
+                "fifo": step("switching (fifo)", lambda: bench.switching("fifo")),
+            }
+        if "scale_from_zero" in only:
+            results["scale_from_zero"] = step("scale_from_zero", bench.scale_from_zero)
+        if "burst" in only:
+            results["burst"] = step("burst", lambda: bench.burst(args.burst))
+            results["latency_with_history"] = step("latency with history", lambda: bench.latency("lat", 30, "hist"))
         results["operator_rss_mib_end"] = rss_mib(system.operator.pid)
+        results["cpu"] = cpu
         bench.observer.stop.set()
     load["after"] = load_average()
     results["machine"] = {
@@ -507,8 +576,8 @@ def main() -> int:
     results["targets"] = TARGETS
     try:
         printed = table(results)
-    except (KeyError, TypeError, ZeroDivisionError):  # a scenario failed: its error is in the results
-        printed = "(no table: a scenario failed, see its error in the results)"
+    except (KeyError, TypeError, ZeroDivisionError):  # a scenario failed or was not run: its figures are above
+        printed = "(no table: a scenario failed or was left out, see the results)"
     results["table"] = printed.splitlines()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(printed)

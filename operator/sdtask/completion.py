@@ -112,6 +112,16 @@ async def patch_status_if(
     meta = task["metadata"]
     if expect is None:
         return await kube.patch_task_status(meta["namespace"], meta["name"], status)
+    if expect.holds(task) and meta.get("resourceVersion"):
+        # The caller's copy passes the check: if the task is still that version (usually: the agent's own Running
+        # write), one guarded write does it, without reading the task first.
+        try:
+            return await kube.patch_task_status(meta["namespace"], meta["name"], status, meta["resourceVersion"])
+        except Exception as error:
+            if is_not_found(error):
+                return None
+            if not is_conflict(error):
+                raise
     for _ in range(tries):
         try:
             current = await kube.get_task(meta["namespace"], meta["name"])

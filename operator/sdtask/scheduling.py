@@ -21,6 +21,7 @@ Two policies (`scheduling.policy` of a runtime):
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -59,8 +60,12 @@ class Assignment:
     pod: IdlePod
 
 
+def _order_key(task: QueuedTask) -> tuple[int, dt.datetime, str]:
+    return -task.priority, task.queued_at, task.name
+
+
 def queue_order(tasks: Iterable[QueuedTask]) -> list[QueuedTask]:
-    return sorted(tasks, key=lambda t: (-t.priority, t.queued_at, t.name))
+    return sorted(tasks, key=_order_key)
 
 
 def eligible(tasks: Iterable[QueuedTask], now: dt.datetime) -> list[QueuedTask]:
@@ -251,6 +256,7 @@ def queue_summary(tasks: list[QueuedTask], head_length: int) -> dict[str, object
     for task in tasks:
         by_model[task.model or ""] = by_model.get(task.model or "", 0) + 1
     return {
-        "head": [task.name for task in queue_order(tasks)[:head_length]],
+        # The head only: no sort of a queue that may hold thousands.
+        "head": [task.name for task in heapq.nsmallest(head_length, tasks, key=_order_key)],
         "byModel": [{"model": model, "tasks": count} for model, count in sorted(by_model.items())],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,10 +53,12 @@ class Files:
 
     def __init__(self) -> None:
         self.content: dict[str, bytes] = {}
+        self.requested: list[tuple[str, float]] = []  # (path, wall-clock time) of each request, in order
         files = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                files.requested.append((self.path, time.time()))
                 body = files.content.get(self.path)
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "image/png")
@@ -68,6 +71,10 @@ class Files:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fetched(self, path: str) -> list[float]:
+        """When `path` was asked for."""
+        return [at for asked, at in self.requested if asked == path]
 
     def publish(self, path: str, data: bytes) -> str:
         self.content[path] = data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from sdtask.devcluster.waiting import wait_for
 
-from .conftest import Cluster
+from .conftest import Cluster, Files, sample_png
 
 MODEL = "v1-5-pruned-emaonly.safetensors"
 
@@ -79,3 +80,44 @@ def test_higher_priority_tasks_run_first(cluster: Cluster) -> None:
         "normal",
         "low",
     ]
+
+
+def linked_task(task_id: str, url: str) -> dict[str, Any]:
+    return {
+        "metadata": {"id": task_id, "runtime": "solo", "tasktype": "image-to-image", "prefix": "res"},
+        "content": {"prompt": task_id, "steps": 4, "width": 64, "height": 64, "init_images": [url]},
+    }
+
+
+def test_the_next_task_is_prepared_while_the_current_one_generates(cluster: Cluster, files: Files) -> None:
+    """Its links are fetched while the pod's GPU is still busy, so its generation starts as soon as the GPU is free."""
+    cluster.submit(slow_task("busy-gpu", rounds=8))
+    wait_for(lambda: cluster.status("busy-gpu").get("phase") == "Running", 30, "the first task to run")
+    url = files.publish("/next-input.png", sample_png(seed=7))
+    cluster.submit(linked_task("prepared", url))
+
+    done = cluster.wait_finished("prepared")["status"]
+    assert done["phase"] == "Succeeded"
+    first = cluster.wait_finished("busy-gpu")["status"]
+    assert first["phase"] == "Succeeded", first
+    fetched = files.fetched("/next-input.png")
+    assert len(fetched) == 1  # prepared once, not fetched again when run
+    # Fetched before the task started (its start waits for the Web UI to be free), not as its first step.
+    started = dt.datetime.fromisoformat(done["startTime"].replace("Z", "+00:00")).timestamp()
+    assert fetched[0] < started
+
+
+def test_a_prepared_task_deleted_before_it_starts_never_runs(cluster: Cluster, files: Files) -> None:
+    cluster.submit(slow_task("busy-gpu-2", rounds=8))
+    wait_for(lambda: cluster.status("busy-gpu-2").get("phase") == "Running", 30, "the first task to run")
+    url = files.publish("/doomed-input.png", sample_png(seed=8))
+    doomed = cluster.submit(linked_task("doomed", url))
+    wait_for(lambda: files.fetched("/doomed-input.png"), 30, "the queued task to be prepared")
+    assert cluster.status("doomed").get("phase") == "Scheduled"  # prepared, not started: the GPU is still busy
+
+    cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdtasks", doomed)
+    cluster.submit(slow_task("after-doomed", rounds=1))
+
+    assert cluster.wait_finished("busy-gpu-2")["status"]["phase"] == "Succeeded"
+    assert cluster.wait_finished("after-doomed")["status"]["phase"] == "Succeeded"
+    assert cluster.s3_keys("res/doomed/") == []  # never generated, nothing stored

@@ -12,8 +12,10 @@ from sdtask.controller.decisions import (
     pods_to_drain,
     runtime_conditions,
     runtime_status,
+    runtime_structure,
     settled_claims,
     status_write_due,
+    status_write_early,
 )
 from sdtask.controller.views import PodView, task_view
 
@@ -175,6 +177,15 @@ def test_the_status_is_written_on_a_change_and_per_pod_changes_at_most_once_per_
     assert status_write_due(busy, status, STATUS_MIN_INTERVAL_SECONDS)
     rescaled = {**status, "desiredReplicas": 2}
     assert status_write_due(rescaled, status, 0.0)  # a structural change is written at once
+
+
+def test_the_queue_is_not_even_summarised_while_only_per_task_fields_could_be_written() -> None:
+    runtime = {"metadata": {"name": "rt", "namespace": "ns", "generation": 1}, "status": {}}
+    written = comparable_status(runtime_status(runtime, 1, [pod("p")], [], {}, NOW))
+    same = runtime_structure(runtime, 1, [pod("p")], NOW)
+    assert not status_write_early(same, written, STATUS_MIN_INTERVAL_SECONDS / 2)
+    assert status_write_early(same, written, STATUS_MIN_INTERVAL_SECONDS)  # due again: computed in full
+    assert status_write_early(runtime_structure(runtime, 2, [pod("p")], NOW), written, 0.0)  # a rescale: at once
 
 
 # --- claims --------------------------------------------------------------------------------------------------------

@@ -13,8 +13,18 @@ from sdtask.controller.views import TaskView, task_view
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def view(phase: str, pod: str = "", label: str = "", callback: str = "", finished_ago: float | None = None) -> TaskView:
+def view(
+    phase: str,
+    pod: str = "",
+    label: str = "",
+    callback: str = "",
+    finished_ago: float | None = None,
+    scheduled_ago: float | None = None,
+) -> TaskView:
     status: dict[str, object] = {"phase": phase, "pod": pod, "callback": {"state": callback}}
+    if scheduled_ago is not None:
+        since = (NOW - dt.timedelta(seconds=scheduled_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status["conditions"] = [{"type": "Scheduled", "status": "True", "lastTransitionTime": since}]
     if finished_ago is not None:
         status["completionTime"] = (NOW - dt.timedelta(seconds=finished_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
     labels = {"sdtask.io/pod": label} if label else {}
@@ -22,11 +32,17 @@ def view(phase: str, pod: str = "", label: str = "", callback: str = "", finishe
 
 
 def test_a_dispatch_cut_between_its_writes_is_recognised() -> None:
-    assert stranded(view("Scheduled", pod="p1"))  # status written, label not
-    assert stranded(view("Scheduled", pod="p1", label="p0"))  # a stale label of an earlier attempt
-    assert not stranded(view("Scheduled", pod="p1", label="p1"))
-    assert not stranded(view("Running", pod="p1"))
-    assert not stranded(view("Pending"))
+    assert stranded(view("Scheduled", pod="p1", scheduled_ago=60), NOW)  # status written, label not
+    assert stranded(view("Scheduled", pod="p1", label="p0", scheduled_ago=60), NOW)  # a stale label, earlier attempt
+    assert stranded(view("Scheduled", pod="p1"), NOW)  # no Scheduled condition to tell when: labelled
+    assert not stranded(view("Scheduled", pod="p1", label="p1", scheduled_ago=60), NOW)
+    assert not stranded(view("Running", pod="p1", scheduled_ago=60), NOW)
+    assert not stranded(view("Pending"), NOW)
+
+
+def test_a_dispatch_in_flight_is_left_to_finish_its_second_write() -> None:
+    # The index may show the status write before the label write lands: that is no crash leftover.
+    assert not stranded(view("Scheduled", pod="p1", scheduled_ago=1), NOW)
 
 
 def test_a_callback_is_redelivered_only_once_every_sender_gave_up() -> None:

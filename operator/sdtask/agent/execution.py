@@ -7,6 +7,7 @@ it into the task's status. Nothing here raises past `execute` for a task's bad i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -51,14 +52,14 @@ from sdtask.completion import (
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import Phase
-from sdtask.links import LinkError, LinkLimits, restore_links
+from sdtask.links import Inlined, LinkError, LinkLimits, restore_links
 from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
 from sdtask.modelreport import model_lease
 from sdtask.naming import image_key, output_location, owner_key, record_key, s3_uri, validate_key_part
 from sdtask.ownership import Claim, Owner, claimed_message, decide, owner_exists, owner_of, stored_owner
 from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
-from sdtask.request import makes_videos, prepare_payload
+from sdtask.request import PreparedCall, makes_videos, prepare_payload
 from sdtask.retry import max_retries
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ class AttemptFailed(Exception):
         self.message = message
         self.retryable = retryable
         self.webui_error = webui_error  # the Web UI's own error body, kept for the legacy .out record
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    call: PreparedCall
+    inlined: Inlined
+    wanted: str | None  # the checkpoint the task asks for (dynamic runtimes)
+    target: Checkpoint | None  # that checkpoint as the Web UI lists it, if it was found ahead
 
 
 @dataclass(frozen=True)
@@ -132,11 +141,16 @@ class TaskExecution:
             if self.generating:
                 await self.webui.interrupt()
 
-    async def execute(self, task: dict[str, Any], webui_free: asyncio.Event | None = None) -> Phase | None:
+    async def execute(
+        self,
+        task: dict[str, Any],
+        webui_free: asyncio.Event | None = None,
+        prepared: asyncio.Future[PreparedInput] | None = None,
+    ) -> Phase | None:
         """Run one task to its end; None when it was cancelled (deleted) on the way.
 
         `webui_free` is set as soon as the Web UI is done with this task (its outputs are then stored and reported):
-        the runner starts the next task's generation meanwhile.
+        the runner starts the next task's generation meanwhile. `prepared`: this task's `prepare`, started ahead.
         """
         uid = task["metadata"].get("uid", "")
         self.current, self.cancelled = uid, ""
@@ -147,7 +161,7 @@ class TaskExecution:
         try:
             with log_context(namespace=meta.get("namespace"), task=meta.get("name"), runtime=self.settings.runtime):
                 log.info("task %s started", meta.get("name"))
-                phase = await self._execute(task)
+                phase = await self._execute(task, prepared)
                 ended = phase.value if phase else "not written (the task left Running)"
                 log.info("task %s ended: %s", meta.get("name"), ended)
                 return phase
@@ -169,7 +183,9 @@ class TaskExecution:
         if self.cancelled and self.cancelled == self.current:
             raise CancelledTask()
 
-    async def _execute(self, task: dict[str, Any]) -> Phase | None:
+    async def _execute(
+        self, task: dict[str, Any], prepared: asyncio.Future[PreparedInput] | None = None
+    ) -> Phase | None:
         started = dt.datetime.now(dt.UTC)
         retaken = (task.get("status") or {}).get("phase") == Phase.RUNNING.value
         task = await self._mark_running(task, started, retaken)
@@ -183,7 +199,7 @@ class TaskExecution:
                 ),
             )
         try:
-            return await self._run(task, started)
+            return await self._run(task, started, prepared)
         except (CancelledTask, asyncio.CancelledError):
             raise
         except Exception as error:  # a bug or hostile input must end the attempt, never leave the pod busy for good
@@ -196,7 +212,9 @@ class TaskExecution:
         spec, status = task.get("spec") or {}, task.get("status") or {}
         return int(status.get("attempts") or 1) > max_retries(spec) + 1
 
-    async def _run(self, task: dict[str, Any], started: dt.datetime) -> Phase | None:
+    async def _run(
+        self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None = None
+    ) -> Phase | None:
         uid, free, generated = task["metadata"].get("uid", ""), self._free, False
         metadata = task["spec"]["task"]["metadata"]
         try:
@@ -211,7 +229,7 @@ class TaskExecution:
             self._release(uid, free)
             return await self._fail(task, failure)
         try:
-            model, response, images = await self._generate(task, started)
+            model, response, images = await self._generate(task, started, prepared)
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
             generated = True
             self._release(uid, free)  # from here on the next task may use the Web UI
@@ -272,28 +290,45 @@ class TaskExecution:
         announcing.add_done_callback(self._background.discard)
         return updated
 
-    async def _generate(
-        self, task: dict[str, Any], started: dt.datetime
-    ) -> tuple[str | None, dict[str, Any], list[str]]:
-        """The model it ran on, the Web UI's answer and its images (base64, the grid left out)."""
+    async def prepare(self, task: dict[str, Any], started: dt.datetime | None = None) -> PreparedInput:
+        """What can be done for a task before the Web UI is free: the call built, its links fetched, the checkpoint it
+        needs looked up (and fetched into the models folder if missing). The runner does this for the next queued
+        task while the current one generates, so the next generation starts as soon as the Web UI returns. Raises
+        AttemptFailed for bad input (reported once the task is run, as without preparation)."""
+        started = started or dt.datetime.now(dt.UTC)
         request = task["spec"]["task"]
         try:
             call = prepare_payload(str(request["metadata"].get("tasktype", "")), dict(request.get("content") or {}))
         except ValueError as error:
             raise AttemptFailed("InvalidTask", str(error)) from None
-        timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
         limits = LinkLimits(
             max_links=self.settings.max_links,
             max_total_bytes=self.settings.max_total_download_bytes,
-            seconds=timeout,  # the links live within the attempt's time, like everything else
+            # The links live within the attempt's time, like everything else.
+            seconds=attempt_timeout(task, self.settings.request_timeout_seconds, started),
         )
         try:
             inlined = await inline_links(call.payload, self.fetcher.fetch, limits=limits)
         except LinkError as error:
             raise AttemptFailed("LinkFailed", f"could not fetch input: {error}") from None
-        payload, self._inlined = inlined.content, inlined.sources
         wanted = (task.get("status") or {}).get("model") or call.checkpoint
-        model = await self._ensure_model(wanted)
+        target = None
+        if self.settings.dynamic_model and wanted:
+            # Only a look-up: the switch itself waits for the Web UI. A failure here is found again, and reported,
+            # when the task runs.
+            with contextlib.suppress(Exception):
+                target = await self._find_checkpoint(wanted)
+        return PreparedInput(call, inlined, wanted, target)
+
+    async def _generate(
+        self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None = None
+    ) -> tuple[str | None, dict[str, Any], list[str]]:
+        """The model it ran on, the Web UI's answer and its images (base64, the grid left out)."""
+        ready = await self._prepared(task, started, prepared)
+        call = ready.call
+        timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
+        payload, self._inlined = ready.inlined.content, ready.inlined.sources
+        model = await self._ensure_model(ready.wanted, ready.target)
         timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
         meta = task["metadata"]
@@ -322,7 +357,20 @@ class TaskExecution:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
         return model, response, images
 
-    async def _ensure_model(self, wanted: str | None) -> str | None:
+    async def _prepared(
+        self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None
+    ) -> PreparedInput:
+        """The preparation done ahead (its AttemptFailed raised here, as if done now), else done now."""
+        if prepared is not None and not prepared.cancelled():
+            try:
+                return await prepared
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this execution itself is being cancelled
+        return await self.prepare(task, started)
+
+    async def _ensure_model(self, wanted: str | None, target: Checkpoint | None = None) -> str | None:
         """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
         their checkpoint (a Web UI whose --ckpt was missing falls back to another model). Dynamic ones check the
         model exists BEFORE unloading anything, and read the option back after the switch: a checkpoint that fails
@@ -333,7 +381,7 @@ class TaskExecution:
                 return self._require_static_checkpoint(loaded)
             if not wanted or same_checkpoint(loaded, wanted):
                 return loaded or wanted
-            target = await self._find_checkpoint(wanted)
+            target = target or await self._find_checkpoint(wanted)
             if target is None:
                 where = f" (also looked in {self.settings.models_s3_prefix})" if self.settings.models_s3_prefix else ""
                 raise AttemptFailed("ModelNotFound", f"model {wanted} not found{where}; {loaded} stays loaded")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import logging
 import signal
 import threading
@@ -20,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sdtask.addresses import AddressPolicy
 from sdtask.agent import metrics as agent_metrics
-from sdtask.agent.execution import TaskExecution
+from sdtask.agent.execution import PreparedInput, TaskExecution
 from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube, load_api_client
 from sdtask.clients.s3 import S3Settings, make_s3_client
@@ -48,12 +49,42 @@ def is_mine(task: dict[str, Any], pod_name: str) -> bool:
     return status.get("pod") == pod_name and status.get("phase") in TAKEN_PHASES
 
 
+def attempt_key(task: dict[str, Any]) -> tuple[str, int]:
+    """One dispatch of a task: what a preparation done ahead is valid for."""
+    return task["metadata"].get("uid", ""), int((task.get("status") or {}).get("attempts") or 0)
+
+
+class RunQueue:
+    """The names of the tasks waiting for the Web UI, in run order; the head can be looked at without taking it."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[tuple[int, str, str], str]] = []
+        self._changed = asyncio.Event()
+
+    def put(self, order: tuple[int, str, str], name: str) -> None:
+        heapq.heappush(self._heap, (order, name))
+        self._changed.set()
+
+    def peek(self) -> str | None:
+        return self._heap[0][1] if self._heap else None
+
+    async def get(self) -> str:
+        while not self._heap:
+            self._changed.clear()
+            await self._changed.wait()
+        return heapq.heappop(self._heap)[1]
+
+
 class Agent:
     def __init__(self, settings: AgentSettings, kube: Kube, execution: TaskExecution) -> None:
         self.settings = settings
         self.kube = kube
         self.execution = execution
-        self.ready: asyncio.PriorityQueue[tuple[tuple[int, str, str], str]] = asyncio.PriorityQueue()
+        self.ready = RunQueue()
+        # The next task's preparation (links, model look-up), started while the current one holds the Web UI:
+        # (task name, the dispatch it is valid for, the preparation). At most one, so memory stays bounded.
+        self.preparing: tuple[str, tuple[str, int], asyncio.Task[PreparedInput]] | None = None
+        self.generating = False  # a task holds the Web UI
         self.finishing: set[asyncio.Task[None]] = set()  # tasks generated, their outputs being stored and reported
         # The newest object the watch showed per queued task: the agent starts from it instead of reading the task
         # again (its Running patch is guarded by that object's resourceVersion, so a stale one costs a retry only).
@@ -93,35 +124,76 @@ class Agent:
         done, pending = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for future in pending:
             future.cancel()
-        return getter.result()[1] if getter in done else None
+        return getter.result() if getter in done else None
 
     async def _run_one(self, name: str) -> None:
         """Start the task and return as soon as the Web UI is free again: its outputs are stored and reported in
         the background while the next task generates (at most MAX_FINISHING at once)."""
         task = self.latest.pop(name, None)
         if task is None or not is_mine(task, self.settings.pod_name) or self._seen(task):
+            self._drop_prepared(name)
             return
+        prepared = self._take_prepared(name, task)
         while len(self.finishing) >= MAX_FINISHING:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
         self._remember(task)
         self._set_busy(True)
         free = asyncio.Event()
-        job = asyncio.create_task(self._execute(name, task, free))
+        job = asyncio.create_task(self._execute(name, task, free, prepared))
         self.finishing.add(job)
         job.add_done_callback(self._finished)
         waiter = asyncio.ensure_future(free.wait())
-        await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        self.generating = True
+        self._prepare_next()
+        try:
+            await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.generating = False
+            waiter.cancel()
+
+    # --- preparing the next task while the current one generates ------------------------------------------------------
+    def _prepare_next(self) -> None:
+        """Start preparing the next queued task, if a task holds the Web UI and nothing is being prepared."""
+        if not self.generating or self.preparing is not None:
+            return
+        name = self.ready.peek()
+        task = self.latest.get(name) if name else None
+        if name is None or task is None or not is_mine(task, self.settings.pod_name) or self._seen(task):
+            return
+        self.preparing = (name, attempt_key(task), asyncio.create_task(self.execution.prepare(task)))
+
+    def _take_prepared(self, name: str, task: dict[str, Any]) -> asyncio.Task[PreparedInput] | None:
+        """This task's preparation, if one was started for this very dispatch."""
+        if self.preparing is None or self.preparing[0] != name:
+            return None
+        _, key, preparation = self.preparing
+        self.preparing = None
+        if key != attempt_key(task):
+            preparation.cancel()  # an older dispatch's: its links may differ (the task was edited and re-queued)
+            return None
+        return preparation
+
+    def _drop_prepared(self, name: str) -> None:
+        """The task is not run here (taken back, deleted, already done): its preparation is dropped."""
+        if self.preparing is not None and self.preparing[0] == name:
+            self.preparing[2].cancel()
+            self.preparing = None
 
     def _finished(self, job: asyncio.Task[None]) -> None:
         self.finishing.discard(job)
         if not self.finishing:
             self._set_busy(False)
 
-    async def _execute(self, name: str, task: dict[str, Any], free: asyncio.Event) -> None:
+    async def _execute(
+        self,
+        name: str,
+        task: dict[str, Any],
+        free: asyncio.Event,
+        prepared: asyncio.Task[PreparedInput] | None = None,
+    ) -> None:
         try:
             try:
-                phase = await self.execution.execute(task, free)
+                phase = await self.execution.execute(task, free, prepared)
             except ApiException as error:
                 if error.status != 409:
                     raise
@@ -139,7 +211,7 @@ class Agent:
                     log.info("task %s already started here", name)
                     return
                 self._remember(task)
-                phase = await self.execution.execute(task, free)
+                phase = await self.execution.execute(task, free, prepared)
             log.info("task %s: %s", name, phase or "cancelled")
         except ApiException as error:
             if error.status != 404:
@@ -198,8 +270,9 @@ class Agent:
                             self._offer(loop, obj)
                         elif event["type"] == "DELETED" and self._deleted_for_real(obj):
                             asyncio.run_coroutine_threadsafe(self.execution.cancel(obj["metadata"]["uid"]), loop)
+                            loop.call_soon_threadsafe(self._left, obj["metadata"]["name"])  # if only queued here
                         elif event["type"] == "DELETED":  # taken back from this pod before it started
-                            loop.call_soon_threadsafe(self.latest.pop, obj["metadata"]["name"], None)
+                            loop.call_soon_threadsafe(self._left, obj["metadata"]["name"])
                         if self.stopping.is_set():
                             return
             except ApiException as error:
@@ -215,10 +288,17 @@ class Agent:
         selector (its pod label removed on requeue); then the object it shows no longer names this pod."""
         return (task["metadata"].get("labels") or {}).get(LABEL_POD) == self.settings.pod_name
 
+    def _left(self, name: str) -> None:
+        """On the loop: a queued task left this pod before it started."""
+        self.latest.pop(name, None)
+        self._drop_prepared(name)
+
     def _offer(self, loop: asyncio.AbstractEventLoop, task: dict[str, Any]) -> None:
         if is_mine(task, self.settings.pod_name):
             loop.call_soon_threadsafe(self._enqueue, task)
-        elif task["metadata"].get("uid") == self.execution.current and self._left_running(task):
+        elif task["metadata"].get("uid") != self.execution.current:  # taken back before it started
+            loop.call_soon_threadsafe(self._drop_prepared, task["metadata"]["name"])
+        elif self._left_running(task):
             # Ended or requeued by someone else (a deadline, the pod counted lost): stop its generation now, so the
             # pod is not busy with a task that is over; nothing of it is uploaded or reported.
             asyncio.run_coroutine_threadsafe(self.execution.cancel(task["metadata"]["uid"]), loop)
@@ -229,8 +309,9 @@ class Agent:
         if self._seen(task):
             return  # our own Running/Succeeded patches coming back
         if name not in self.latest:
-            self.ready.put_nowait((run_order(task), name))
+            self.ready.put(run_order(task), name)
         self.latest[name] = task
+        self._prepare_next()
 
     def _left_running(self, task: dict[str, Any]) -> bool:
         status = task.get("status") or {}

@@ -168,6 +168,8 @@ def runtime_conditions(
 def settled_claims(claims: Mapping[str, Claim], tasks: list[TaskView], now: dt.datetime) -> list[str]:
     """The claims the task index has caught up with (the task is no longer Pending, or gone) or that are too old to
     trust: the dispatch is either visible now or never happened."""
+    if not claims:
+        return []  # the usual case once dispatches settle: no pass over a queue that may hold thousands
     by_name = {t.name: t for t in tasks}
     settled = []
     for name, claim in claims.items():
@@ -194,6 +196,21 @@ def needs_apply(kind: str, digest: str, applied: tuple[str, int] | None, deploym
     return deployment_generation is None or deployment_generation != applied[1]
 
 
+def runtime_structure(
+    runtime: Mapping[str, Any], desired: int, pods: list[PodView], now: dt.datetime
+) -> dict[str, Any]:
+    """The status's structural fields (replicas and conditions): cheap, from the pods alone."""
+    previous = (runtime.get("status") or {}).get("conditions")
+    live = [p for p in pods if not p.deleting]
+    return {
+        "observedGeneration": runtime["metadata"].get("generation"),
+        "desiredReplicas": desired,
+        "replicas": len(live),
+        "readyReplicas": sum(1 for p in live if p.ready),
+        "conditions": runtime_conditions(previous, desired, pods, now),
+    }
+
+
 def runtime_status(
     runtime: Mapping[str, Any],
     desired: int,
@@ -201,17 +218,13 @@ def runtime_status(
     tasks: list[TaskView],
     work: Mapping[str, PodWork],
     now: dt.datetime,
+    structure: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The SDRuntime's status: replicas, queue counts, the head of the queue, each pod, and the conditions."""
-    previous = (runtime.get("status") or {}).get("conditions")
-    live = [p for p in pods if not p.deleting]
     pending = [t for t in tasks if t.phase == Phase.PENDING]
     head = queue_summary([QueuedTask(t.name, t.priority, t.created, t.model) for t in pending], QUEUE_HEAD_LENGTH)
     return {
-        "observedGeneration": runtime["metadata"].get("generation"),
-        "desiredReplicas": desired,
-        "replicas": len(live),
-        "readyReplicas": sum(1 for p in live if p.ready),
+        **(structure or runtime_structure(runtime, desired, pods, now)),
         "queued": len(pending),
         "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
         "queue": head,
@@ -227,7 +240,6 @@ def runtime_status(
             }
             for p in sorted(pods, key=lambda p: p.name)
         ],
-        "conditions": runtime_conditions(previous, desired, pods, now),
     }
 
 
@@ -238,6 +250,15 @@ def comparable_status(status: Mapping[str, Any]) -> dict[str, Any]:
         {k: c[k] for k in ("type", "status", "reason", "message")} for c in status.get("conditions") or []
     ]
     return comparable
+
+
+def status_write_early(structure: Mapping[str, Any], last: Mapping[str, Any], seconds_since_write: float) -> bool:
+    """Whether the status could be written now at all, from its structural fields alone: when they are unchanged
+    and the last write is under the interval old, only per-task fields could differ, and those wait. With
+    thousands queued, computing the queue's summary is what a pass costs: this spares it."""
+    if seconds_since_write >= STATUS_MIN_INTERVAL_SECONDS:
+        return True
+    return any(comparable_status(structure).get(k) != last.get(k) for k in STRUCTURAL_STATUS_FIELDS)
 
 
 def status_write_due(comparable: Mapping[str, Any], last: Mapping[str, Any], seconds_since_write: float) -> bool:

@@ -14,15 +14,23 @@ import logging
 
 from sdtask.callbacks import CallbackPolicy, shared_outbox
 from sdtask.clients.kube import Kube, is_not_found
+from sdtask.conditions import parse_time
 from sdtask.constants import FINISHED_PHASES, LABEL_POD, OPERATOR_NAME, Phase
 from sdtask.controller.views import TaskView
 
 log = logging.getLogger(__name__)
 REDELIVERY_MARGIN_SECONDS = 60.0
+# A dispatch writes the status, then the label, milliseconds apart: only a task left between the two for longer is a
+# crash leftover (the index may show a dispatch in flight; labelling it then would be a second write for nothing).
+STRANDED_AFTER_SECONDS = 10.0
 
 
-def stranded(task: TaskView) -> bool:
-    return task.phase == Phase.SCHEDULED and bool(task.pod) and task.label_pod != task.pod
+def stranded(task: TaskView, now: dt.datetime) -> bool:
+    if task.phase != Phase.SCHEDULED or not task.pod or task.label_pod == task.pod:
+        return False
+    since = next((c.get("lastTransitionTime") for c in task.conditions or [] if c.get("type") == "Scheduled"), None)
+    scheduled = parse_time(since) if isinstance(since, str) else None
+    return scheduled is None or (now - scheduled).total_seconds() > STRANDED_AFTER_SECONDS
 
 
 def callback_abandoned(task: TaskView, now: dt.datetime, policy: CallbackPolicy) -> bool:
@@ -35,7 +43,7 @@ def callback_abandoned(task: TaskView, now: dt.datetime, policy: CallbackPolicy)
 async def recover(kube: Kube, tasks: list[TaskView], policy: CallbackPolicy, now: dt.datetime) -> None:
     for task in tasks:
         try:
-            if stranded(task):
+            if stranded(task, now):
                 log.info("%s/%s: Scheduled on %s without its pod label; labelling", task.namespace, task.name, task.pod)
                 await kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: task.pod})
             elif callback_abandoned(task, now, policy):

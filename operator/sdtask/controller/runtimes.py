@@ -32,10 +32,12 @@ from sdtask.controller.decisions import (
     pods_to_drain,
     queued_by_model,
     runtime_status,
+    runtime_structure,
     scaling_policy,
     scheduling_settings,
     settled_claims,
     status_write_due,
+    status_write_early,
 )
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
@@ -351,7 +353,11 @@ class RuntimeLoop:
         work: Mapping[str, PodWork],
         now: dt.datetime,
     ) -> None:
-        status = runtime_status(runtime, desired, pods, tasks, work, now)
+        structure = runtime_structure(runtime, desired, pods, now)
+        since = time.monotonic() - self.state.last_status_at
+        if not status_write_early(structure, self.state.last_status, since):
+            return
+        status = runtime_status(runtime, desired, pods, tasks, work, now, structure)
         comparable = comparable_status(status)
         if not status_write_due(comparable, self.state.last_status, time.monotonic() - self.state.last_status_at):
             return

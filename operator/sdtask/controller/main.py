@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import kopf
@@ -80,14 +81,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.callbacks = CallbackPolicy(
         allow_private=config.allow_private_callbacks, allowed_hosts=config.allowed_callback_hosts
     )
-    memo.housekeeper = None
+    # kopf gives every object a shallow copy of this memo: an attribute set later on one object's memo is that
+    # object's alone, so whatever must exist once per operator lives in a container created here (shared by all).
+    memo.singletons = {}
     memo.outcomes = metrics.OutcomeRecorder()
     metrics.serve(config.metrics_port)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("housekeeper")
+    task = memo.singletons.get("housekeeper")
     if task:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -136,9 +139,8 @@ async def task_event(type: str, body: kopf.Body, namespace: str | None, memo: ko
     # kopf passes indices by their function names; its handler protocol has no typed slot for them.
     runtime_index: kopf.Index[str, Any] = kwargs["runtime_index"]
     task_index: kopf.Index[tuple[str, str], Any] = kwargs["task_index"]
-    if memo.get("housekeeper") is None:
-        # kopf hands indices only to handlers, and they are live: the first task event gives them to the housekeeper.
-        memo.housekeeper = asyncio.create_task(housekeeper(memo, task_index, runtime_index))
+    # kopf hands indices only to handlers, and they are live: the first task event gives them to the housekeeper.
+    start_once(memo.singletons, "housekeeper", lambda: housekeeper(memo, task_index, runtime_index))
     view = task_view(body)
     logs.bind(namespace=namespace, task=view.name, runtime=view.runtime)  # kopf's worker task of this object
     memo.outcomes.observe(type, body)
@@ -148,6 +150,18 @@ async def task_event(type: str, body: kopf.Body, namespace: str | None, memo: ko
             await admit_task(memo.kube, dict(body), list(runtime_index.get(namespace or "", [])), memo.callbacks)
     if view.phase not in FINISHED_PHASES or type == "DELETED":
         _wake(memo, namespace, view.runtime)
+
+
+def start_once(
+    singletons: dict[str, asyncio.Task[None]], name: str, start: Callable[[], Coroutine[Any, Any, None]]
+) -> asyncio.Task[None]:
+    """The operator's one task called `name`, started by the first caller. `singletons` is the dict the startup
+    handler put in the memo: shared by every object's copy of the memo, unlike an attribute set on one copy (which
+    started one housekeeper per task object, each doing every pass)."""
+    task = singletons.get(name)
+    if task is None:
+        task = singletons[name] = asyncio.create_task(start())
+    return task
 
 
 def _set_timer(memo: Any, type: str, view: Any) -> None:

@@ -20,7 +20,7 @@ from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube
-from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object
+from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object, retry_transient
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
@@ -243,9 +243,7 @@ class TaskExecution:
         }
         # Only while the task is still ours (Scheduled or Running on this pod), with the version that was checked:
         # a task the operator took back meanwhile (409) is not run. No Event: the Running condition says it.
-        updated = await self.kube.patch_task_status(
-            meta["namespace"], meta["name"], patch, meta.get("resourceVersion")
-        )
+        updated = await self.kube.patch_task_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
         attempt = int(status.get("attempts") or 1)
         # The opt-in start callback goes in the background: it never delays the generation.
         announcing = asyncio.create_task(
@@ -394,7 +392,7 @@ class TaskExecution:
         inlined = self._inlined  # this task's: the next task's execute replaces the attribute while this one stores
         bucket = self.settings.output_bucket
         uris = []
-        uploads = []
+        objects: list[tuple[str, bytes, str]] = []
         try:
             for index, encoded in enumerate(images, start=1):
                 try:
@@ -403,19 +401,28 @@ class TaskExecution:
                     raise AttemptFailed("BadOutput", f"image {index} from the Web UI is unreadable: {error}") from None
                 media = detect_format(data)
                 key = image_key(prefix, task_id, index, media.extension)
-                uploads.append(put_object(self.s3, bucket, key, data, media.content_type))
+                objects.append((key, data, media.content_type))
                 uris.append(s3_uri(bucket, key))
             record = record_key(prefix, task_id)
             stored = {**response, "parameters": restore_links(response.get("parameters"), inlined)}
             if "info" in stored:
                 stored["info"] = restore_links(stored["info"], inlined)
             body = success_record(self._context(task, started, model), uris, stored, legacy=is_legacy(task))
-            # The keys are known before any upload: images and record go up at once (the status, written after,
-            # is what tells a user they are complete).
-            await asyncio.gather(*uploads, put_json(self.s3, bucket, record, body))
+
+            async def upload() -> None:
+                # The keys are known before any upload: images and record go up at once (the status, written after,
+                # is what tells a user they are complete). All end before a retry: the same keys, written again.
+                puts = [put_object(self.s3, bucket, key, data, kind) for key, data, kind in objects]
+                results = await asyncio.gather(*puts, put_json(self.s3, bucket, record, body), return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+
+            # S3 unreachable for a while: the images wait here rather than being generated again.
+            await retry_transient(upload, within=self.settings.upload_retry_seconds)
         except AttemptFailed:
             raise
-        except Exception as error:  # S3 down or refusing: the generation may be retried
+        except Exception as error:  # S3 down for longer, or refusing: the generation may be retried
             raise AttemptFailed(
                 "OutputUploadFailed",
                 f"storing outputs in s3://{bucket} failed: {describe_s3_error(error)}",

@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# ruff, then the import contracts of pyproject.toml's [tool.importlinter] (the layers of README "How it is built").
 lint: $(STAMP)
 	$(BIN)/ruff check operator tests bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -52,10 +54,10 @@ else
 endif
 
 dev: binaries
-	$(BIN)/sdtask dev --state-dir .dev
+	$(BIN)/python -m sdtask.devcluster.dev --state-dir .dev
 
 demo: binaries
-	$(BIN)/sdtask demo --out demo-output
+	$(BIN)/python -m sdtask.devcluster.demo --out demo-output
 
 bench: binaries
 	$(BIN)/python -m bench.run

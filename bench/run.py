@@ -39,20 +39,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import kubernetes
-from kubernetes.client import CoreV1Api, CustomObjectsApi
+from kubernetes.client import CoordinationV1Api, CoreV1Api, CustomObjectsApi
 
+from bench.observe import Observer, load_average, ms_stats, rss_mib, urlopen_text, wait_rss_settled
+from bench.report import table
 from sdtask.checkpoints import same_checkpoint
-from sdtask.constants import ANNOTATION_MODEL
+from sdtask.constants import ANNOTATION_MODEL, GROUP, VERSION
 from sdtask.devcluster.nodes import NodePool
 from sdtask.devcluster.sidecars import StandinTiming
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
 from sdtask.devcluster.waiting import wait_for
+from sdtask.modelreport import LEASE_SELECTOR
 from sdtask.standin.weights import write_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-GROUP, VERSION = "sdtask.io", "v1alpha1"
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 PHASES = ("Pending", "Scheduled", "Running", "Succeeded")
 # One pool with room for every runtime of the run at once (kwok nodes cost nothing).
@@ -73,95 +74,12 @@ TARGETS = {
 }
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
-def ms_stats(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(percentile(values, 0.5) * 1000, 1), "p99_ms": round(percentile(values, 0.99) * 1000, 1)}
-
-
-def load_average() -> str:
-    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
-
-
-class Observer:
-    """Watches the SDTasks of one namespace; remembers when each task was first seen in each phase."""
-
-    def __init__(self, stack: DevStack, namespace: str) -> None:
-        self.namespace = namespace
-        self.custom = CustomObjectsApi(stack.api_client())
-        self.seen: dict[str, dict[str, float]] = collections.defaultdict(dict)
-        self.final: dict[str, dict[str, Any]] = {}
-        self.changed = threading.Condition()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="observer", daemon=True)
-
-    def start(self) -> Observer:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        version = ""
-        while not self.stop.is_set():
-            try:
-                stream = kubernetes.watch.Watch().stream(
-                    self.custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    "sdtasks",
-                    resource_version=version or None,
-                    timeout_seconds=60,
-                )
-                for event in stream:
-                    now = time.monotonic()
-                    task = event["object"]
-                    version = task["metadata"]["resourceVersion"]
-                    phase = (task.get("status") or {}).get("phase")
-                    if not phase:
-                        continue
-                    name = task["metadata"]["name"]
-                    with self.changed:
-                        self.seen[name].setdefault(phase, now)
-                        if phase in ("Succeeded", "Failed"):
-                            self.final[name] = task["status"]
-                        self.changed.notify_all()
-            except Exception as error:
-                if not self.stop.is_set():
-                    print(f"observer: {error}; watching again")
-                    version = ""
-                    time.sleep(0.2)
-
-    def wait_finished(self, names: list[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not all(name in self.final for name in names):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    missing = [n for n in names if n not in self.final]
-                    raise TimeoutError(f"{len(missing)} task(s) not finished after {timeout}s, e.g. {missing[:3]}")
-                self.changed.wait(min(left, 1.0))
-        failed = [n for n in names if self.final[n].get("phase") != "Succeeded"]
-        if failed:
-            raise RuntimeError(
-                f"{len(failed)} task(s) failed, e.g. {failed[0]}: {self.final[failed[0]].get('message')}"
-            )
-
-
 class Bench:
     def __init__(self, stack: DevStack, system: LocalSystem, namespace: str, profile_dir: Path | None) -> None:
         self.stack, self.system, self.namespace = stack, system, namespace
         self.client = stack.api_client()
         self.core, self.custom = CoreV1Api(self.client), CustomObjectsApi(self.client)
+        self.coordination = CoordinationV1Api(self.client)  # the agents report their loaded model in Leases
         self.local = threading.local()
         self.created: dict[str, float] = {}
         self.observer = Observer(stack, namespace)
@@ -232,8 +150,11 @@ class Bench:
 
         def ready() -> bool:
             pods = [p for p in self.pods(runtime) if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
-            annotated = [p for p in pods if (p.metadata.annotations or {}).get(ANNOTATION_MODEL)]
-            return len(annotated) == count
+            leases = self.coordination.list_namespaced_lease(self.namespace, label_selector=LEASE_SELECTOR).items
+            reported = {
+                lease.metadata.name for lease in leases if (lease.metadata.annotations or {}).get(ANNOTATION_MODEL)
+            }
+            return len([p for p in pods if p.metadata.name in reported]) == count
 
         wait_for(ready, 120, f"{count} ready pods of {runtime}", interval=0.2)
 
@@ -485,7 +406,11 @@ class Bench:
             name = f"cold-{index}"
             self.task(name, "cold")
             self.observer.wait_finished([name], 60)
-            wait_for(lambda seen=seen: "running" in seen, 30, "the pod to run")  # type: ignore[misc]
+
+            def pod_running(seen: dict[str, float] = seen) -> bool:
+                return "running" in seen
+
+            wait_for(pod_running, 30, "the pod to run")
             stop.set()
             watcher.join()
             start = self.created[name]
@@ -529,83 +454,6 @@ class Bench:
     def finish_profile(profiler: subprocess.Popen[bytes] | None) -> None:
         if profiler is not None:
             profiler.wait(timeout=120)
-
-
-def urlopen_text(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as response:  # loopback metrics
-        return str(response.read().decode())
-
-
-def wait_rss_settled(pid: int, seconds: float = 10.0) -> float:
-    """The operator digests the history's watch events; its memory after that."""
-    deadline = time.monotonic() + seconds
-    value = rss_mib(pid)
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        value = rss_mib(pid)
-    return value
-
-
-def table(results: dict[str, Any]) -> str:
-    lat, hist, api, busy = results["latency"], results["latency_with_history"], results["api"], results["busy"]
-    policy, fifo, burst = results["switching"]["policy"], results["switching"]["fifo"], results["burst"]
-    cold = results["scale_from_zero"]
-    ratio = fifo["makespan_seconds"] / policy["makespan_seconds"]
-    end = lat["created -> Succeeded"]
-    rows = [
-        (
-            "create -> Succeeded, 4 warm pods, 0 s service",
-            f"p50 {end['p50_ms']} ms, p99 {end['p99_ms']} ms",
-            "p50 <= 50 ms, p99 <= 150 ms",
-        ),
-        *[
-            (f"  {step}", f"p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms", "")
-            for step, v in lat.items()
-            if "->" in step and step != "created -> Succeeded"
-        ],
-        (
-            "same with 10,000 finished tasks present",
-            f"p50 {hist['created -> Succeeded']['p50_ms']} ms, p99 {hist['created -> Succeeded']['p99_ms']} ms",
-            "as above",
-        ),
-        (
-            "busy fraction, 8 pods, 160 x 0.5 s",
-            f"{busy['busy_fraction']} (makespan {busy['makespan_seconds']} s)",
-            ">= 0.95",
-        ),
-        (
-            "switching, project policy",
-            f"makespan {policy['makespan_seconds']} s, {policy['switches']} switches",
-            "<= 24 s, <= 10 switches",
-        ),
-        ("switching, plain FIFO", f"makespan {fifo['makespan_seconds']} s, {fifo['switches']} switches", ""),
-        ("FIFO makespan / policy makespan", f"{ratio:.2f}x", ">= 3x"),
-        ("200 at once, 4 pods: pod time per task", f"{api['pod_ms_per_task']} ms", "<= 100 ms"),
-        ("API requests per task (sdtasks + events)", f"{api['api_requests_per_task']}", "<= 7"),
-        (
-            "10,000 tasks at once: admitted",
-            f"{burst['admitted_seconds']} s ({burst['admission_rate_per_second']}/s)",
-            "<= 60 s",
-        ),
-        (
-            "operator RSS with 10,000 tasks",
-            f"{burst['operator_rss_mib']['history']} MiB (queued {burst['operator_rss_mib']['queued']})",
-            "<= 250 MiB",
-        ),
-        ("RSS growth per 1,000 tasks", f"{burst['rss_growth_mib_per_1000_tasks']} MiB", "reported"),
-        (
-            "scale from zero: first pod / task done",
-            f"{cold['first_pod_seconds']} s / {cold['task_succeeded_seconds']} s",
-            "first pod <= 2 s",
-        ),
-    ]
-    width = max(len(r[0]) for r in rows)
-    value_width = max(len(r[1]) for r in rows)
-    lines = [f"{'figure':<{width}}  {'measured':<{value_width}}  target", "-" * (width + value_width + 30)]
-    lines += [f"{a:<{width}}  {b:<{value_width}}  {c}" for a, b, c in rows]
-    return "\n".join(lines)
 
 
 def main() -> int:

@@ -53,7 +53,7 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_series(exposition: str) -> set[str]:
     """Every series name a /metrics page can carry, declared families without samples yet included."""
-    names = set()
+    names: set[str] = set()
     for family in text_string_to_metric_families(exposition):
         suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))

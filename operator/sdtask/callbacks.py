@@ -22,7 +22,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sdtask.addresses import AddressPolicy
-from sdtask.clients.callback import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_ATTEMPTS, DEFAULT_DEADLINE, send_callback
+from sdtask.api.task import CONDITION_CALLBACK_DELIVERED
+from sdtask.clients.callback import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_ATTEMPTS,
+    DEFAULT_DEADLINE,
+    CallbackResult,
+    send_callback,
+)
 from sdtask.clients.kube import Kube
 from sdtask.clients.outbound import Outbound, Resolver
 from sdtask.conditions import now_iso, set_condition
@@ -48,6 +55,19 @@ class CallbackPolicy:
 
     def addresses(self) -> AddressPolicy:
         return AddressPolicy(self.allow_private, self.allowed_hosts, setting=CALLBACK_POLICY_SETTING)
+
+    async def send(self, url: str, payload: Any, *, token: str | None, outbound: Outbound) -> CallbackResult:
+        """One callback (result or start) under this policy's attempts and time limits."""
+        return await send_callback(
+            url,
+            payload,
+            token=token,
+            outbound=outbound,
+            attempts=self.attempts,
+            base_delay=self.base_delay,
+            timeout=self.attempt_timeout,
+            deadline=self.deadline,
+        )
 
 
 def task_metadata(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,16 +102,7 @@ async def deliver_callback(
     )
     token, refusal = await signing_token(kube, meta["namespace"], callback.get("secretRef") or {})
     if refusal is None:
-        result = await send_callback(
-            url,
-            payload,
-            token=token,
-            outbound=outbound,
-            attempts=policy.attempts,
-            base_delay=policy.base_delay,
-            timeout=policy.attempt_timeout,
-            deadline=policy.deadline,
-        )
+        result = await policy.send(url, payload, token=token, outbound=outbound)
         delivered, attempts, error = result.delivered, result.attempts, result.last_error
     else:
         delivered, attempts, error = False, 0, refusal
@@ -106,7 +117,7 @@ async def deliver_callback(
         },
         "conditions": set_condition(
             status.get("conditions"),
-            "CallbackDelivered",
+            CONDITION_CALLBACK_DELIVERED,
             delivered,
             "Delivered" if delivered else "DeliveryFailed",
             message,

@@ -10,6 +10,7 @@ answers `hash: null, sha256: null`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _HASH_SUFFIX = re.compile(r"(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]+)\]")
@@ -82,7 +83,7 @@ def match_checkpoint(requested: str, available: list[Checkpoint]) -> Checkpoint 
     def same_file(checkpoint: Checkpoint) -> bool:
         return wanted_hash is None or checkpoint.hash is None or checkpoint.hash.startswith(wanted_hash)
 
-    tiers = (
+    tiers: tuple[Callable[[Checkpoint], bool], ...] = (
         lambda c: c.title == requested.strip(),
         lambda c: c.name == wanted_name and same_file(c),
         lambda c: basename(c.filename) == wanted_name and same_file(c),

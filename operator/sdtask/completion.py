@@ -12,14 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sdtask.api.task import (
+    CONDITION_FAILED,
+    CONDITION_RUNNING,
+    CONDITION_SCHEDULED,
+    CONDITION_SUCCEEDED,
+)
 from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, signing_token, task_metadata
-from sdtask.clients.callback import send_callback
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.clients.outbound import Outbound
 from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import ANNOTATION_REQUEST_FORMAT, LABEL_POD, Phase
 from sdtask.request import callback_payload, response_object
-from sdtask.retry import after_failed_attempt
+from sdtask.retry import after_failed_attempt, max_retries
 
 __all__ = ["CallbackPolicy", "Outcome", "end_failed_attempt", "final_status", "finish_task", "task_metadata"]
 
@@ -46,9 +51,9 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
     status = task.get("status") or {}
     succeeded = outcome.phase == Phase.SUCCEEDED
     model = outcome.model or status.get("model")
-    conditions = set_condition(status.get("conditions"), "Running", False, outcome.reason, outcome.message, now)
-    conditions = set_condition(conditions, "Succeeded", succeeded, outcome.reason, outcome.message, now)
-    conditions = set_condition(conditions, "Failed", not succeeded, outcome.reason, outcome.message, now)
+    conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, False, outcome.reason, outcome.message, now)
+    conditions = set_condition(conditions, CONDITION_SUCCEEDED, succeeded, outcome.reason, outcome.message, now)
+    conditions = set_condition(conditions, CONDITION_FAILED, not succeeded, outcome.reason, outcome.message, now)
     has_callback = bool(((task.get("spec") or {}).get("callback") or {}).get("url"))
     return {
         "phase": outcome.phase.value,
@@ -72,18 +77,24 @@ def final_status(task: Mapping[str, Any], outcome: Outcome, now: dt.datetime) ->
 
 @dataclass(frozen=True)
 class Expect:
-    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod."""
+    """What the task must still be for a final write to apply: its phase, and (for an agent) its pod, and (for a
+    lost pod's requeue) the attempt that ran there."""
 
     phases: frozenset[str | None]
     pod: str | None = None
+    attempt: int | None = None
 
     def holds(self, task: Mapping[str, Any]) -> bool:
         status = task.get("status") or {}
-        return status.get("phase") in self.phases and (self.pod is None or status.get("pod") == self.pod)
+        return (
+            status.get("phase") in self.phases
+            and (self.pod is None or status.get("pod") == self.pod)
+            and (self.attempt is None or int(status.get("attempts") or 0) == self.attempt)
+        )
 
 
-def running_on(pod: str) -> Expect:
-    return Expect(frozenset({Phase.RUNNING.value}), pod)
+def running_on(pod: str, attempt: int | None = None) -> Expect:
+    return Expect(frozenset({Phase.RUNNING.value}), pod, attempt)
 
 
 NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.value, Phase.RUNNING.value}))
@@ -91,36 +102,35 @@ NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.valu
 
 async def patch_status_if(
     kube: Kube, task: Mapping[str, Any], status: dict[str, Any], expect: Expect | None, *, tries: int = 5
-) -> bool:
-    """Patch the status only while `expect` holds; False when it no longer does (nothing written).
+) -> dict[str, Any] | None:
+    """Patch the status only while `expect` holds: the task as written, None when it no longer held (nothing
+    written).
 
     The check and the write are one: the patch carries the resourceVersion of the read that passed the check, so
     a deadline failure written meanwhile makes it fail (409) instead of being overwritten by a success.
     """
     meta = task["metadata"]
     if expect is None:
-        await kube.patch_task_status(meta["namespace"], meta["name"], status)
-        return True
+        return await kube.patch_task_status(meta["namespace"], meta["name"], status)
     for _ in range(tries):
         try:
             current = await kube.get_task(meta["namespace"], meta["name"])
         except Exception as error:
             if is_not_found(error):
-                return False
+                return None
             raise
         if not expect.holds(current):
-            return False
+            return None
         try:
-            await kube.patch_task_status(
+            return await kube.patch_task_status(
                 meta["namespace"], meta["name"], status, current["metadata"]["resourceVersion"]
             )
-            return True
         except Exception as error:
             if is_not_found(error):
-                return False
+                return None
             if not is_conflict(error):
                 raise
-    return False
+    return None
 
 
 async def finish_task(
@@ -138,7 +148,7 @@ async def finish_task(
     meta = task["metadata"]
     now = dt.datetime.now(dt.UTC)
     status = final_status(task, outcome, now)
-    if not await patch_status_if(kube, task, status, expect):
+    if await patch_status_if(kube, task, status, expect) is None:
         log.info("%s/%s: no longer %s; its end is not written", meta["namespace"], meta["name"], expect)
         return None
     event_type = "Normal" if outcome.phase == Phase.SUCCEEDED else "Warning"
@@ -166,9 +176,9 @@ async def end_failed_attempt(
     meta, status = task["metadata"], task.get("status") or {}
     attempts = int(status.get("attempts") or 0)
     spec = task.get("spec") or {}
-    max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
+    allowed = max_retries(spec)
     now = dt.datetime.now(dt.UTC)
-    outcome = after_failed_attempt(attempts, max_retries, retryable, now, backoff_seconds)
+    outcome = after_failed_attempt(attempts, allowed, retryable, now, backoff_seconds)
     if outcome.phase == Phase.FAILED:
         if retryable:
             message += f" (no retries left after {attempts} attempt(s))"
@@ -177,9 +187,9 @@ async def end_failed_attempt(
         )
         return Phase.FAILED if written is not None else None  # like a success, it keeps its pod label
     retry_at = now_iso(outcome.not_before)
-    message += f"; retrying after {retry_at} (attempt {attempts + 1} of {max_retries + 1})"
-    conditions = set_condition(status.get("conditions"), "Running", False, reason, message, now)
-    conditions = set_condition(conditions, "Scheduled", False, reason, message, now)
+    message += f"; retrying after {retry_at} (attempt {attempts + 1} of {allowed + 1})"
+    conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, False, reason, message, now)
+    conditions = set_condition(conditions, CONDITION_SCHEDULED, False, reason, message, now)
     requeue = {
         "phase": Phase.PENDING.value,
         "reason": reason,
@@ -189,9 +199,18 @@ async def end_failed_attempt(
         "progress": None,
         "conditions": conditions,
     }
-    if not await patch_status_if(kube, task, requeue, expect):
+    written = await patch_status_if(kube, task, requeue, expect)
+    if written is None:
         return None
-    await kube.patch_task_labels(meta["namespace"], meta["name"], {LABEL_POD: None})
+    try:
+        # Only the version just written: a quick retry may already be dispatched again, perhaps to this very pod,
+        # and removing the label then would strand that new dispatch (its agent watches the label).
+        await kube.patch_task_labels(
+            meta["namespace"], meta["name"], {LABEL_POD: None}, written["metadata"]["resourceVersion"]
+        )
+    except Exception as error:
+        if not (is_conflict(error) or is_not_found(error)):
+            raise
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING
 
@@ -220,16 +239,7 @@ async def announce_start(kube: Kube, task: dict[str, Any], pod: str, attempt: in
     if refusal is not None:
         return False  # the result callback will report it
     async with Outbound(policy.addresses(), resolver=policy.resolver, read_timeout=policy.attempt_timeout) as outbound:
-        result = await send_callback(
-            url,
-            start_payload(task, pod, attempt),
-            token=token,
-            outbound=outbound,
-            attempts=policy.attempts,
-            base_delay=policy.base_delay,
-            timeout=policy.attempt_timeout,
-            deadline=policy.deadline,
-        )
+        result = await policy.send(url, start_payload(task, pod, attempt), token=token, outbound=outbound)
     if result.delivered:
         await kube.patch_task_status(meta["namespace"], meta["name"], {"callback": {"startedAttempt": attempt}})
     return result.delivered

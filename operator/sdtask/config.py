@@ -5,7 +5,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from sdtask.api.runtime import (
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_LINKS,
+    DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES,
+    DEFAULT_MODELS_MOUNT_PATH,
+    DEFAULT_PORT,
+    DEFAULT_REGION,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
+)
 from sdtask.api.task import DEFAULT_CALLBACK_ATTEMPTS
+from sdtask.constants import DEFAULT_IMAGE
+
+# Loading a checkpoint from network storage onto the GPU can take minutes.
+DEFAULT_MODEL_SWITCH_TIMEOUT_SECONDS = 600.0
 
 
 def _env(name: str, default: str = "") -> str:
@@ -28,7 +41,7 @@ def _hosts(name: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class OperatorSettings:
-    agent_image: str = "sdtask-operator:0.1.0"
+    agent_image: str = DEFAULT_IMAGE
     agent_service_account: str = "sdtask-agent"
     # Namespaces to watch; empty means the whole cluster.
     namespaces: tuple[str, ...] = ()
@@ -68,28 +81,29 @@ class AgentSettings:
     pod_name: str
     namespace: str
     runtime: str
-    webui_url: str = "http://127.0.0.1:7860"
+    pod_uid: str = ""  # owner of the pod's model Lease, so it goes with the pod
+    webui_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     webui_api_auth: str = field(default="", repr=False)  # the Web UI's --api-auth "user:password", from a Secret
     dynamic_model: bool = False
     checkpoint: str = ""
-    models_dir: str = "/models"
+    models_dir: str = DEFAULT_MODELS_MOUNT_PATH
     models_s3_prefix: str = ""
     output_bucket: str = ""
     s3_endpoint: str = ""
-    s3_region: str = "us-east-1"
-    request_timeout_seconds: float = 600.0
+    s3_region: str = DEFAULT_REGION
+    request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS
     allow_private_links: bool = False
     allowed_link_hosts: frozenset[str] = field(default_factory=frozenset)
-    max_download_bytes: int = 50 * 1024 * 1024
-    max_links: int = 16
-    max_total_download_bytes: int = 100 * 1024 * 1024
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    max_links: int = DEFAULT_MAX_LINKS
+    max_total_download_bytes: int = DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
     # Where s3:// links may read; the runtime's output bucket and models prefix are always added (see s3_link_prefixes).
     allowed_s3_prefixes: tuple[str, ...] = ()
     # The operator's callback policy, handed over in the pod env: one policy for callbacks, whoever sends them.
     allow_private_callbacks: bool = False
     allowed_callback_hosts: frozenset[str] = field(default_factory=frozenset)
     max_model_bytes: int = 64 * 1024**3  # a checkpoint fetched from models.s3Prefix
-    model_switch_timeout_seconds: float = 600.0  # loading from network storage onto the GPU can take minutes
+    model_switch_timeout_seconds: float = DEFAULT_MODEL_SWITCH_TIMEOUT_SECONDS
     state_dir: str = "/var/run/sdtask"  # shared with the Web UI container: its preStop hook waits on `busy` here
     callback_attempts: int = DEFAULT_CALLBACK_ATTEMPTS  # the callback deadline (5 minutes) bounds them too
     callback_base_delay_seconds: float = 1.0
@@ -105,6 +119,7 @@ class AgentSettings:
     def from_env(cls) -> AgentSettings:
         return cls(
             pod_name=_env("SDTASK_POD_NAME"),
+            pod_uid=_env("SDTASK_POD_UID"),
             namespace=_env("SDTASK_NAMESPACE", "default"),
             runtime=_env("SDTASK_RUNTIME"),
             webui_url=_env("SDTASK_WEBUI_URL", cls.webui_url),

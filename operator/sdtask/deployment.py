@@ -10,7 +10,17 @@ import hashlib
 import json
 from typing import Any
 
-from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
+from sdtask.api.runtime import (
+    DEFAULT_API_AUTH_KEY,
+    DEFAULT_GPUS_PER_POD,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_LINKS,
+    DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES,
+    DEFAULT_MODELS_MOUNT_PATH,
+    DEFAULT_PORT,
+    DEFAULT_REGION,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
+)
 from sdtask.config import OperatorSettings
 from sdtask.constants import (
     AGENT_CONTAINER,
@@ -29,6 +39,19 @@ AGENT_USER_ID = 10001
 AGENT_METRICS_PORT = 9464  # the agent's /metrics, declared as the pod's `agent-metrics` port (the chart's PodMonitor)
 # Beyond the request timeout: time to upload the result and patch the status after the last generation.
 TERMINATION_MARGIN_SECONDS = 120
+
+
+# The spec's defaults come from the models (sdtask.api.runtime); these read the fields that several manifests use.
+def webui_port(spec: dict[str, Any]) -> int:
+    return int(spec.get("port", DEFAULT_PORT))
+
+
+def models_mount_path(spec: dict[str, Any]) -> str:
+    return str((spec.get("models") or {}).get("mountPath", DEFAULT_MODELS_MOUNT_PATH))
+
+
+def request_timeout_seconds(spec: dict[str, Any]) -> int:
+    return int(spec.get("requestTimeoutSeconds", DEFAULT_REQUEST_TIMEOUT_SECONDS))
 
 
 def runtime_labels(runtime_name: str) -> dict[str, str]:
@@ -90,17 +113,18 @@ def agent_env(runtime: dict[str, Any], settings: OperatorSettings | None = None)
     agent = spec.get("agent", {})
     env = [
         _field_env("SDTASK_POD_NAME", "metadata.name"),
+        _field_env("SDTASK_POD_UID", "metadata.uid"),
         _field_env("SDTASK_NAMESPACE", "metadata.namespace"),
         _env("SDTASK_RUNTIME", runtime["metadata"]["name"]),
-        _env("SDTASK_WEBUI_URL", f"http://127.0.0.1:{spec.get('port', 7860)}"),
+        _env("SDTASK_WEBUI_URL", f"http://127.0.0.1:{webui_port(spec)}"),
         _env("SDTASK_DYNAMIC_MODEL", bool(spec.get("dynamicModel", False))),
         _env("SDTASK_CHECKPOINT", spec.get("checkpoint", "")),
-        _env("SDTASK_MODELS_DIR", models.get("mountPath", "/models")),
+        _env("SDTASK_MODELS_DIR", models_mount_path(spec)),
         _env("SDTASK_MODELS_S3_PREFIX", models.get("s3Prefix", "")),
         _env("SDTASK_OUTPUT_BUCKET", output.get("bucket", "")),
         _env("SDTASK_S3_ENDPOINT", output.get("endpoint", "")),
-        _env("AWS_REGION", output.get("region", "us-east-1")),
-        _env("SDTASK_REQUEST_TIMEOUT_SECONDS", spec.get("requestTimeoutSeconds", 600)),
+        _env("AWS_REGION", output.get("region", DEFAULT_REGION)),
+        _env("SDTASK_REQUEST_TIMEOUT_SECONDS", request_timeout_seconds(spec)),
         _env("SDTASK_ALLOW_PRIVATE_LINKS", bool(agent.get("allowPrivateLinks", False))),
         _env("SDTASK_ALLOWED_LINK_HOSTS", ",".join(agent.get("allowedLinkHosts", []))),
         _env("SDTASK_MAX_DOWNLOAD_BYTES", agent.get("maxDownloadBytes", DEFAULT_MAX_DOWNLOAD_BYTES)),
@@ -129,10 +153,10 @@ def model_fetch_env(runtime: dict[str, Any]) -> list[dict[str, Any]]:
     models = spec.get("models", {})
     return [
         _env("SDTASK_CHECKPOINT", spec.get("checkpoint", "")),
-        _env("SDTASK_MODELS_DIR", models.get("mountPath", "/models")),
+        _env("SDTASK_MODELS_DIR", models_mount_path(spec)),
         _env("SDTASK_MODELS_S3_PREFIX", models.get("s3Prefix", "")),
         _env("SDTASK_S3_ENDPOINT", output.get("endpoint", "")),
-        _env("AWS_REGION", output.get("region", "us-east-1")),
+        _env("AWS_REGION", output.get("region", DEFAULT_REGION)),
         *_s3_credentials_env(output),
     ]
 
@@ -184,10 +208,9 @@ def webui_args(spec: dict[str, Any]) -> list[str]:
     - a static runtime's `--ckpt <mountPath>/<checkpoint>` (unless the user names one), so it starts with its model;
     - `--api-auth $(SDTASK_WEBUI_API_AUTH)` when the runtime has apiAuth (the kubelet expands it from the Secret).
     """
-    models = spec.get("models") or {}
-    mount = str(models.get("mountPath", "/models")).rstrip("/") or "/"
+    mount = models_mount_path(spec).rstrip("/") or "/"
     args = _without_flags(list(spec.get("args") or []), _OWNED_VALUE_FLAGS, _OWNED_SWITCHES)
-    args += ["--api", "--listen", "--port", str(spec.get("port", 7860)), "--ckpt-dir", mount, "--no-download-sd-model"]
+    args += ["--api", "--listen", "--port", str(webui_port(spec)), "--ckpt-dir", mount, "--no-download-sd-model"]
     checkpoint = spec.get("checkpoint")
     if not spec.get("dynamicModel", False) and checkpoint and not _has_flag(args, "--ckpt"):
         args += ["--ckpt", f"{mount.rstrip('/')}/{checkpoint}"]
@@ -200,7 +223,7 @@ def _api_auth_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
     auth = spec.get("apiAuth")
     if not auth:
         return []
-    ref = {"name": auth["secretName"], "key": auth.get("key", "api-auth")}
+    ref = {"name": auth["secretName"], "key": auth.get("key", DEFAULT_API_AUTH_KEY)}
     return [{"name": WEBUI_API_AUTH_ENV, "valueFrom": {"secretKeyRef": ref}}]
 
 
@@ -209,7 +232,7 @@ def webui_probes(spec: dict[str, Any]) -> dict[str, Any]:
     never kills a loading pod. With --api-auth every API route answers 401 without credentials, which an httpGet
     probe can't send without putting them in the pod spec: the probe is then a TCP connect, and the agent, which
     has the credentials, waits for the API to answer before it takes a task."""
-    port = spec.get("port", 7860)
+    port = webui_port(spec)
     check: dict[str, Any] = (
         {"tcpSocket": {"port": port}} if spec.get("apiAuth") else {"httpGet": {"path": PROBE_PATH, "port": port}}
     )
@@ -221,8 +244,8 @@ def webui_probes(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gpu_resources(placement: dict[str, Any]) -> dict[str, Any]:
-    resources = json.loads(json.dumps(placement.get("resources", {})))  # deep copy of plain JSON
-    gpus = placement.get("gpusPerPod", 1)
+    resources: dict[str, Any] = json.loads(json.dumps(placement.get("resources", {})))  # deep copy of plain JSON
+    gpus = placement.get("gpusPerPod", DEFAULT_GPUS_PER_POD)
     if gpus:
         for kind in ("limits", "requests"):
             resources.setdefault(kind, {})[GPU_RESOURCE] = str(gpus)
@@ -235,8 +258,8 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
     placement = spec.get("placement", {})
     models = spec.get("models", {})
     agent = spec.get("agent", {})
-    port = spec.get("port", 7860)
-    mount_path = models.get("mountPath", "/models")
+    port = webui_port(spec)
+    mount_path = models_mount_path(spec)
     volumes: list[dict[str, Any]] = [
         {"name": "models", **(models.get("volume") or {"emptyDir": {}})},
         {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
@@ -289,7 +312,7 @@ def pod_template(runtime: dict[str, Any], settings: OperatorSettings) -> dict[st
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    timeout = int(spec.get("requestTimeoutSeconds", 600))
+    timeout = request_timeout_seconds(spec)
     init_containers = []
     if needs_model_fetch(spec):
         init_containers.append(
@@ -359,7 +382,7 @@ def build_deployment(runtime: dict[str, Any], replicas: int, settings: OperatorS
 
 def build_service(runtime: dict[str, Any]) -> dict[str, Any]:
     name = runtime["metadata"]["name"]
-    port = runtime.get("spec", {}).get("port", 7860)
+    port = webui_port(runtime.get("spec", {}))
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -384,12 +407,13 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# What the agent may do, in its own namespace only: read and update the tasks given to its pod, annotate its pod with
-# the loaded model, read a callback's signing Secret, and post Events. No wildcards.
+# What the agent may do, in its own namespace only: read and update the tasks given to its pod, report the loaded
+# model in its pod's Lease (server-side apply: create and patch; the chart's admission policy narrows it to the Lease
+# of its own pod), read a callback's signing Secret, and post Events. No wildcards, and no pod write at all.
 AGENT_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["sdtask.io"], "resources": ["sdtasks"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["sdtask.io"], "resources": ["sdtasks/status"], "verbs": ["get", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]

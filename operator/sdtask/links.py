@@ -1,38 +1,28 @@
-"""Links in a task's content: detection, replacement by base64 within the task's limits, taking inlined data out of
-what is stored, redaction, and the S3 allow-list. Pure.
+"""Links in a task's content: detection, substitution, the task's link limits and byte budget, taking inlined data
+out of what is stored, redaction, and the S3 allow-list. Pure.
 
 The SD Web UI only takes base64 images, so the agent downloads every http(s)/s3 link found anywhere in the content
-(init_images, mask, ControlNet args, imageList[].data, ...) and inlines it. Everything here is pure apart from the
-injected `fetch`; the real one is `sdtask.clients.fetcher.LinkFetcher` (address policy, pinning, caps).
+(init_images, mask, ControlNet args, imageList[].data, ...) and inlines it: the downloading lives in
+`sdtask.clients.fetcher` (`inline_links`, `LinkFetcher`: address policy, pinning, caps).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sdtask.addresses import IPAddress
 from sdtask.addresses import address_refusal as address_refusal  # re-exported: its old home
-from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
+from sdtask.api.runtime import DEFAULT_MAX_LINKS, DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = DEFAULT_MAX_DOWNLOAD_BYTES
-DEFAULT_MAX_TOTAL_BYTES = DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
-MAX_REDIRECTS = 5
 MAX_LINK_LENGTH = 8192
 LINK_SCHEMES = frozenset({"http", "https", "s3"})
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 JsonPath = tuple[str | int, ...]
-# A fetch gets the URL and the task's shared byte budget, which it charges as bytes arrive.
-Fetch = Callable[[str, "ByteBudget"], Awaitable[bytes]]
-Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
 class LinkError(Exception):
@@ -109,17 +99,17 @@ def find_links(content: Any) -> list[LinkRef]:
     return list(_walk_links(content, ()))
 
 
-def _substitute(node: Any, replacements: dict[str, str]) -> Any:
+def substitute_links(node: Any, replacements: dict[str, str]) -> Any:
     """A copy of `node` with link strings replaced; mirrors `_walk_links` so both agree on what is a link."""
     if isinstance(node, str):
         return replacements.get(node.strip(), node) if is_link(node) else node
     if isinstance(node, dict):
         return {
-            key: value if isinstance(key, str) and _is_free_text_key(key) else _substitute(value, replacements)
+            key: value if isinstance(key, str) and _is_free_text_key(key) else substitute_links(value, replacements)
             for key, value in node.items()
         }
     if isinstance(node, list | tuple):
-        return [_substitute(value, replacements) for value in node]
+        return [substitute_links(value, replacements) for value in node]
     return node
 
 
@@ -138,7 +128,7 @@ class LinkLimits:
     """Caps on a task's links as a whole. The per-link size cap belongs to the fetcher."""
 
     max_links: int = DEFAULT_MAX_LINKS
-    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES
     seconds: float | None = None  # the whole link phase; the caller gives what is left of the attempt's timeout
 
 
@@ -169,57 +159,6 @@ class Inlined:
 
     content: Any
     sources: dict[str, str]  # base64 -> the URL it was fetched from
-
-
-async def inline_links(
-    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
-) -> Inlined:
-    """A copy of `content` with every link replaced by the base64 of its bytes. The input is not mutated.
-
-    Each distinct URL is fetched once, at most `max_concurrency` at a time, within `limits` (count checked before any
-    download, bytes while downloading, time for the whole phase). The first failure cancels the other downloads and
-    is raised as LinkError (LinkLimitError for a limit).
-    """
-    limits = limits or LinkLimits()
-    urls = list(dict.fromkeys(ref.url for ref in find_links(content)))
-    if not urls:
-        return Inlined(_substitute(content, {}), {})
-    if len(urls) > limits.max_links:
-        raise LinkLimitError(f"the task has {len(urls)} links, over the limit of {limits.max_links}")
-    semaphore = asyncio.Semaphore(max(1, max_concurrency))
-    budget = ByteBudget(limits.max_total_bytes)
-    fetched = 0
-
-    async def fetch_one(url: str) -> str:
-        nonlocal fetched
-        async with semaphore:
-            try:
-                data = await fetch(url, budget)
-            except LinkError:
-                raise
-            except Exception as exc:  # a fetch must fail as LinkError, whatever went wrong inside it
-                raise LinkError(url, f"{type(exc).__name__}: {exc}") from exc
-        fetched += len(data)  # a backstop for a fetcher that doesn't charge the budget
-        if fetched > limits.max_total_bytes:
-            raise LinkLimitError(f"the task's links are over the {limits.max_total_bytes}-byte total limit")
-        return base64.b64encode(data).decode("ascii")
-
-    try:
-        async with asyncio.timeout(limits.seconds), asyncio.TaskGroup() as group:
-            tasks = {url: group.create_task(fetch_one(url)) for url in urls}
-    except TimeoutError:
-        raise LinkLimitError(f"fetching the task's links took longer than {limits.seconds:g}s in all") from None
-    except BaseExceptionGroup as group_error:
-        raise _first_link_error(group_error) from None
-    replacements = {url: task.result() for url, task in tasks.items()}
-    return Inlined(_substitute(content, replacements), {data: url for url, data in replacements.items()})
-
-
-async def replace_links(
-    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
-) -> Any:
-    """`inline_links`, content only."""
-    return (await inline_links(content, fetch, limits=limits, max_concurrency=max_concurrency)).content
 
 
 MAX_RESTORE_DEPTH = 128
@@ -256,22 +195,6 @@ def _restore(value: Any, sources: dict[str, str], depth: int) -> Any:
 
 
 _MIN_INLINED_LENGTH = 4  # base64 of one byte
-
-
-def _first_link_error(group_error: BaseExceptionGroup[BaseException]) -> BaseException:
-    matched, _ = group_error.split(LinkError)
-    if matched is None:
-        return group_error
-    leaves = list(_leaves(matched))
-    return leaves[0] if leaves else group_error
-
-
-def _leaves(group_error: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group_error.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def redact_url(url: str) -> str:

@@ -1,7 +1,8 @@
 """Output naming in S3 (pure).
 
 Every output key of a task is a function of (prefix, id, index) only, so a retried task overwrites its own objects and
-never leaves a second copy next to the first.
+never leaves a second copy next to the first. Which task a `<prefix>/<id>` folder belongs to is recorded beside it,
+outside the folder (see `owner_key` and sdtask/ownership.py), so the folder holds the task's outputs only, as before.
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ def record_key(prefix: str, task_id: str) -> str:
     """Key of the `.out` record of a task."""
     folder = task_folder(prefix, task_id)
     return f"{folder}/{task_id}.out"
+
+
+OWNERS_FOLDER = ".sdtask-owners"
+
+
+def owner_key(prefix: str, task_id: str) -> str:
+    """Key of the marker naming the task that owns `<prefix>/<id>`: `.sdtask-owners/<prefix>/<id>.json`.
+
+    Outside the task's folder, so listings of the folder are unchanged; and no output key ends in `.json` (images
+    end in their format's extension, the record in `.out`), so no task's outputs can overwrite a marker."""
+    return f"{OWNERS_FOLDER}/{task_folder(prefix, task_id)}.json"
 
 
 def s3_uri(bucket: str, key: str) -> str:

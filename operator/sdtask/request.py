@@ -16,7 +16,6 @@ TASKTYPE_ENDPOINTS: dict[str, str] = {
 }
 # Spellings the old queue agent accepted for a tasktype.
 TASKTYPE_ALIASES: dict[str, str] = {"extra-batch-image": "extra-batch-images"}
-API_PREFIX = "/sdapi/v1/"
 
 CHECKPOINT_KEY = "sd_model_checkpoint"
 VAE_KEY = "sd_vae"
@@ -49,10 +48,6 @@ class PreparedCall:
     endpoint: str
     payload: dict[str, Any]
     checkpoint: str | None
-
-    @property
-    def path(self) -> str:
-        return API_PREFIX + self.endpoint
 
 
 def _dict_at(mapping: dict[str, Any], key: str) -> dict[str, Any]:

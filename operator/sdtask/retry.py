@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from sdtask.api.task import DEFAULT_MAX_RETRIES
 from sdtask.constants import Phase
 
 MAX_BACKOFF = dt.timedelta(minutes=10)
+
+
+def max_retries(spec: Mapping[str, Any]) -> int:
+    """A task's spec.maxRetries, else the model's default."""
+    value = spec.get("maxRetries")
+    return int(value) if value is not None else DEFAULT_MAX_RETRIES
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,26 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
+from sdtask.api.runtime import ScalingSpec
+
+_DEFAULTS = ScalingSpec()  # the defaults are the model's (and so the CRD's)
+
 
 @dataclass(frozen=True)
 class ScalingPolicy:
-    min_replicas: int = 0
-    max_replicas: int = 1
-    tasks_per_replica: int = 1
-    scale_down_delay: dt.timedelta = dt.timedelta(minutes=5)
+    min_replicas: int = _DEFAULTS.min_replicas
+    max_replicas: int = _DEFAULTS.max_replicas
+    tasks_per_replica: int = _DEFAULTS.tasks_per_replica
+    scale_down_delay: dt.timedelta = dt.timedelta(seconds=_DEFAULTS.scale_down_delay_seconds)
+
+    @classmethod
+    def from_spec(cls, scaling: ScalingSpec) -> ScalingPolicy:
+        return cls(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            tasks_per_replica=scaling.tasks_per_replica,
+            scale_down_delay=dt.timedelta(seconds=scaling.scale_down_delay_seconds),
+        )
 
 
 def demand(queued: int, running: int, tasks_per_replica: int, models: int = 0) -> int:

@@ -14,6 +14,7 @@ import pydantic
 import pytest
 import yaml
 
+from sdtask.clients.webui import api_path
 from sdtask.request import TASKTYPE_ENDPOINTS, legacy_to_task, prepare_payload
 from sdtask.standin import StandinWebUI, write_checkpoint
 from sdtask.standin.images import render_png
@@ -103,7 +104,8 @@ def test_the_models_catch_drift_in_answers() -> None:
 def test_the_models_catch_drift_in_requests() -> None:
     with pytest.raises(pydantic.ValidationError):
         ExtrasBatchImagesRequest.model_validate({"imageList": [{"data": PNG}]}, strict=True)  # FileData.name
-    for drifted in ({"prompt": 1}, {"batch_size": "2"}, {"alwayson_scripts": []}, {"promt": "typo"}):
+    drifts: list[dict[str, object]] = [{"prompt": 1}, {"batch_size": "2"}, {"alwayson_scripts": []}, {"promt": "typo"}]
+    for drifted in drifts:
         with pytest.raises(pydantic.ValidationError):
             check_request("/sdapi/v1/txt2img", drifted)
     with pytest.raises(pydantic.ValidationError):
@@ -159,7 +161,7 @@ LEGACY_WITH_FOREIGN_KEYS = {
 
 def assert_fits(tasktype: str, content: dict[str, Any]) -> None:
     call = prepare_payload(tasktype, content)
-    check_request(call.path, call.payload)
+    check_request(api_path(call.endpoint), call.payload)  # the path the agent posts to
     if call.endpoint in ("txt2img", "img2img"):
         # init_script_args: every alwayson_scripts key must be one of the runner's script titles.
         titles = {script.title.lower() for script in runner(call.endpoint)}

@@ -57,8 +57,8 @@ def test_each_runtime_runs_only_on_its_own_pool(cluster: Cluster) -> None:
     static_runtime(cluster, "on-a", "pool-a", minReplicas=2, maxReplicas=2)
     static_runtime(cluster, "on-b", "pool-b", minReplicas=2, maxReplicas=2)
 
-    pods_a = wait_for(lambda: len(p := running_pods(cluster, "on-a")) == 2 and p, 30, "2 pods of on-a")
-    pods_b = wait_for(lambda: len(p := running_pods(cluster, "on-b")) == 2 and p, 30, "2 pods of on-b")
+    pods_a = wait_for(lambda: p if len(p := running_pods(cluster, "on-a")) == 2 else None, 30, "2 pods of on-a")
+    pods_b = wait_for(lambda: p if len(p := running_pods(cluster, "on-b")) == 2 else None, 30, "2 pods of on-b")
 
     assert {p.spec.node_name for p in pods_a} == nodes_of_pool(cluster, "pool-a")
     assert {p.spec.node_name for p in pods_b} <= nodes_of_pool(cluster, "pool-b")
@@ -194,7 +194,9 @@ def test_a_manual_edit_of_the_deployment_is_put_back(cluster: Cluster) -> None:
 
     def restored() -> bool:
         spec = apps.read_namespaced_deployment("sdruntime-declared", cluster.namespace).spec
-        return spec.replicas == 1 and spec.template.spec.node_selector == {"sdtask.io/pool": "pool-b"}
+        replicas: int = spec.replicas
+        node_selector: dict[str, str] = spec.template.spec.node_selector
+        return replicas == 1 and node_selector == {"sdtask.io/pool": "pool-b"}
 
     wait_for(restored, 30, "the operator to restore the Deployment")
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from kubernetes.client import CoordinationV1Api
+from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, VERSION
 from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.images import read_standin_metadata
+from tests.standin_support import metadata
 
 from .conftest import CallbackReceiver, Cluster, Files, sample_png
 
@@ -143,26 +148,62 @@ def test_text_to_image_batch_of_four_yields_four_numbered_images(cluster: Cluste
     assert status["phase"] == "Succeeded", status
     keys = cluster.s3_keys("t2i/batch-four/")
     assert keys == sorted([f"t2i/batch-four/image-{i}.png" for i in range(1, 5)] + ["t2i/batch-four/batch-four.out"])
-    seeds = [read_standin_metadata(cluster.s3_object(uri)[0])["seed"] for uri in status["images"]]  # type: ignore[index]
+    seeds = [metadata(cluster.s3_object(uri)[0])["seed"] for uri in status["images"]]
     assert seeds == [1234, 1235, 1236, 1237]
 
 
-def test_a_retried_task_overwrites_its_own_outputs(cluster: Cluster) -> None:
-    """Running the same task twice (as at-least-once execution may) leaves one copy of each result."""
+def test_a_second_task_with_the_same_id_is_refused_and_the_first_results_stay(cluster: Cluster) -> None:
+    """Outputs live at <prefix>/<id> (the old API's layout): a second SDTask naming the same prefix and id while the
+    first exists would overwrite its results. It is refused, with the owner named, and nothing of the first changes.
+    (A retry of one task, same uid, overwrites its own keys: test_resilience's agent-crash test.)"""
     cluster.submit(text_task("twice", batch_size=2, seed=7), name="twice-1")
-    cluster.wait_finished("twice-1")
-    first = cluster.s3_keys("t2i/twice/")
-    cluster.submit(text_task("twice", batch_size=2, seed=7), name="twice-2")
-    assert cluster.wait_finished("twice-2")["status"]["phase"] == "Succeeded"
-    assert (
-        cluster.s3_keys("t2i/twice/")
-        == first
-        == [
-            "t2i/twice/image-1.png",
-            "t2i/twice/image-2.png",
-            "t2i/twice/twice.out",
-        ]
-    )
+    assert cluster.wait_finished("twice-1")["status"]["phase"] == "Succeeded"
+    keys = ["t2i/twice/image-1.png", "t2i/twice/image-2.png", "t2i/twice/twice.out"]
+    assert cluster.s3_keys("t2i/twice/") == keys
+    before = [cluster.s3_object(f"s3://{cluster.stack.bucket}/{key}")[0] for key in keys]
+
+    cluster.submit(text_task("twice", batch_size=2, seed=8), name="twice-2")
+    status = cluster.wait_finished("twice-2")["status"]
+    assert (status["phase"], status["reason"], status["attempts"]) == ("Failed", "OutputClaimed", 1)
+    assert f"s3://{cluster.stack.bucket}/t2i/twice" in status["message"]
+    assert f"{cluster.namespace}/twice-1" in status["message"]
+    cluster.wait_for_event("twice-2", "Warning", "OutputClaimed")
+    assert cluster.s3_keys("t2i/twice/") == keys
+    assert [cluster.s3_object(f"s3://{cluster.stack.bucket}/{key}")[0] for key in keys] == before
+
+
+def delete_task(cluster: Cluster, name: str) -> None:
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "sdtasks", name)
+    wait_for(lambda: name not in cluster.task_names(), 30, f"task {name} deleted")
+
+
+def test_a_task_re_created_after_deletion_takes_its_id_back(cluster: Cluster) -> None:
+    """kubectl delete, then kubectl apply of the same task (as GitOps does): it runs again and its results replace
+    the old ones, one copy of each."""
+    cluster.submit(text_task("again", batch_size=2, seed=7))
+    first = cluster.wait_finished("again")["status"]
+    old_image = cluster.s3_object(first["images"][0])[0]
+    delete_task(cluster, "again")
+    cluster.submit(text_task("again", batch_size=2, seed=9))
+    second = cluster.wait_finished("again")["status"]
+    assert second["phase"] == "Succeeded", second
+    assert second["images"] == first["images"]
+    assert cluster.s3_keys("t2i/again/") == ["t2i/again/again.out", "t2i/again/image-1.png", "t2i/again/image-2.png"]
+    assert cluster.s3_object(second["images"][0])[0] != old_image  # the new run's (seed 9), not the old one's
+
+
+def test_a_failed_re_run_never_replaces_the_earlier_success_record(cluster: Cluster) -> None:
+    """Re-created after deletion (while the first exists, a second task is refused before it writes anything), the
+    task fails this time: its error is in its status, the success record stays."""
+    cluster.submit(text_task("kept", seed=7))
+    first = cluster.wait_finished("kept")["status"]
+    record = cluster.s3_object(first["output_url"])[0]
+    delete_task(cluster, "kept")
+    cluster.submit(text_task("kept", seed=7, alwayson_scripts={"NoSuchScript": {"args": []}}))
+    failed = cluster.wait_finished("kept")["status"]
+    assert (failed["phase"], failed["reason"]) == ("Failed", "WebUIError"), failed
+    assert cluster.s3_object(first["output_url"])[0] == record  # the delivered result is still there, unchanged
+    assert json.loads(record)["error"] is None
 
 
 def test_extra_single_image_upscales_the_given_image(cluster: Cluster, files: Files) -> None:
@@ -243,6 +284,37 @@ def test_a_dynamic_runtime_switches_to_another_existing_checkpoint(cluster: Clus
     assert loaded_model(cluster, "dynamic").startswith("dreamshaper.safetensors")
 
 
+def test_a_pod_reports_its_loaded_model_before_any_task_in_a_lease_it_owns_not_on_the_pod(cluster: Cluster) -> None:
+    """The operator knows each pod's model from the start (model affinity needs it); the agent has no pod write:
+    it reports in a Lease named after its pod, which goes away with the pod."""
+    cluster.models("reporter", "dreamshaper.safetensors")
+    cluster.runtime("reporter", "pool-b", dynamicModel=True, scaling={"minReplicas": 1, "maxReplicas": 1})
+
+    def reported() -> dict[str, Any] | None:
+        pods = cluster.get_runtime("reporter").get("status", {}).get("pods", [])
+        return pods[0] if pods and pods[0].get("model") else None
+
+    shown = wait_for(reported, 60, "the runtime status to show its pod's loaded model")
+    assert shown["model"].startswith("dreamshaper.safetensors")
+    leases = CoordinationV1Api(cluster.core.api_client)
+    lease = leases.read_namespaced_lease(shown["name"], cluster.namespace)
+    assert lease.metadata.annotations["sdtask.io/model"] == shown["model"]
+    pod = cluster.core.read_namespaced_pod(shown["name"], cluster.namespace)
+    assert [(o.kind, o.uid) for o in lease.metadata.owner_references] == [("Pod", pod.metadata.uid)]
+    assert "sdtask.io/model" not in (pod.metadata.annotations or {})
+
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "sdruntimes", "reporter")
+
+    def lease_gone() -> bool:
+        try:
+            leases.read_namespaced_lease(shown["name"], cluster.namespace)
+        except ApiException as error:
+            return bool(error.status == 404)
+        return False
+
+    wait_for(lease_gone, 90, "the pod's Lease to go with its pod (garbage collection)")
+
+
 def test_a_dynamic_runtime_fails_a_missing_checkpoint_and_keeps_the_loaded_one(cluster: Cluster) -> None:
     cluster.submit(text_task("warm-up", runtime="dynamic"))
     assert cluster.wait_finished("warm-up")["status"]["phase"] == "Succeeded"
@@ -270,6 +342,71 @@ def test_a_web_ui_timeout_interrupts_and_fails_the_attempt(cluster: Cluster) -> 
     # The runtime is still healthy: the next task runs.
     cluster.submit(text_task("after-timeout"))
     assert cluster.wait_finished("after-timeout")["status"]["phase"] == "Succeeded"
+
+
+class HeldReceiver:
+    """A callback receiver that holds every request open until released (a slow or stuck endpoint of a user)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.arrived.set()
+                receiver.release.wait(60)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/callback"
+
+
+def test_a_stuck_callback_receiver_never_holds_the_gpu(cluster: Cluster) -> None:
+    """Callbacks go out from a queue: the pod takes its next task while the first one's receiver still hangs."""
+    held = HeldReceiver()
+    try:
+        cluster.submit(text_task("held-callback"), callback={"url": held.url})
+        assert cluster.wait_finished("held-callback")["status"]["phase"] == "Succeeded"
+        assert held.arrived.wait(30), "the callback was never sent"
+        cluster.submit(text_task("after-held-callback"))
+        assert cluster.wait_finished("after-held-callback")["status"]["phase"] == "Succeeded"
+        assert cluster.status("held-callback")["callback"]["state"] == "Pending"  # still held meanwhile
+    finally:
+        held.release.set()
+    delivered = wait_for(
+        lambda: (cluster.status("held-callback").get("callback") or {}).get("state") == "Delivered", 60, "delivery"
+    )
+    held.server.shutdown()
+    assert delivered
+
+
+def test_a_stuck_callback_receiver_never_holds_up_the_operators_deadlines(cluster: Cluster) -> None:
+    """The operator's own endings (here deadlines, from its housekeeping) queue their callbacks too: a receiver that
+    hangs delays nothing else."""
+    cluster.runtime("unplaceable", "pool-that-does-not-exist", checkpoint=STATIC_MODEL)
+    held = HeldReceiver()
+    try:
+        cluster.submit(
+            text_task("held-deadline", runtime="unplaceable"), activeDeadlineSeconds=1, callback={"url": held.url}
+        )
+        assert held.arrived.wait(30), "the callback was never sent"
+        cluster.submit(text_task("next-deadline", runtime="unplaceable"), activeDeadlineSeconds=1)
+        status = cluster.wait_finished("next-deadline", timeout=30)["status"]
+        assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded")
+        assert cluster.status("held-deadline")["callback"]["state"] == "Pending"  # still held meanwhile
+    finally:
+        held.release.set()
+    wait_for(
+        lambda: (cluster.status("held-deadline").get("callback") or {}).get("state") == "Delivered", 60, "delivery"
+    )
+    held.server.shutdown()
 
 
 def test_a_legacy_body_routes_by_checkpoint_and_answers_in_the_legacy_shape(cluster: Cluster, files: Files) -> None:
@@ -368,9 +505,21 @@ def test_an_unwritable_output_bucket_is_retried_then_fails_clearly(cluster: Clus
     assert cluster.get_runtime("no-bucket")["status"]["readyReplicas"] >= 1
 
 
+def wait_generating(cluster: Cluster, name: str) -> None:
+    """Running AND generating (its progress shows): Running alone may still be before the generation (the output
+    claim, links, the model), where a cancel stops the task before the Web UI is even asked, with nothing to
+    interrupt."""
+
+    def generating() -> bool:
+        status = cluster.status(name)
+        return bool(status.get("phase") == "Running" and status.get("progress"))
+
+    wait_for(generating, 30, f"task {name} to generate")
+
+
 def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> None:
     cluster.submit(text_task("cancel-me", batch_size=8, n_iter=8))  # 3.2 s of generation
-    wait_for(lambda: cluster.status("cancel-me").get("phase") == "Running", 30, "the task to run")
+    wait_generating(cluster, "cancel-me")
     interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
 
     cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdtasks", "cancel-me")
@@ -385,6 +534,30 @@ def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> Non
     assert cluster.s3_keys("t2i/cancel-me/") == []  # nothing of the cancelled task was uploaded
 
 
+def test_a_task_ended_elsewhere_while_it_generates_stops_and_is_never_overwritten_by_a_success(
+    cluster: Cluster,
+) -> None:
+    """The operator ends a running task (its deadline, as the housekeeper writes it): the agent stops the generation
+    at once, uploads nothing, and never writes its success over the failure; the pod takes the next task."""
+    cluster.submit(text_task("ended-elsewhere", batch_size=8, n_iter=8))  # 3.2 s of generation
+    wait_generating(cluster, "ended-elsewhere")
+    interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+    ended = {"phase": "Failed", "reason": "DeadlineExceeded", "message": "activeDeadlineSeconds passed"}
+    cluster.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, cluster.namespace, "sdtasks", "ended-elsewhere", {"status": ended}
+    )
+    wait_for(
+        lambda: int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1]) == interrupts + 1,
+        30,
+        "the Web UI to be interrupted",
+    )
+    cluster.submit(text_task("after-ended"))
+    assert cluster.wait_finished("after-ended")["status"]["phase"] == "Succeeded"
+    status = cluster.status("ended-elsewhere")
+    assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded")
+    assert cluster.s3_keys("t2i/ended-elsewhere/") == []
+
+
 def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, callbacks: CallbackReceiver) -> None:
     """Any other Secret of the namespace is refused exactly like a missing one: a task can't probe or use it."""
     cluster.core.create_namespaced_secret(
@@ -394,29 +567,17 @@ def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, call
     for name, secret in (("cb-unlabelled", "db-password"), ("cb-missing", "no-such-secret")):
         cluster.submit(text_task(name), callback={"url": callbacks.url, "secretRef": {"name": secret, "key": "token"}})
         assert cluster.wait_finished(name)["status"]["phase"] == "Succeeded"
-        failed = wait_for(
-            lambda n=name: (cluster.status(n).get("callback") or {}).get("state") == "Failed" and cluster.status(n),
-            30,
-            f"the callback of {name} to be refused",
-        )
+
+        def refused(n: str = name) -> dict[str, Any] | None:
+            status = cluster.status(n)
+            return status if (status.get("callback") or {}).get("state") == "Failed" else None
+
+        failed = wait_for(refused, 30, f"the callback of {name} to be refused")
         errors.append(failed["callback"]["lastError"].replace(secret, "<name>"))
     expected = "callback secret <name>/token not found or not labelled sdtask.io/callback-secret=true"
     assert errors[0] == errors[1] == expected
     assert callbacks.for_id("cb-unlabelled") == [] and callbacks.for_id("cb-missing") == []
     assert "hunter2" not in json.dumps(cluster.task("cb-unlabelled"))
-
-
-def test_a_failed_re_run_never_replaces_an_earlier_success_record(cluster: Cluster) -> None:
-    cluster.submit(text_task("kept", seed=5), name="kept-1")
-    done = cluster.wait_finished("kept-1")["status"]
-    assert done["phase"] == "Succeeded"
-    record_before = json.loads(cluster.s3_object(done["output_url"])[0])
-    failing = text_task("kept", init_images=["http://127.0.0.1:9/gone.png"])
-    failing["metadata"]["tasktype"] = "image-to-image"
-    cluster.submit(failing, name="kept-2")
-    assert cluster.wait_finished("kept-2")["status"]["reason"] == "LinkFailed"
-    assert json.loads(cluster.s3_object(done["output_url"])[0]) == record_before
-    assert record_before["error"] is None and record_before["images"] == done["images"]
 
 
 def test_content_nested_too_deep_fails_at_admission_and_the_operator_keeps_watching(cluster: Cluster) -> None:

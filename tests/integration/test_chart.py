@@ -16,7 +16,7 @@ import os
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sdtask.api import GROUP, VERSION
 from sdtask.cli import parse_command_line
+from sdtask.clients.kube import is_not_found
 from sdtask.config import OperatorSettings
 from sdtask.constants import LABEL_MANAGED_BY, LABEL_RUNTIME
 from sdtask.deployment import AGENT_RULES, AGENT_USER_ID, build_agent_access, deployment_name
@@ -34,6 +35,7 @@ from sdtask.devcluster.helm import HelmError, ensure_helm, run_helm
 from sdtask.devcluster.processes import ManagedProcess, free_port
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.waiting import wait_for
+from sdtask.modelreport import model_lease
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "sdtask-operator"
@@ -57,6 +59,8 @@ OPERATOR_CALLS: list[tuple[str, str, str, str]] = [
     ("list", "", "pods", ""),  # kopf: pod index
     ("watch", "", "pods", ""),
     ("patch", "", "pods", ""),  # Kube.annotate_pod: pod-deletion-cost
+    ("list", "coordination.k8s.io", "leases", ""),  # kopf: the agents' model Leases (model index)
+    ("watch", "coordination.k8s.io", "leases", ""),
     ("list", "apps", "deployments", ""),  # kopf: deployment index
     ("watch", "apps", "deployments", ""),
     ("create", "apps", "deployments", ""),  # Kube.apply: server-side apply of a Deployment not there yet
@@ -102,6 +106,7 @@ FORBIDDEN_CALLS: list[tuple[str, str, str, str]] = [
     ("bind", RBAC_GROUP, "clusterroles", ""),
     ("delete", RBAC_GROUP, "roles", ""),
     ("create", "", "configmaps", ""),
+    ("get", "", "pods", ""),  # nothing reads a pod one by one (the agents, which did, no longer touch pods)
 ]
 FORBIDDEN_CLUSTER_CALLS: list[tuple[str, str, str, str]] = [
     ("get", "", "nodes", ""),
@@ -220,7 +225,7 @@ def test_default_render_is_one_operator_replaced_by_recreate(helm: Path, helm_ho
         "Deployment",
         "Service",
         "ServiceAccount",
-        "ValidatingAdmissionPolicy",  # the agents' pod writes, the operator's writes
+        "ValidatingAdmissionPolicy",  # the agents' model Leases, the operator's writes
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
         "ValidatingAdmissionPolicyBinding",
@@ -590,7 +595,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdruntimes", name)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(runtime_gone, 30, "the runtime deleted (finalizer released)")
@@ -599,7 +604,7 @@ def test_operator_runs_with_exactly_the_chart_permissions(
             try:
                 apps.read_namespaced_deployment(deployment_name(name), namespace)
             except ApiException as error:
-                return error.status == 404
+                return is_not_found(error)
             return False
 
         wait_for(deployment_gone, 30, "the runtime's Deployment deleted")
@@ -631,14 +636,14 @@ def _token_client(kube_api: client.ApiClient, namespace: str, account: str, boun
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
-def _refusal(call: Any) -> str:
+def _refusal(call: Callable[[], object]) -> str:
     with pytest.raises(ApiException) as caught:
         call()
     assert caught.value.status in (403, 422), caught.value.body
     return str(caught.value.body)
 
 
-def _refused_once_enforced(call: Any) -> str:
+def _refused_once_enforced(call: Callable[[], object]) -> str:
     """The API server enforces a new ValidatingAdmissionPolicy (and its binding) only once its informers have seen
     both: wait for the first refusal instead of racing that."""
 
@@ -682,20 +687,68 @@ def test_admission_policies_narrow_what_agents_and_the_operator_may_write(
 
     mine, other, foreign = pod("runtime-a", managed), pod("runtime-b", managed), pod("someone-else", {"app": "db"})
     agent = _token_client(kube_api, namespace, "sdtask-agent", bound_pod=mine)
+    agent_leases = client.CoordinationV1Api(agent.api_client)
 
     def annotate(api: client.CoreV1Api, name: str, annotations: dict[str, str]) -> Any:
         return api.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
 
-    annotate(agent, "runtime-a", {"sdtask.io/model": "v1-5.safetensors"})  # its own pod's model: allowed
+    def report(pod: Any, model: str, **changes: Any) -> Any:
+        """What the agent does (Execution.report_model): server-side apply of its pod's model Lease."""
+        lease = model_lease(namespace, pod.metadata.name, pod.metadata.uid, "r", model)
+        lease["metadata"].update(changes)
+        return agent_leases.patch_namespaced_lease(
+            lease["metadata"]["name"],
+            namespace,
+            lease,
+            field_manager="sdtask-agent",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    # No pod write at all, by RBAC: not the model annotation it used to write, not the image.
     image = {"spec": {"containers": [{"name": "webui", "image": "evil.example.com/miner:1"}]}}
+    pod_calls: list[Callable[[], Any]] = [
+        lambda: annotate(agent, "runtime-a", {"sdtask.io/model": "v1-5.safetensors"}),
+        lambda: agent.patch_namespaced_pod("runtime-a", namespace, image),
+        lambda: agent.read_namespaced_pod("runtime-a", namespace),
+    ]
+    for refused in pod_calls:
+        with pytest.raises(ApiException) as caught:
+            refused()
+        assert caught.value.status == 403, caught.value.body
+    report(mine, "v1-5.safetensors")  # its own pod's Lease: created, then updated
+    report(mine, "dreamshaper.safetensors")
+    stored = client.CoordinationV1Api(kube_api).read_namespaced_lease("runtime-a", namespace)
+    assert stored.metadata.annotations == {"sdtask.io/model": "dreamshaper.safetensors"}
+    assert [(o.kind, o.name, o.uid) for o in stored.metadata.owner_references] == [
+        ("Pod", "runtime-a", mine.metadata.uid)
+    ]
     # a harmless write probes for enforcement first: nothing else may get through before the policy is in force
     # (a new value each time: once a value got through, writing it again changes nothing and would be allowed)
-    only_model = _refused_once_enforced(lambda: annotate(agent, "runtime-a", {"x": uuid.uuid4().hex}))
-    assert "only the sdtask.io/model annotation" in only_model
-    assert "may not change a pod's spec" in _refusal(lambda: agent.patch_namespaced_pod("runtime-a", namespace, image))
-    relabel = {"metadata": {"labels": {LABEL_RUNTIME: "other"}}}
-    assert "labels" in _refusal(lambda: agent.patch_namespaced_pod("runtime-a", namespace, relabel))
-    assert "only its own pod" in _refusal(lambda: annotate(agent, "runtime-b", {"sdtask.io/model": "x"}))
+    assert "only the Lease of its own pod" in _refused_once_enforced(lambda: report(other, uuid.uuid4().hex))
+    unowned: dict[str, Any] = {"ownerReferences": []}
+    assert "owned by its pod" in _refusal(lambda: report(mine, "x", **unowned))
+    unlabelled = {"labels": {"app": "db"}}
+    assert "only its model Lease" in _refusal(lambda: report(mine, "x", **unlabelled))
+    # someone else's Lease in the namespace (another controller's leader election): not the agent's to take over
+    client.CoordinationV1Api(kube_api).create_namespaced_lease(
+        namespace, {"metadata": {"name": "runtime-c"}, "spec": {"holderIdentity": "leader-1"}}
+    )
+    third = pod("runtime-c", managed)
+    third_agent = client.CoordinationV1Api(
+        _token_client(kube_api, namespace, "sdtask-agent", bound_pod=third).api_client
+    )
+    lease = model_lease(namespace, "runtime-c", third.metadata.uid, "r", "x")
+    with pytest.raises(ApiException) as caught:
+        third_agent.patch_namespaced_lease(
+            "runtime-c",
+            namespace,
+            lease,
+            field_manager="sdtask-agent",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    assert caught.value.status in (403, 422) and "only its model Lease" in str(caught.value.body)
 
     operator = _token_client(kube_api, namespace, clusterwide_release.service_account)
     cost = {"controller.kubernetes.io/pod-deletion-cost": "-100"}
@@ -704,3 +757,4 @@ def test_admission_policies_narrow_what_agents_and_the_operator_may_write(
     assert "only a pod's annotations" in _refusal(lambda: operator.patch_namespaced_pod("runtime-b", namespace, image))
     assert core.read_namespaced_pod("runtime-a", namespace).spec.containers[0].image == "registry.example.com/webui:1"
     assert foreign.metadata.annotations is None and other.metadata.name == "runtime-b"
+    assert core.read_namespaced_pod("runtime-a", namespace).metadata.annotations is None  # nothing of the agent's

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -13,11 +13,18 @@ import yaml
 from sdtask.devcluster.helm import ensure_helm, run_helm
 from tests.dashboard import dashboard
 
+
+class Render(Protocol):
+    def __call__(self, *sets: str) -> list[dict[str, Any]]:
+        """`helm template` with these --set values: the manifests."""
+        ...
+
+
 CHART = Path(__file__).resolve().parents[2] / "charts" / "sdtask-operator"
 
 
 @pytest.fixture(scope="module")
-def render(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def render(tmp_path_factory: pytest.TempPathFactory) -> Render:
     helm, home = ensure_helm(), tmp_path_factory.mktemp("helm-home")
 
     def rendered(*sets: str) -> list[dict[str, Any]]:
@@ -33,11 +40,11 @@ def kinds(manifests: list[dict[str, Any]]) -> set[str]:
     return {m["kind"] for m in manifests}
 
 
-def test_monitoring_objects_are_off_by_default(render: Any) -> None:
+def test_monitoring_objects_are_off_by_default(render: Render) -> None:
     assert not {"ConfigMap", "PodMonitor", "ServiceMonitor"} & kinds(render())
 
 
-def test_dashboard_configmap_carries_the_sidecar_label_and_the_dashboard(render: Any) -> None:
+def test_dashboard_configmap_carries_the_sidecar_label_and_the_dashboard(render: Render) -> None:
     manifests = render(
         "metrics.dashboard.enabled=true",
         "metrics.dashboard.namespace=monitoring",
@@ -50,7 +57,7 @@ def test_dashboard_configmap_carries_the_sidecar_label_and_the_dashboard(render:
     assert json.loads(config_map["data"]["sdtask-operator.json"]) == dashboard()
 
 
-def test_service_and_pod_monitors_scrape_the_operator_and_the_agents(render: Any) -> None:
+def test_service_and_pod_monitors_scrape_the_operator_and_the_agents(render: Render) -> None:
     manifests = render(
         "metrics.serviceMonitor.enabled=true",
         "metrics.podMonitor.enabled=true",

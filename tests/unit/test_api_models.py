@@ -321,3 +321,13 @@ def test_cel_rule_for_static_runtime_is_in_the_crd() -> None:
     assert "has(self.checkpoint)" in rules[0]["rule"] and "self.dynamicModel" in rules[0]["rule"]
     scaling_rules = spec_schema["properties"]["scaling"]["x-kubernetes-validations"]
     assert "maxReplicas" in scaling_rules[0]["message"]
+
+
+def test_the_phase_enum_and_the_schemas_phases_are_the_same_values() -> None:
+    from typing import get_args
+
+    from sdtask.api.task import ACTIVE_PHASES, FINISHED_PHASES, TASK_PHASES, Phase, TaskPhase
+
+    assert get_args(TaskPhase) == TASK_PHASES == tuple(Phase)
+    assert "Succeeded" in FINISHED_PHASES and "Failed" in FINISHED_PHASES and "Running" not in FINISHED_PHASES
+    assert FINISHED_PHASES.isdisjoint(ACTIVE_PHASES) and Phase.PENDING not in FINISHED_PHASES | ACTIVE_PHASES

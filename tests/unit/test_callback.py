@@ -219,10 +219,10 @@ def test_a_slow_receiver_is_bounded_per_attempt_and_overall() -> None:
 
 
 def test_only_a_small_part_of_the_answer_is_read() -> None:
-    def endless(handler: Any) -> None:  # a 200 whose body never ends
+    def endless(handler: BaseHTTPRequestHandler) -> None:  # a 200 whose body never ends
         send_chunked(handler, [b"x" * 65536] * 10_000)
 
-    def error_page(handler: Any) -> None:
+    def error_page(handler: BaseHTTPRequestHandler) -> None:
         reply(handler, 500, b"<html>" + b"e" * 100_000)
 
     with Origin(extra={"/endless": endless, "/error": error_page}) as origin:

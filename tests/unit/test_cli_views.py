@@ -122,12 +122,12 @@ def test_bad_envelope_names_the_field(tmp_path: Path) -> None:
 
 
 def test_legacy_body_errors_name_the_legacy_field(tmp_path: Path) -> None:
-    legacy = {"prompt": "x", "steps": 900, "alwayson_scripts": {"task": "text-to-image", "id_task": "l-1",
-                                                                "sd_model_checkpoint": "v1-5.safetensors"}}
+    scripts = {"task": "text-to-image", "id_task": "l-1", "sd_model_checkpoint": "v1-5.safetensors"}
+    legacy: dict[str, Any] = {"prompt": "x", "steps": 900, "alwayson_scripts": scripts}
     with pytest.raises(InputError) as caught:
         load_request(write(tmp_path, legacy), None)
     assert caught.value.field == "steps"
-    del legacy["alwayson_scripts"]["sd_model_checkpoint"]  # type: ignore[attr-defined]
+    del legacy["alwayson_scripts"]["sd_model_checkpoint"]
     with pytest.raises(InputError, match="sd_model_checkpoint is missing"):
         load_request(write(tmp_path, legacy), None)
 

@@ -1,3 +1,4 @@
+import os
 from typing import Any
 
 from sdtask.config import OperatorSettings
@@ -188,3 +189,128 @@ def test_agents_get_the_operators_callback_policy_and_the_link_limits() -> None:
     assert env["SDTASK_ALLOW_PRIVATE_CALLBACKS"] == "false"
     assert env["SDTASK_ALLOWED_CALLBACK_HOSTS"] == "hooks.internal"
     assert (env["SDTASK_MAX_LINKS"], env["SDTASK_ALLOWED_S3_PREFIXES"]) == ("3", "s3://in/x/")
+
+
+# --- the operator-agent contract: what the pod spec sets is what the agent reads ----------------------------------
+
+
+def kubelet_env(env: list[dict[str, Any]], pod: dict[str, str], secrets: dict[tuple[str, str], str]) -> dict[str, str]:
+    """The environment a kubelet gives the container: values as they are, fieldRefs and secretKeyRefs resolved."""
+    resolved = {}
+    for item in env:
+        source = item.get("valueFrom")
+        if source is None:
+            resolved[item["name"]] = item["value"]
+        elif "fieldRef" in source:
+            resolved[item["name"]] = pod[source["fieldRef"]["fieldPath"]]
+        else:
+            ref = source["secretKeyRef"]
+            resolved[item["name"]] = secrets[(ref["name"], ref["key"])]
+    return resolved
+
+
+def test_the_agent_reads_back_exactly_what_the_operator_puts_in_its_pod_env(monkeypatch: Any) -> None:
+    from sdtask.config import AgentSettings
+    from sdtask.deployment import agent_env
+
+    spec = runtime(
+        port=7861,
+        dynamicModel=True,
+        models={"mountPath": "/ckpt", "s3Prefix": "s3://models/sd/"},
+        output={"bucket": "out", "endpoint": "http://s3.local:9000", "region": "eu-west-1", "credentialsSecret": "s3"},
+        agent={
+            "allowPrivateLinks": True,
+            "allowedLinkHosts": ["images.example.com", "cdn.example.com"],
+            "maxDownloadBytes": 1234,
+            "maxLinks": 3,
+            "maxTotalDownloadBytes": 5678,
+            "allowedS3Prefixes": ["s3://in/a/", "s3://in/b/"],
+        },
+        apiAuth={"secretName": "webui-auth"},
+    )
+    operator = OperatorSettings(allow_private_callbacks=True, allowed_callback_hosts=frozenset({"hooks.example.com"}))
+    env = kubelet_env(
+        agent_env(spec, operator),
+        {"metadata.name": "sd15-abc", "metadata.namespace": "gen", "metadata.uid": "7d3c-uid"},
+        {("s3", "AWS_ACCESS_KEY_ID"): "AK", ("s3", "AWS_SECRET_ACCESS_KEY"): "SK", ("webui-auth", "api-auth"): "u:p"},
+    )
+    for name in list(os.environ):
+        if name.startswith(("SDTASK_", "AWS_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = AgentSettings.from_env()
+    settings.validate()
+    read = (
+        settings.pod_name,
+        settings.pod_uid,
+        settings.namespace,
+        settings.runtime,
+        settings.webui_url,
+        settings.webui_api_auth,
+        settings.dynamic_model,
+        settings.checkpoint,
+        settings.models_dir,
+        settings.models_s3_prefix,
+        settings.output_bucket,
+        settings.s3_endpoint,
+        settings.s3_region,
+        settings.request_timeout_seconds,
+        settings.allow_private_links,
+        settings.allowed_link_hosts,
+        settings.max_download_bytes,
+        settings.max_links,
+        settings.max_total_download_bytes,
+        settings.allowed_s3_prefixes,
+        settings.allow_private_callbacks,
+        settings.allowed_callback_hosts,
+    )
+    assert read == (
+        "sd15-abc",
+        "7d3c-uid",
+        "gen",
+        "sd15",
+        "http://127.0.0.1:7861",
+        "u:p",
+        True,
+        "v1-5.safetensors",
+        "/ckpt",
+        "s3://models/sd/",
+        "out",
+        "http://s3.local:9000",
+        "eu-west-1",
+        300.0,
+        True,
+        frozenset({"images.example.com", "cdn.example.com"}),
+        1234,
+        3,
+        5678,
+        ("s3://in/a/", "s3://in/b/"),
+        True,
+        frozenset({"hooks.example.com"}),
+    )
+    assert settings.metrics_port > 0  # the port the pod spec declares as agent-metrics
+    # Every variable the operator sets is one the agent reads: another value changes what the agent knows.
+    for name, value in env.items():
+        if name.startswith("AWS_") and name != "AWS_REGION":
+            continue  # boto3 reads the credentials itself
+        flipped = {"true": "false", "false": "true"}.get(value)
+        other = flipped or (str(int(value) + 1) if value.isdigit() else value + "x")
+        monkeypatch.setenv(name, other)
+        assert AgentSettings.from_env() != settings, f"{name} is set in the pod but the agent never reads it"
+        monkeypatch.setenv(name, value)
+
+
+def test_an_unconfigured_runtime_gives_the_agent_the_models_defaults() -> None:
+    from sdtask.api.runtime import SDRuntimeSpec
+    from sdtask.config import AgentSettings
+    from sdtask.deployment import agent_env
+
+    minimal = {"metadata": {"name": "rt"}, "spec": {"image": "i", "checkpoint": "c", "output": {"bucket": "outputs"}}}
+    env = {e["name"]: e["value"] for e in agent_env(minimal) if "value" in e}
+    defaults = SDRuntimeSpec.model_validate(minimal["spec"])
+    assert env["SDTASK_WEBUI_URL"] == f"http://127.0.0.1:{defaults.port}"
+    assert env["SDTASK_MODELS_DIR"] == defaults.models.mount_path
+    assert float(env["SDTASK_REQUEST_TIMEOUT_SECONDS"]) == defaults.request_timeout_seconds
+    assert int(env["SDTASK_MAX_DOWNLOAD_BYTES"]) == defaults.agent.max_download_bytes
+    assert AgentSettings(pod_name="p", namespace="n", runtime="rt").webui_url == env["SDTASK_WEBUI_URL"]

@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import ssl
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sdtask.addresses import AddressPolicy, IPAddress
-from sdtask.clients.fetcher import LinkFetcher
+from sdtask.clients.fetcher import LinkFetcher, inline_links, replace_links
 from sdtask.clients.outbound import Outbound
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
-from sdtask.links import ByteBudget, LinkError, LinkLimitError, LinkLimits, replace_links
+from sdtask.links import ByteBudget, LinkError, LinkLimitError, LinkLimits, find_links, restore_links
+from tests.links_content import b64, content_with_links
 from tests.origin import PNG, Origin, gzip_bomb, reply
 
 CAP = 1024
@@ -336,3 +338,162 @@ def test_s3_links_need_a_client() -> None:
     assert fetch_error("s3://inputs/masks/mask.png", s3_prefixes=("s3://inputs",)) == (
         "s3 links are not enabled (no S3 client configured)"
     )
+
+
+# --- inline_links: a task's links fetched once each, concurrently, within the task's limits --------------------
+
+
+def test_replace_links_fetches_each_url_once_and_does_not_mutate() -> None:
+    content = content_with_links()
+    original = content_with_links()
+    calls: Counter[str] = Counter()
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        calls[url] += 1
+        return url.encode()
+
+    result = asyncio.run(replace_links(content, fetch))
+
+    assert content == original
+    assert calls == Counter({url: 1 for url in {ref.url for ref in find_links(original)}})
+    args = result["alwayson_scripts"]["controlnet"]["args"]
+    assert args[0]["image"]["image"] == b64(b"https://example.com/pose.png")
+    assert args[1]["input_image"] == result["init_images"][0] == b64(b"https://example.com/cat.png")
+    assert args[1]["ad_prompt"] == "https://example.com/p.png"
+    assert result["init_images"][1] == "aGVsbG8="
+    assert result["mask"] == b64(b"s3://bucket/mask.png")
+    assert result["imageList"][0] == {"data": b64(b"https://example.com/a.png"), "name": "a"}
+    assert result["prompt"] == original["prompt"] and result["negative_prompt"] == "http is great"
+    assert result["steps"] == 20
+
+
+def test_replace_links_bounds_concurrency() -> None:
+    content = {"init_images": [f"https://example.com/{i}.png" for i in range(10)]}
+    in_flight = 0
+    peak = 0
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        for _ in range(3):
+            await asyncio.sleep(0)  # yield so the others get their chance to start
+        in_flight -= 1
+        return b"x"
+
+    asyncio.run(replace_links(content, fetch, max_concurrency=3))
+    assert peak == 3
+
+
+def test_replace_links_without_links_is_a_plain_copy() -> None:
+    content = {"prompt": "a cat", "nested": [{"a": 1}]}
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        raise AssertionError("nothing to fetch")
+
+    result = asyncio.run(replace_links(content, fetch))
+    assert result == content and result["nested"] is not content["nested"]
+
+
+def test_first_failure_is_a_link_error_and_cancels_the_rest() -> None:
+    content = {"init_images": ["https://example.com/bad.png", "https://example.com/slow.png"]}
+    slow_cancelled = False
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        nonlocal slow_cancelled
+        if url.endswith("bad.png"):
+            raise LinkError(url, "HTTP 404 Not Found")
+        try:
+            await asyncio.Event().wait()  # never set: only cancellation ends it
+        except asyncio.CancelledError:
+            slow_cancelled = True
+            raise
+        return b""
+
+    with pytest.raises(LinkError) as caught:
+        asyncio.run(replace_links(content, fetch))
+    assert str(caught.value) == "cannot fetch https://example.com/bad.png: HTTP 404 Not Found"
+    assert slow_cancelled
+
+
+def test_unexpected_fetch_errors_become_link_errors() -> None:
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        raise RuntimeError("disk full")
+
+    with pytest.raises(LinkError, match=r"cannot fetch s3://b/k: RuntimeError: disk full"):
+        asyncio.run(replace_links({"mask": "s3://b/k"}, fetch))
+
+
+async def _charging_fetch(url: str, budget: ByteBudget) -> bytes:
+    data = b"x" * 600
+    for _start in range(0, len(data), 100):
+        budget.take(100)  # as a streaming fetcher does, piece by piece
+    return data
+
+
+def test_link_count_is_capped_before_anything_is_fetched() -> None:
+    content = {"init_images": [f"https://example.com/{i}.png" for i in range(17)]}
+    fetched: list[str] = []
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        fetched.append(url)
+        return b"x"
+
+    with pytest.raises(LinkLimitError) as caught:
+        asyncio.run(replace_links(content, fetch, limits=LinkLimits(max_links=16)))
+    assert str(caught.value) == "the task has 17 links, over the limit of 16"
+    assert fetched == []
+    same_url_twice = {"init_images": ["https://example.com/a.png"] * 40}
+    assert asyncio.run(replace_links(same_url_twice, fetch, limits=LinkLimits(max_links=1)))
+
+
+def test_total_bytes_are_capped_while_downloading() -> None:
+    content = {"init_images": [f"https://example.com/{i}.png" for i in range(3)]}
+    with pytest.raises(LinkLimitError, match=r"over the 1000-byte total limit"):
+        asyncio.run(replace_links(content, _charging_fetch, limits=LinkLimits(max_total_bytes=1000)))
+    assert asyncio.run(replace_links(content, _charging_fetch, limits=LinkLimits(max_total_bytes=1800)))
+
+    async def uncharging(url: str, budget: ByteBudget) -> bytes:
+        return b"x" * 600
+
+    with pytest.raises(LinkLimitError, match=r"over the 1000-byte total limit"):  # the backstop
+        asyncio.run(replace_links(content, uncharging, limits=LinkLimits(max_total_bytes=1000)))
+
+
+def test_the_link_phase_lives_within_its_time_budget() -> None:
+    content = {"init_images": [f"https://example.com/{i}.png" for i in range(20)]}
+
+    async def slow(url: str, budget: ByteBudget) -> bytes:
+        await asyncio.sleep(0.05)  # each link within any per-link timeout; together they are too slow
+        return b"x"
+
+    with pytest.raises(LinkLimitError) as caught:
+        asyncio.run(replace_links(content, slow, limits=LinkLimits(max_links=20, seconds=0.12), max_concurrency=1))
+    assert str(caught.value) == "fetching the task's links took longer than 0.12s in all"
+
+
+def test_inlined_link_data_is_taken_out_of_what_is_stored() -> None:
+    secret = b"\x89PNG other team's image"
+    content = {"init_images": ["s3://inputs/cat.png?x=1", "aGVsbG8="], "mask": "https://example.com/m.png?sig=abc"}
+
+    async def fetch(url: str, budget: ByteBudget) -> bytes:
+        return secret if url.startswith("s3") else b"mask bytes"
+
+    inlined = asyncio.run(inline_links(content, fetch))
+    data = b64(secret)
+    assert inlined.content["init_images"][0] == data
+    # What the Web UI echoes in `parameters`, in the forms it may take:
+    echo = {
+        "init_images": [data, "aGVsbG8="],
+        "mask": b64(b"mask bytes"),
+        "alwayson_scripts": {"controlnet": {"args": [{"image": f"data:image/png;base64,{data}"}]}},
+        "steps": 20,
+    }
+    stored = restore_links(echo, inlined.sources)
+    text = repr(stored)
+    assert data not in text and b64(b"mask bytes") not in text
+    assert stored["init_images"] == ["s3://inputs/cat.png?x=1", "aGVsbG8="]  # the author's own inline data stays
+    assert stored["mask"] == "https://example.com/m.png?sig=***"  # signatures are secrets
+    assert stored["alwayson_scripts"]["controlnet"]["args"][0]["image"] == "data:image/png;base64,s3://inputs/cat.png?x=1"
+    assert stored["steps"] == 20
+    assert restore_links(echo, {}) is echo

@@ -1,12 +1,12 @@
 import datetime as dt
 
-from sdtask.controller.tasks import Timers, next_housekeeping
-from sdtask.controller.views import task_view
+from sdtask.controller.housekeeping import Timers, deadline_passed, next_housekeeping, orphaned
+from sdtask.controller.views import TaskView, task_view
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def view(phase: str | None, **spec: object) -> object:
+def view(phase: str | None, **spec: object) -> TaskView:
     status = {"phase": phase, "completionTime": "2026-01-01T00:00:10Z"} if phase else {}
     return task_view(
         {
@@ -50,3 +50,24 @@ def test_timers_pop_in_bounded_batches() -> None:
     for index in range(600):
         timers.set(("ns", f"t{index}"), T0, "ttl", "")
     assert len(timers.pop_due(T0, limit=256)) == 256 and len(timers) == 344
+
+
+def test_a_deadline_passes_only_for_an_unfinished_task_after_its_active_deadline() -> None:
+    running = view("Running", activeDeadlineSeconds=60)
+    assert not deadline_passed(running, T0 + dt.timedelta(seconds=60))
+    assert deadline_passed(running, T0 + dt.timedelta(seconds=61))
+    assert not deadline_passed(view("Succeeded", activeDeadlineSeconds=60), T0 + dt.timedelta(hours=1))
+    assert not deadline_passed(view("Failed", activeDeadlineSeconds=60), T0 + dt.timedelta(hours=1))
+    assert not deadline_passed(view("Running"), T0 + dt.timedelta(days=365))  # no deadline: never
+    assert not deadline_passed(view(None, activeDeadlineSeconds=1), T0 + dt.timedelta(hours=1))  # not admitted yet
+
+
+def queued_on(runtime: str, phase: str = "Pending") -> TaskView:
+    return task_view({"metadata": {"name": "t"}, "status": {"phase": phase, "runtime": runtime}})
+
+
+def test_a_queued_task_is_orphaned_when_its_runtime_is_gone_and_only_then() -> None:
+    assert orphaned(queued_on("gone"), {"rt"})
+    assert not orphaned(queued_on("rt"), {"rt"})
+    assert not orphaned(queued_on("gone", "Running"), {"rt"})  # a running task ends through its pod, not here
+    assert not orphaned(queued_on(""), {"rt"})  # not routed yet

@@ -61,7 +61,7 @@ def test_an_id_is_a_single_segment() -> None:
 
 def test_non_string_is_refused() -> None:
     with pytest.raises(ValueError, match="id must be a string"):
-        validate_key_part(12, "id")  # type: ignore[arg-type]
+        validate_key_part(12, "id")  # type: ignore[arg-type]  # the wrong type is the case under test
 
 
 def test_output_location() -> None:
@@ -83,7 +83,7 @@ def test_same_task_gives_the_same_keys_so_a_retry_overwrites() -> None:
 @pytest.mark.parametrize("index", [0, -1, True, 1.0])
 def test_image_index_must_be_a_positive_integer(index: object) -> None:
     with pytest.raises(ValueError, match="index"):
-        image_key("output", "t1", index, "png")  # type: ignore[arg-type]
+        image_key("output", "t1", index, "png")  # type: ignore[arg-type]  # wrong types under test
 
 
 @pytest.mark.parametrize("extension", ["", ".png", "PNG", "p/g", "png\n"])

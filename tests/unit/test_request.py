@@ -19,6 +19,7 @@ from sdtask.clients.webui import (
     WebUIError,
     WebUITimeout,
     WebUIUnavailable,
+    api_path,
     match_checkpoint,
 )
 from sdtask.request import (
@@ -56,7 +57,7 @@ def legacy_body(**scripts: Any) -> dict[str, Any]:
 
 def test_endpoints() -> None:
     assert {k: prepare_payload(k, {}).endpoint for k in TASKTYPE_ENDPOINTS} == TASKTYPE_ENDPOINTS
-    assert prepare_payload("text-to-image", {}).path == "/sdapi/v1/txt2img"
+    assert api_path(prepare_payload("text-to-image", {}).endpoint) == "/sdapi/v1/txt2img"
 
 
 def test_unknown_tasktype_is_a_value_error_listing_the_known_ones() -> None:
@@ -66,7 +67,7 @@ def test_unknown_tasktype_is_a_value_error_listing_the_known_ones() -> None:
 
 def test_content_must_be_an_object() -> None:
     with pytest.raises(ValueError, match="must be an object"):
-        prepare_payload("text-to-image", ["x"])  # type: ignore[arg-type]
+        prepare_payload("text-to-image", ["x"])  # type: ignore[arg-type]  # the wrong type is the case under test
 
 
 def test_new_form_strips_the_checkpoint_and_keeps_real_scripts() -> None:

@@ -46,10 +46,11 @@ def test_legacy_routing_without_any_candidate_fails() -> None:
 
 
 def test_a_runtime_being_deleted_takes_no_new_task() -> None:
-    from sdtask.routing import RouteError, RuntimeInfo, route_task
+    from sdtask.routing import Route, RouteError, RuntimeInfo, route_task
 
     going = RuntimeInfo("a-going", dynamic=False, checkpoint="m.safetensors", deleting=True)
     staying = RuntimeInfo("b-staying", dynamic=True, checkpoint=None)
-    assert route_task("", "m.safetensors", [going, staying]).runtime == "b-staying"  # type: ignore[union-attr]
+    routed = route_task("", "m.safetensors", [going, staying])
+    assert isinstance(routed, Route) and routed.runtime == "b-staying"
     refused = route_task("a-going", None, [going, staying])
     assert isinstance(refused, RouteError) and refused.reason == "RuntimeDeleted"

@@ -6,9 +6,24 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 POLICY = ScalingPolicy(min_replicas=0, max_replicas=4, tasks_per_replica=2, scale_down_delay=dt.timedelta(seconds=60))
 
 
-def desired(**kw: object) -> int:
-    args = {"queued": 0, "running": 0, "busy_pods": 0, "current": 0, "last_needed": None, "now": NOW, **kw}
-    return desired_replicas(POLICY, **args)  # type: ignore[arg-type]
+def desired(
+    queued: int = 0,
+    running: int = 0,
+    busy_pods: int = 0,
+    current: int = 0,
+    last_needed: dt.datetime | None = None,
+    models: int = 0,
+) -> int:
+    return desired_replicas(
+        POLICY,
+        queued=queued,
+        running=running,
+        busy_pods=busy_pods,
+        current=current,
+        last_needed=last_needed,
+        now=NOW,
+        models=models,
+    )
 
 
 def test_scales_from_zero_as_soon_as_a_task_arrives() -> None:

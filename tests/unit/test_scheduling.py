@@ -4,6 +4,7 @@ import pytest
 
 from sdtask.scheduling import (
     AheadTask,
+    Assignment,
     IdlePod,
     Policy,
     QueuedTask,
@@ -17,11 +18,19 @@ from sdtask.scheduling import (
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def task(name: str, seconds: int = 0, priority: int = 0, model: str | None = None, **kw: object) -> QueuedTask:
-    return QueuedTask(name=name, priority=priority, queued_at=T0 + dt.timedelta(seconds=seconds), model=model, **kw)  # type: ignore[arg-type]
+def task(
+    name: str, seconds: int = 0, priority: int = 0, model: str | None = None, not_before: dt.datetime | None = None
+) -> QueuedTask:
+    return QueuedTask(
+        name=name,
+        priority=priority,
+        queued_at=T0 + dt.timedelta(seconds=seconds),
+        model=model,
+        not_before=not_before,
+    )
 
 
-def pairs(plan: list) -> dict[str, str]:
+def pairs(plan: list[Assignment]) -> dict[str, str]:
     return {a.task.name: a.pod.name for a in plan}
 
 

@@ -5,6 +5,7 @@ requested format, each in its real container."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from sdtask.media import detect_format
 from tests.standin_support import b64_png, decoded_images, metadata
 
-MAGIC = {
+MAGIC: dict[str, Callable[[bytes], bool]] = {
     "GIF": lambda data: data[:6] in (b"GIF87a", b"GIF89a"),
     "MP4": lambda data: data[4:8] == b"ftyp",
     "WEBP": lambda data: data[:4] == b"RIFF" and data[8:12] == b"WEBP",

@@ -94,11 +94,18 @@ sdtask/deployment.py), which the operator creates in each runtime namespace.
 - apiGroups: [sdtask.io]
   resources: [sdruntimes/status]
   verbs: [patch]
-# Runtime pods: kopf lists and watches them (pod index: readiness, loaded model); the operator annotates their
-# pod-deletion-cost so scale-down removes idle pods first. get: part of the agent's Role. Never create or delete.
+# Runtime pods: kopf lists and watches them (pod index: readiness); the operator annotates their pod-deletion-cost
+# so scale-down removes idle pods first. Never create or delete.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
+# The agents' model Leases (one per runtime pod, named after it: sdtask/modelreport.py): kopf lists and watches them
+# (the loaded model, for model affinity). create and patch only because the agents' Role grants them (the API
+# server accepts a Role from the operator only when it holds every rule itself); the operator never writes one, and
+# the admission policy limits its writes to the ones it manages.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [list, watch, create, patch]
 # Runtime Deployments: kopf lists and watches them; the operator writes them with server-side apply, which is a patch
 # and, for a Deployment that does not exist yet, also a create; it deletes a deleted runtime's Deployment at once
 # (Kube.delete_workloads) to free its GPUs before the garbage collector would. No update, no scale subresource.

@@ -16,11 +16,21 @@ from typing import Any
 from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.models import ModelFetchError, fetch_checkpoint
 from sdtask.agent.progress import ProgressReporter
+from sdtask.api.task import CONDITION_RUNNING
 from sdtask.callbacks import CallbackOutbox
 from sdtask.checkpoints import same_checkpoint, split_hash
-from sdtask.clients.fetcher import LinkFetcher
-from sdtask.clients.kube import Kube
-from sdtask.clients.s3 import describe_s3_error, get_json, put_json, put_object, retry_transient
+from sdtask.clients.fetcher import LinkFetcher, inline_links
+from sdtask.clients.kube import Kube, is_not_found
+from sdtask.clients.s3 import (
+    S3Client,
+    claim_json,
+    describe_s3_error,
+    get_json,
+    put_json,
+    put_object,
+    replace_json_if,
+    retry_transient,
+)
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
@@ -41,13 +51,16 @@ from sdtask.completion import (
 )
 from sdtask.conditions import now_iso, parse_time, set_condition
 from sdtask.config import AgentSettings
-from sdtask.constants import ANNOTATION_MODEL, Phase
-from sdtask.links import LinkError, LinkLimits, inline_links, restore_links
+from sdtask.constants import Phase
+from sdtask.links import LinkError, LinkLimits, restore_links
 from sdtask.logs import log_context
 from sdtask.media import decode_image_payload, detect_format
-from sdtask.naming import image_key, output_location, record_key, s3_uri, validate_key_part
+from sdtask.modelreport import model_lease
+from sdtask.naming import image_key, output_location, owner_key, record_key, s3_uri, validate_key_part
+from sdtask.ownership import Claim, Owner, claimed_message, decide, owner_exists, owner_of, stored_owner
 from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
 from sdtask.request import makes_videos, prepare_payload
+from sdtask.retry import max_retries
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
@@ -86,7 +99,9 @@ def attempt_timeout(task: dict[str, Any], default: float, now: dt.datetime) -> f
 
 
 class TaskExecution:
-    def __init__(self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: Any, fetcher: LinkFetcher) -> None:
+    def __init__(
+        self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: S3Client, fetcher: LinkFetcher
+    ) -> None:
         self.settings = settings
         self.kube = kube
         self.webui = webui
@@ -180,8 +195,7 @@ class TaskExecution:
 
     def _retries_exhausted(self, task: dict[str, Any]) -> bool:
         spec, status = task.get("spec") or {}, task.get("status") or {}
-        max_retries = int(spec["maxRetries"]) if spec.get("maxRetries") is not None else 2
-        return int(status.get("attempts") or 1) > max_retries + 1
+        return int(status.get("attempts") or 1) > max_retries(spec) + 1
 
     async def _run(self, task: dict[str, Any], started: dt.datetime) -> Phase | None:
         uid, free, generated = task["metadata"].get("uid", ""), self._free, False
@@ -191,6 +205,12 @@ class TaskExecution:
             task_id = validate_key_part(str(metadata.get("id", "")), "id", allow_slash=False)
         except ValueError as error:
             return await self._fail(task, AttemptFailed("InvalidTask", str(error)))
+        try:
+            # Before the GPU works for it, and before any write to the folder, its error record included.
+            await self._claim_outputs(task, prefix, task_id)
+        except AttemptFailed as failure:
+            self._release(uid, free)
+            return await self._fail(task, failure)
         try:
             model, response, images = await self._generate(task, started)
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
@@ -231,7 +251,7 @@ class TaskExecution:
         message = f"running on pod {self.settings.pod_name} (attempt {attempts})"
         if retaken:
             message += " after an agent restart"
-        conditions = set_condition(status.get("conditions"), "Running", True, "Started", message, now)
+        conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, True, "Started", message, now)
         patch = {
             "phase": Phase.RUNNING.value,
             "reason": "Started",
@@ -349,9 +369,16 @@ class TaskExecution:
         return loaded or expected
 
     async def report_model(self, model: str | None) -> None:
-        """Tell the operator which checkpoint this pod has loaded (model affinity reads it)."""
+        """Tell the operator which checkpoint this pod has loaded (model affinity reads it): in the pod's Lease, as
+        the agent may write no pod (see sdtask/modelreport.py). Best effort: a failed report costs affinity, never
+        the task (the task's own status says which model it ran on)."""
         if model:
-            await self.kube.annotate_pod(self.settings.namespace, self.settings.pod_name, {ANNOTATION_MODEL: model})
+            settings = self.settings
+            lease = model_lease(settings.namespace, settings.pod_name, settings.pod_uid, settings.runtime, model)
+            try:
+                await self.kube.apply(lease)
+            except Exception as error:
+                log.warning("could not report the loaded model %s: %s", model, error)
 
     async def _find_checkpoint(self, wanted: str) -> Checkpoint | None:
         found = match_checkpoint(wanted, await self.webui.list_checkpoints())
@@ -378,6 +405,51 @@ class TaskExecution:
             log.info("model %s: %s", wanted, error)
             return False
         return fetched.path.is_file()
+
+    async def _claim_outputs(self, task: dict[str, Any], prefix: str, task_id: str, tries: int = 3) -> None:
+        """Make `<prefix>/<id>` this task's (see sdtask/ownership.py), or raise OutputClaimed (not retried: the
+        other task keeps it until it is deleted)."""
+        bucket, me = self.settings.output_bucket, owner_of(task)
+        key, location = owner_key(prefix, task_id), output_location(self.settings.output_bucket, prefix, task_id)
+
+        async def claim() -> None:
+            stored, etag = await claim_json(self.s3, bucket, key, me.marker())
+            for _ in range(tries):
+                owner = stored_owner(stored)
+                decision = decide(owner, me)
+                if decision == Claim.OURS:
+                    return
+                if decision == Claim.REFUSED and owner is not None:
+                    raise AttemptFailed("OutputClaimed", claimed_message(location, owner, checked=False))
+                if decision == Claim.CHECK_OWNER and owner is not None and await self._task_exists(owner):
+                    raise AttemptFailed("OutputClaimed", claimed_message(location, owner))
+                # The owner is gone: take over, unless another task did so since our read (then look again).
+                if await replace_json_if(self.s3, bucket, key, me.marker(), etag):
+                    log.info("task %s: %s taken over from %s, which is gone", task_id, location, owner)
+                    return
+                stored, etag = await claim_json(self.s3, bucket, key, me.marker())
+            raise AttemptFailed("OutputUploadFailed", f"{location}: its owner keeps changing", retryable=True)
+
+        try:
+            # S3 unreachable for a while: wait for it, as the uploads do (a task failed now would only come back).
+            await retry_transient(claim, within=self.settings.upload_retry_seconds)
+        except AttemptFailed:
+            raise
+        except Exception as error:  # S3 down for longer, or refusing, as for the uploads
+            raise AttemptFailed(
+                "OutputUploadFailed",
+                f"storing outputs in s3://{bucket} failed: {describe_s3_error(error)}",
+                retryable=True,
+            ) from None
+
+    async def _task_exists(self, owner: Owner) -> bool:
+        try:
+            found = await self.kube.get_task(owner.namespace, owner.name)
+        except Exception as error:
+            if is_not_found(error):
+                return False
+            raise
+        return owner_exists(owner, found)
 
     async def _store(
         self,

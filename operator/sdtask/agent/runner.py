@@ -127,9 +127,16 @@ class Agent:
                     raise
                 # Changed since the watch showed it (the operator may have taken it back): read it and decide again.
                 self._forget(task)  # not started: the same attempt may come back to us
+                dispatched = (task.get("status") or {}).get("phase") == Phase.SCHEDULED.value
                 task = await self.kube.get_task(self.settings.namespace, name)
                 if not is_mine(task, self.settings.pod_name):
                     log.info("task %s is no longer this pod's", name)
+                    return
+                if dispatched and (task.get("status") or {}).get("phase") == Phase.RUNNING.value:
+                    # Started meanwhile by this very process (the newer dispatch's event came first): not a re-take
+                    # after a restart, which would count an attempt.
+                    self._remember(task)
+                    log.info("task %s already started here", name)
                     return
                 self._remember(task)
                 phase = await self.execution.execute(task, free)
@@ -151,7 +158,7 @@ class Agent:
         uid = task["metadata"].get("uid", "")
         if uid not in self.started:
             return False
-        return status.get("phase") != "Scheduled" or int(status.get("attempts") or 0) <= self.started[uid]
+        return status.get("phase") != Phase.SCHEDULED or int(status.get("attempts") or 0) <= self.started[uid]
 
     def _remember(self, task: dict[str, Any]) -> None:
         self.started[task["metadata"].get("uid", "")] = int((task.get("status") or {}).get("attempts") or 0)

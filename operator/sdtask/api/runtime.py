@@ -39,6 +39,9 @@ DEFAULT_REQUEST_TIMEOUT_SECONDS = 600
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_LINKS = 16
 DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES = 100 * 1024 * 1024
+DEFAULT_REGION = "us-east-1"
+DEFAULT_GPUS_PER_POD = 1
+DEFAULT_API_AUTH_KEY = "api-auth"
 
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -90,7 +93,9 @@ class PlacementSpec(SpecModel):
     tolerations: list[dict[str, Any]] | None = Field(
         default=None, description="Kubernetes tolerations of the pods, e.g. for the nvidia.com/gpu taint."
     )
-    gpus_per_pod: int = Field(default=1, description="nvidia.com/gpu requested by each pod.", ge=0, le=8)
+    gpus_per_pod: int = Field(
+        default=DEFAULT_GPUS_PER_POD, description="nvidia.com/gpu requested by each pod.", ge=0, le=8
+    )
     resources: dict[str, Any] | None = Field(
         default=None,
         description="Kubernetes ResourceRequirements of the SD Web UI container (GPUs come from gpusPerPod).",
@@ -164,7 +169,7 @@ class OutputSpec(SpecModel):
     """The S3 bucket the outputs are written to."""
 
     bucket: str = Field(description="S3 bucket of the outputs.", pattern=S3_BUCKET_PATTERN)
-    region: str = Field(default="us-east-1", description="Region of the bucket.", min_length=1, max_length=64)
+    region: str = Field(default=DEFAULT_REGION, description="Region of the bucket.", min_length=1, max_length=64)
     endpoint: str | None = Field(
         default=None,
         description="S3 endpoint URL for S3-compatible stores; AWS when absent.",
@@ -187,7 +192,9 @@ class ApiAuthSpec(SpecModel):
         max_length=DNS1123_SUBDOMAIN_MAX_LENGTH,
         pattern=DNS1123_SUBDOMAIN_PATTERN,
     )
-    key: str = Field(default="api-auth", description="Key of the Secret holding the credentials.", min_length=1)
+    key: str = Field(
+        default=DEFAULT_API_AUTH_KEY, description="Key of the Secret holding the credentials.", min_length=1
+    )
 
 
 class AgentSpec(SpecModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
@@ -41,9 +42,26 @@ TASK_TYPES: tuple[TaskType, ...] = (
     "extra-batch-image",
 )
 
+
+
+class Phase(StrEnum):
+    """A task's phase: the one enum of the code. Its members are strings, so they compare equal to the status values."""
+
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+# The schema's spelling of the same values (a Literal keeps the CRD's inline enum); a unit test keeps them equal.
 TaskPhase = Literal["Pending", "Scheduled", "Running", "Succeeded", "Failed"]
 TASK_PHASES: tuple[TaskPhase, ...] = ("Pending", "Scheduled", "Running", "Succeeded", "Failed")
-FINISHED_PHASES: frozenset[TaskPhase] = frozenset({"Succeeded", "Failed"})
+FINISHED_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+ACTIVE_PHASES = frozenset({Phase.SCHEDULED, Phase.RUNNING})
+
+# Retries of attempts that failed for infrastructure reasons (spec.maxRetries).
+DEFAULT_MAX_RETRIES = 2
 
 # Condition types of an SDTask (kept open in the schema so new types need no CRD change).
 CONDITION_SCHEDULED = "Scheduled"
@@ -282,7 +300,7 @@ class SDTaskSpec(SpecModel):
         le=604800,
     )
     max_retries: int = Field(
-        default=2,
+        default=DEFAULT_MAX_RETRIES,
         description="Retries of attempts that failed for infrastructure reasons (pod lost, timeout).",
         ge=0,
         le=10,

@@ -1,4 +1,4 @@
-"""The `sdtask` command: one image, one entry point for the operator, the agent, the stand-in Web UI, dev tools, and
+"""The `sdtask` command: one image, one entry point for the operator, the agent, the stand-in Web UI, and
 the commands people use instead of kubectl (run, get, list, describe, wait, cancel, download, runtimes)."""
 
 from __future__ import annotations

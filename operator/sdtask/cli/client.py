@@ -15,6 +15,7 @@ import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from sdtask.api.runtime import DEFAULT_REGION
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
 from sdtask.constants import GROUP, LABEL_RUNTIME, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 from sdtask.naming import parse_s3_uri
@@ -134,7 +135,7 @@ def s3_client_for(endpoint: str | None) -> S3Client:
     """Credentials from the usual AWS chain (environment, profile, pod identity); the endpoint for S3-compatible
     stores from --s3-endpoint, SDTASK_S3_ENDPOINT, or the runtime's spec.output.endpoint."""
     return make_s3_client(
-        S3Settings(endpoint_url=endpoint, region=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        S3Settings(endpoint_url=endpoint, region=os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION)
     )
 
 

@@ -11,8 +11,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from sdtask.cli.views import QueuePlace, age, created, phase_of, runtime_of, state_line
+from sdtask.api.task import DEFAULT_MAX_RETRIES
+from sdtask.cli.views import QueuePlace, age, phase_of, runtime_of, state_line
 from sdtask.conditions import parse_time
+from sdtask.constants import Phase
 
 
 def _fields(rows: list[tuple[str, Any]]) -> Table:
@@ -43,6 +45,7 @@ def render_task(
     callback_spec = spec.get("callback") or {}
     callback = status.get("callback") or {}
     progress = status.get("progress") or {}
+    retries = spec.get("maxRetries", DEFAULT_MAX_RETRIES)
     parts: list[RenderableType] = [
         _fields(
             [
@@ -57,10 +60,10 @@ def render_task(
                 ("Runtime:", runtime_of(task)),
                 ("Model:", status.get("model")),
                 ("Pod:", status.get("pod")),
-                ("Attempts:", f"{status.get('attempts') or 0} (retries allowed: {spec.get('maxRetries', 2)})"),
+                ("Attempts:", f"{status.get('attempts') or 0} (retries allowed: {retries})"),
                 ("Priority:", spec.get("priority", 0)),
-                ("Progress:", progress.get("summary") if phase_of(task) == "Running" else ""),
-                ("Created:", _when(meta.get("creationTimestamp"), now) if created(task) else ""),
+                ("Progress:", progress.get("summary") if phase_of(task) == Phase.RUNNING else ""),
+                ("Created:", _when(meta.get("creationTimestamp"), now)),
                 ("Started:", _when(status.get("startTime"), now)),
                 ("Completed:", _when(status.get("completionTime"), now)),
                 ("Output:", status.get("output_location")),

@@ -15,13 +15,23 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from sdtask.cli.client import Cluster
 from sdtask.cli.common import err
 from sdtask.cli.views import eta, is_finished, phase_of, progress_fraction, queue_places, state_line
+from sdtask.constants import Phase
 
-PHASE_STYLE = {"Succeeded": "green", "Failed": "red", "Running": "cyan", "Scheduled": "blue", "Pending": "yellow"}
+PHASE_STYLE: dict[str, str] = {
+    Phase.SUCCEEDED: "green",
+    Phase.FAILED: "red",
+    Phase.RUNNING: "cyan",
+    Phase.SCHEDULED: "blue",
+    Phase.PENDING: "yellow",
+}
 
 
 def _gone(name: str) -> dict[str, Any]:
     """A task deleted while we waited (`sdtask cancel`, kubectl delete, its TTL)."""
-    return {"metadata": {"name": name}, "status": {"phase": "Failed", "reason": "Deleted", "message": "task deleted"}}
+    return {
+        "metadata": {"name": name},
+        "status": {"phase": Phase.FAILED.value, "reason": "Deleted", "message": "task deleted"},
+    }
 
 
 class Waiter:
@@ -97,7 +107,7 @@ class Waiter:
             for name in self.names:
                 task = self.latest[name]
                 # Progress percentages change every refresh: a plain log gets the phase and state changes only.
-                key = (phase_of(task), lines[name] if phase_of(task) != "Running" else "")
+                key = (phase_of(task), lines[name] if phase_of(task) != Phase.RUNNING else "")
                 if shown.get(name) != key:
                     shown[name] = key
                     stamp = dt.datetime.now().strftime("%H:%M:%S")

@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from sdtask.api.runtime import CONDITION_DEGRADED
 from sdtask.cli.client import ApiException
 from sdtask.cli.common import Context, Kubeconfig, Namespace, cluster, err, fail, out
 from sdtask.cli.views import EXIT_BAD_INPUT, EXIT_FAILED, age, api_rejection, created
@@ -24,7 +25,12 @@ def render_runtime(runtime: Mapping[str, Any], now: dt.datetime) -> RenderableTy
     meta, spec, status = runtime.get("metadata") or {}, runtime.get("spec") or {}, runtime.get("status") or {}
     serves = "any checkpoint (dynamic)" if spec.get("dynamicModel") else str(spec.get("checkpoint") or "")
     degraded = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Degraded" and c.get("status") == "True"), None
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == CONDITION_DEGRADED and c.get("status") == "True"
+        ),
+        None,
     )
     queue = status.get("queue") or {}
     by_model = ", ".join(f"{q['model'] or 'any'}: {q['tasks']}" for q in queue.get("byModel") or [])

@@ -1,5 +1,6 @@
-"""The commands that run the system's parts (the image's ENTRYPOINT is `sdtask`): operator, agent, the stand-in Web UI,
-and the local dev tools. Their flags are a contract with the chart, the Makefile and the tests: keep them."""
+"""The commands that run the system's parts (the image's ENTRYPOINT is `sdtask`): operator, agent, the stand-in Web UI.
+Their flags are a contract with the chart, the Makefile and the tests: keep them. The local dev tools (`make dev`,
+`make demo`) are `python -m sdtask.devcluster.dev` / `.demo`: the product never imports the dev cluster."""
 
 from __future__ import annotations
 
@@ -25,15 +26,13 @@ def _logging(component: str) -> None:
 
 @app.command(rich_help_panel="Services")
 def operator(
-    liveness: Annotated[
-        str, typer.Option(help="kopf's liveness endpoint ('' = off)")
-    ] = "http://0.0.0.0:8081/healthz",
+    liveness: Annotated[str, typer.Option(help="kopf's liveness endpoint ('' = off)")] = "http://0.0.0.0:8081/healthz",
 ) -> None:
     """Run the operator (kopf)."""
     import kopf
 
-    import sdtask.controller.main  # noqa: F401 - registers the handlers
     from sdtask.config import OperatorSettings
+    from sdtask.controller.main import OperatorMemo  # the import registers the handlers
 
     config = OperatorSettings.from_env()
     _logging("operator")  # instead of kopf.configure: one format for kopf's lines and ours
@@ -45,6 +44,7 @@ def operator(
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=liveness or None,
+        memo=OperatorMemo.for_settings(config),
     )
 
 
@@ -79,31 +79,9 @@ def fetch_model() -> None:
 )
 def webui_standin(ctx: typer.Context) -> None:
     """Run the stand-in SD Web UI (tests, dev); its options (the real Web UI's flags) follow; --help lists them."""
-    from sdtask.standin.cli import main as standin_main
-
-    raise typer.Exit(standin_main(list(ctx.args), prog="sdtask webui-standin"))
-
-
-@app.command(rich_help_panel="Local system")
-def dev(
-    state_dir: Annotated[str, typer.Option(help="where the kubeconfig, env file and logs go")] = ".dev",
-) -> None:
-    """Run the whole system locally until Ctrl-C."""
-    from sdtask.devcluster.dev import run_dev
-
-    _logging("dev")
-    raise typer.Exit(run_dev(Path(state_dir)))
-
-
-@app.command(rich_help_panel="Local system")
-def demo(
-    out: Annotated[str, typer.Option(help="where the result images are downloaded")] = "demo-output",
-) -> None:
-    """Run the seed image-to-image task end to end on a local stack."""
-    from sdtask.devcluster.demo import run_demo
-
-    _logging("demo")
-    raise typer.Exit(run_demo(Path(out)))
+    # The stand-in is a test double, not product code: the CLI hands over to its own program (same process, so
+    # signals and the exit code are the stand-in's) instead of importing it.
+    os.execv(sys.executable, [sys.executable, "-m", "sdtask.standin", *ctx.args])
 
 
 @app.command(rich_help_panel="Tasks")

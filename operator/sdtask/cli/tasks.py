@@ -28,6 +28,7 @@ from sdtask.cli.views import (
     task_row,
     validate_manifest,
 )
+from sdtask.constants import FINISHED_PHASES, Phase
 from sdtask.request import is_legacy_body
 from sdtask.submit import manifest_from_body, read_body
 
@@ -42,6 +43,7 @@ S3Endpoint = Annotated[
     ),
 ]
 Output = Annotated[str, typer.Option("--output", "-o", help="table, json or yaml")]
+TaskNames = Annotated[list[str], typer.Argument(help="SDTask names")]
 
 
 def load_request(source: str, name: str | None) -> dict[str, Any]:
@@ -63,11 +65,26 @@ def load_request(source: str, name: str | None) -> dict[str, Any]:
     return manifest
 
 
+def _no_such_task(kube: Cluster, names: list[str]) -> str:
+    return f"no SDTask {', '.join(names)} in namespace {kube.namespace}"
+
+
+def _task_or_fail(kube: Cluster, name: str) -> dict[str, Any]:
+    """The task, or exit 1 naming it and the namespace."""
+    try:
+        return kube.get_task(name)
+    except ApiException as error:
+        if error.status == 404:
+            fail(_no_such_task(kube, [name]), EXIT_FAILED)
+        raise
+
+
 def _outputs_endpoint(kube: Cluster, task: dict[str, Any], endpoint: str | None) -> str | None:
     if endpoint:
         return endpoint
     runtime = kube.get_runtime(str((task.get("status") or {}).get("runtime") or ""))
-    return ((runtime or {}).get("spec") or {}).get("output", {}).get("endpoint")
+    configured: str | None = ((runtime or {}).get("spec") or {}).get("output", {}).get("endpoint")
+    return configured
 
 
 def _download(kube: Cluster, task: dict[str, Any], folder: Path, endpoint: str | None) -> None:
@@ -86,10 +103,10 @@ def _download(kube: Cluster, task: dict[str, Any], folder: Path, endpoint: str |
 def _finish(kube: Cluster, tasks: list[dict[str, Any]], out_dir: Path | None, endpoint: str | None) -> int:
     for task in tasks:
         out.print(json.dumps(result_object(task)), highlight=False)
-        if phase_of(task) == "Failed":
+        if phase_of(task) == Phase.FAILED:
             err.print(f"[red]{task['metadata']['name']} failed:[/] {state_line(task, None)}", highlight=False)
     for task in tasks:
-        if out_dir is not None and phase_of(task) == "Succeeded":
+        if out_dir is not None and phase_of(task) == Phase.SUCCEEDED:
             _download(kube, task, out_dir / task["metadata"]["name"], endpoint)
     return exit_code(tasks)
 
@@ -97,7 +114,7 @@ def _finish(kube: Cluster, tasks: list[dict[str, Any]], out_dir: Path | None, en
 def _wait(kube: Cluster, names: list[str], timeout: float | None, out_dir: Path | None, endpoint: str | None) -> int:
     waiter = Waiter(kube, names, timeout=timeout)
     if not waiter.wait():
-        pending = [n for n in names if phase_of(waiter.latest[n]) not in ("Succeeded", "Failed")]
+        pending = [n for n in names if phase_of(waiter.latest[n]) not in FINISHED_PHASES]
         fail(f"timed out after {timeout:g}s waiting for {', '.join(pending)}", EXIT_FAILED)
     return _finish(kube, [waiter.latest[n] for n in names], out_dir, endpoint)
 
@@ -145,7 +162,7 @@ def run(
 
 @app.command(rich_help_panel="Tasks")
 def wait(
-    names: Annotated[list[str], typer.Argument(help="SDTask names")],
+    names: TaskNames,
     out_dir: OutDir = None,
     timeout: Timeout = None,
     s3_endpoint: S3Endpoint = None,
@@ -186,7 +203,7 @@ def _print_tasks(tasks: list[dict[str, Any]], listed: list[dict[str, Any]], outp
 
 @app.command(rich_help_panel="Tasks")
 def get(
-    names: Annotated[list[str], typer.Argument(help="SDTask names")],
+    names: TaskNames,
     output: Output = "table",
     namespace: Namespace = None,
     kubeconfig: Kubeconfig = None,
@@ -198,7 +215,7 @@ def get(
     by_name = {t["metadata"]["name"]: t for t in listed}
     missing = [n for n in names if n not in by_name]
     if missing:
-        fail(f"no SDTask {', '.join(missing)} in namespace {kube.namespace}", EXIT_FAILED)
+        fail(_no_such_task(kube, missing), EXIT_FAILED)
     _print_tasks([by_name[n] for n in names], listed, output)
 
 
@@ -237,20 +254,15 @@ def describe(
     from sdtask.cli.describe import render_task
 
     kube = cluster(kubeconfig, context, namespace)
-    try:
-        task = kube.get_task(name)
-    except ApiException as error:
-        if error.status == 404:
-            fail(f"no SDTask {name} in namespace {kube.namespace}", EXIT_FAILED)
-        raise
-    places = queue_places(kube.list_tasks()) if phase_of(task) == "Pending" else {}
+    task = _task_or_fail(kube, name)
+    places = queue_places(kube.list_tasks()) if phase_of(task) == Phase.PENDING else {}
     events = kube.events(name, task["metadata"].get("uid"))
     out.print(render_task(task, places.get((kube.namespace, name)), events, dt.datetime.now(dt.UTC)))
 
 
 @app.command(rich_help_panel="Tasks")
 def cancel(
-    names: Annotated[list[str], typer.Argument(help="SDTask names")],
+    names: TaskNames,
     namespace: Namespace = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -264,7 +276,7 @@ def cancel(
         except ApiException as error:
             if error.status != 404:
                 raise
-            err.print(f"[red]no SDTask {name} in namespace {kube.namespace}[/]", highlight=False)
+            err.print(f"[red]{_no_such_task(kube, [name])}[/]", highlight=False)
             code = EXIT_FAILED
             continue
         out.print(f"sdtask/{name} cancelled", highlight=False)
@@ -273,7 +285,7 @@ def cancel(
 
 @app.command(rich_help_panel="Tasks")
 def download(
-    names: Annotated[list[str], typer.Argument(help="SDTask names")],
+    names: TaskNames,
     out_dir: Annotated[Path, typer.Option("--out", help="into OUT/<task name>/")] = Path("."),
     s3_endpoint: S3Endpoint = None,
     namespace: Namespace = None,
@@ -283,13 +295,8 @@ def download(
     """Download the images and the .out record of succeeded tasks."""
     kube = cluster(kubeconfig, context, namespace)
     for name in names:
-        try:
-            task = kube.get_task(name)
-        except ApiException as error:
-            if error.status == 404:
-                fail(f"no SDTask {name} in namespace {kube.namespace}", EXIT_FAILED)
-            raise
-        if phase_of(task) != "Succeeded":
+        task = _task_or_fail(kube, name)
+        if phase_of(task) != Phase.SUCCEEDED:
             fail(f"{name} has no outputs: {phase_of(task)} {state_line(task, None)}", EXIT_FAILED)
         _download(kube, task, out_dir / name, s3_endpoint)
 

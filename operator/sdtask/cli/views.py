@@ -14,10 +14,9 @@ from pydantic import ValidationError
 
 from sdtask.api.task import SDTaskSpec
 from sdtask.conditions import parse_time
-from sdtask.constants import LABEL_RUNTIME
+from sdtask.constants import FINISHED_PHASES, LABEL_RUNTIME, Phase
 from sdtask.scheduling import QueuedTask, queue_order
 
-FINISHED = ("Succeeded", "Failed")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # Exit codes of `run` and `wait`, part of the CLI's contract for scripts.
@@ -71,11 +70,11 @@ def runtime_of(task: Mapping[str, Any]) -> str:
 
 
 def phase_of(task: Mapping[str, Any]) -> str:
-    return str(_status(task).get("phase") or "Pending")
+    return str(_status(task).get("phase") or Phase.PENDING)
 
 
 def is_finished(task: Mapping[str, Any]) -> bool:
-    return _status(task).get("phase") in FINISHED
+    return _status(task).get("phase") in FINISHED_PHASES
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def queue_places(tasks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Qu
     for task in tasks:
         status = _status(task)
         runtime = runtime_of(task)
-        if status.get("phase") != "Pending" or not runtime:
+        if status.get("phase") != Phase.PENDING or not runtime:
             continue
         queued_task = QueuedTask(
             str(_meta(task).get("name")), int((task.get("spec") or {}).get("priority") or 0), created(task)
@@ -109,16 +108,16 @@ def queue_places(tasks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Qu
 
 def progress_fraction(task: Mapping[str, Any]) -> float:
     phase = _status(task).get("phase")
-    if phase == "Succeeded":
+    if phase == Phase.SUCCEEDED:
         return 1.0
-    if phase != "Running":
+    if phase != Phase.RUNNING:
         return 0.0
     fraction = (_status(task).get("progress") or {}).get("fraction")
     return float(fraction) if isinstance(fraction, int | float) else 0.0
 
 
 def eta(task: Mapping[str, Any]) -> str:
-    if _status(task).get("phase") != "Running":
+    if _status(task).get("phase") != Phase.RUNNING:
         return ""
     seconds = (_status(task).get("progress") or {}).get("etaSeconds")
     return f"ETA {seconds:.0f}s" if isinstance(seconds, int | float) else ""
@@ -130,18 +129,18 @@ def state_line(task: Mapping[str, Any], place: QueuePlace | None) -> str:
     status = _status(task)
     phase = phase_of(task)
     attempt = f"attempt {status.get('attempts')}" if status.get("attempts") else ""
-    if phase == "Pending":
+    if phase == Phase.PENDING:
         if place is not None:
             return f"queued: position {place.position} of {place.length} on {place.runtime}"
         return str(status.get("message") or "waiting to be routed")
-    if phase == "Scheduled":
+    if phase == Phase.SCHEDULED:
         return ", ".join(p for p in (f"assigned to {status.get('pod')}", attempt) if p)
-    if phase == "Running":
+    if phase == Phase.RUNNING:
         progress = status.get("progress") or {}
         steps = f"step {progress['step']}/{progress['steps']}" if progress.get("steps") else ""
         jobs = f"batch {progress['job']}/{progress['jobs']}" if (progress.get("jobs") or 0) > 1 else ""
         return ", ".join(p for p in (f"on {status.get('pod')}", attempt, steps, jobs) if p)
-    if phase == "Succeeded":
+    if phase == Phase.SUCCEEDED:
         return str(status.get("output_location") or "")
     return f"{status.get('reason') or 'Failed'}: {status.get('message') or ''}".rstrip(": ")
 
@@ -149,7 +148,7 @@ def state_line(task: Mapping[str, Any], place: QueuePlace | None) -> str:
 def task_row(task: Mapping[str, Any], place: QueuePlace | None, now: dt.datetime) -> dict[str, str]:
     status = _status(task)
     progress = status.get("progress") or {}
-    shown_progress = str(progress.get("summary") or "") if status.get("phase") == "Running" else ""
+    shown_progress = str(progress.get("summary") or "") if status.get("phase") == Phase.RUNNING else ""
     if place is not None:
         shown_progress = f"#{place.position} of {place.length} in queue"
     return {
@@ -172,14 +171,14 @@ def matches(task: Mapping[str, Any], *, phases: Iterable[str] = (), runtime: str
 
 
 def exit_code(tasks: Iterable[Mapping[str, Any]]) -> int:
-    return EXIT_SUCCEEDED if all(phase_of(t) == "Succeeded" for t in tasks) else EXIT_FAILED
+    return EXIT_SUCCEEDED if all(phase_of(t) == Phase.SUCCEEDED for t in tasks) else EXIT_FAILED
 
 
 def result_object(task: Mapping[str, Any]) -> dict[str, Any]:
     """The old API's response object; a failed task adds `error` (the reason and message), as its callback does."""
     status = _status(task)
     response = dict(status.get("response") or {})
-    if status.get("phase") == "Failed":
+    if status.get("phase") == Phase.FAILED:
         meta_id = ((task.get("spec") or {}).get("task") or {}).get("metadata", {}).get("id", "")
         response.setdefault("id", meta_id)
         response["error"] = state_line(task, None)

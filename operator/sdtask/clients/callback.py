@@ -83,7 +83,7 @@ def is_retryable_status(status: int) -> bool:
 def backoff_delay(attempt: int, base_delay: float, *, max_delay: float = DEFAULT_MAX_DELAY, jitter: float) -> float:
     """Delay after failed attempt number `attempt` (1-based): base * 2^(attempt-1), capped, scaled into
     [50%, 100%] by `jitter` in [0, 1) so many agents retrying at once do not hit the endpoint in step."""
-    exponential = min(max_delay, base_delay * 2 ** max(0, attempt - 1))
+    exponential = min(max_delay, base_delay * 2.0 ** max(0, attempt - 1))
     return exponential * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
 
 

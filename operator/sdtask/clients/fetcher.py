@@ -1,26 +1,41 @@
 """The fetching half of links: the bytes behind an http(s) or s3:// link of a task, within the runtime's policy.
 
 http(s) goes through `clients.outbound` (address policy, pinning, decoded-size cap, one time limit); s3:// goes to the
-runtime's S3 endpoint, only under the prefixes the runtime allows (`sdtask.links.s3_link_refusal`). Detection,
-substitution and redaction stay pure in `sdtask.links`, which calls `fetch` through its `Fetch` seam.
+runtime's S3 endpoint, only under the prefixes the runtime allows (`sdtask.links.s3_link_refusal`).
+`inline_links` fetches a task's links concurrently within its limits, through the `Fetch` seam (`LinkFetcher.fetch`
+in the agent, a plain function in tests). Detection, substitution and redaction stay pure in `sdtask.links`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import Self
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from sdtask.addresses import AddressPolicy
+from sdtask.api.runtime import DEFAULT_MAX_DOWNLOAD_BYTES
+from sdtask.clients.closing import AsyncClosable
 from sdtask.clients.outbound import Outbound, OutboundError, Resolver
 from sdtask.clients.s3 import ObjectTooLarge, S3Client, describe_s3_error, get_object_capped
-from sdtask.links import DEFAULT_MAX_BYTES, ByteBudget, LinkError, LinkLimitError, s3_link_refusal
+from sdtask.links import (
+    ByteBudget,
+    Inlined,
+    LinkError,
+    LinkLimitError,
+    LinkLimits,
+    find_links,
+    s3_link_refusal,
+    substitute_links,
+)
 from sdtask.naming import parse_s3_uri
 
+# A fetch gets the URL and the task's shared byte budget, which it charges as bytes arrive.
+Fetch = Callable[[str, ByteBudget], Awaitable[bytes]]
 
-class LinkFetcher:
+
+class LinkFetcher(AsyncClosable):
     """Fetches http(s) and s3 links with a per-link size cap, timeouts, the address policy and the S3 allow-list.
 
     `s3_client_factory` returns the boto3 client of the runtime's S3 endpoint (called once, lazily, in a thread).
@@ -35,7 +50,7 @@ class LinkFetcher:
         policy: AddressPolicy | None = None,
         s3_client_factory: Callable[[], S3Client] | None = None,
         s3_prefixes: tuple[str, ...] = (),
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         timeout: float = 30.0,
         total_timeout: float = 120.0,
         resolver: Resolver | None = None,
@@ -53,14 +68,6 @@ class LinkFetcher:
         self._observe = observe  # (scheme, seconds, bytes or None on failure): the agent's metrics
         self._owned = outbound is None
         self._outbound = outbound or Outbound(policy or AddressPolicy(), resolver=resolver, read_timeout=timeout)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._owned:
@@ -142,3 +149,70 @@ class LinkFetcher:
                 # Building a boto3 client loads its service model from disk: not on the event loop.
                 self._s3_client = await asyncio.to_thread(self._s3_client_factory)
         return self._s3_client
+
+
+async def inline_links(
+    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
+) -> Inlined:
+    """A copy of `content` with every link replaced by the base64 of its bytes. The input is not mutated.
+
+    Each distinct URL is fetched once, at most `max_concurrency` at a time, within `limits` (count checked before any
+    download, bytes while downloading, time for the whole phase). The first failure cancels the other downloads and
+    is raised as LinkError (LinkLimitError for a limit).
+    """
+    limits = limits or LinkLimits()
+    urls = list(dict.fromkeys(ref.url for ref in find_links(content)))
+    if not urls:
+        return Inlined(substitute_links(content, {}), {})
+    if len(urls) > limits.max_links:
+        raise LinkLimitError(f"the task has {len(urls)} links, over the limit of {limits.max_links}")
+    semaphore = asyncio.Semaphore(max(1, max_concurrency))
+    budget = ByteBudget(limits.max_total_bytes)
+    fetched = 0
+
+    async def fetch_one(url: str) -> str:
+        nonlocal fetched
+        async with semaphore:
+            try:
+                data = await fetch(url, budget)
+            except LinkError:
+                raise
+            except Exception as exc:  # a fetch must fail as LinkError, whatever went wrong inside it
+                raise LinkError(url, f"{type(exc).__name__}: {exc}") from exc
+        fetched += len(data)  # a backstop for a fetcher that doesn't charge the budget
+        if fetched > limits.max_total_bytes:
+            raise LinkLimitError(f"the task's links are over the {limits.max_total_bytes}-byte total limit")
+        return base64.b64encode(data).decode("ascii")
+
+    try:
+        async with asyncio.timeout(limits.seconds), asyncio.TaskGroup() as group:
+            tasks = {url: group.create_task(fetch_one(url)) for url in urls}
+    except TimeoutError:
+        raise LinkLimitError(f"fetching the task's links took longer than {limits.seconds:g}s in all") from None
+    except BaseExceptionGroup as group_error:
+        raise _first_link_error(group_error) from None
+    replacements = {url: task.result() for url, task in tasks.items()}
+    return Inlined(substitute_links(content, replacements), {data: url for url, data in replacements.items()})
+
+
+async def replace_links(
+    content: Any, fetch: Fetch, *, limits: LinkLimits | None = None, max_concurrency: int = 4
+) -> Any:
+    """`inline_links`, content only."""
+    return (await inline_links(content, fetch, limits=limits, max_concurrency=max_concurrency)).content
+
+
+def _first_link_error(group_error: BaseExceptionGroup[BaseException]) -> BaseException:
+    matched, _ = group_error.split(LinkError)
+    if matched is None:
+        return group_error
+    leaves = list(_leaves(matched))
+    return leaves[0] if leaves else group_error
+
+
+def _leaves(group_error: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group_error.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -10,12 +10,14 @@ import base64
 import contextlib
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
 from kubernetes.client import (
     ApiClient,
     AppsV1Api,
+    CoordinationV1Api,
     CoreV1Api,
     CustomObjectsApi,
     NetworkingV1Api,
@@ -24,10 +26,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.conditions import now_iso
-from sdtask.constants import GROUP, RUNTIME_PLURAL, TASK_PLURAL, VERSION
-
-FIELD_MANAGER = "sdtask-operator"
-
+from sdtask.constants import GROUP, MANAGER, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 
 # Worker threads for the blocking client; the connection pool matches, so no thread waits for (or discards) a
 # connection. The operator sets its event loop's default executor to this size (see sdtask.controller.main).
@@ -57,7 +56,7 @@ def is_not_found(error: BaseException) -> bool:
 
 
 class Kube:
-    def __init__(self, client: ApiClient, field_manager: str = FIELD_MANAGER, instance: str = "") -> None:
+    def __init__(self, client: ApiClient, field_manager: str = MANAGER, instance: str = "") -> None:
         self.client = client
         self.instance = instance
         self.core = CoreV1Api(client)
@@ -65,6 +64,7 @@ class Kube:
         self.custom = CustomObjectsApi(client)
         self.rbac = RbacAuthorizationV1Api(client)
         self.networking = NetworkingV1Api(client)
+        self.coordination = CoordinationV1Api(client)
         self.field_manager = field_manager
 
     # --- SDTask ---------------------------------------------------------------------------------------------------
@@ -86,8 +86,13 @@ class Kube:
         )
         return result
 
-    async def patch_task_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
-        """None removes a label."""
+    async def patch_task_labels(
+        self, namespace: str, name: str, labels: dict[str, str | None], resource_version: str | None = None
+    ) -> None:
+        """None removes a label; with a resourceVersion the patch fails with 409 if the task changed meanwhile."""
+        metadata: dict[str, Any] = {"labels": labels}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object,
             GROUP,
@@ -95,7 +100,7 @@ class Kube:
             namespace,
             TASK_PLURAL,
             name,
-            {"metadata": {"labels": labels}},
+            {"metadata": metadata},
         )
 
     async def delete_task(self, namespace: str, name: str, uid: str = "") -> None:
@@ -109,9 +114,11 @@ class Kube:
             if error.status not in (404, 409):
                 raise
 
-    def watch_tasks(self, namespace: str, label_selector: str, resource_version: str, timeout: int) -> Any:
-        """A blocking generator of watch events (run it in a thread)."""
-        return kubernetes.watch.Watch().stream(
+    def watch_tasks(
+        self, namespace: str, label_selector: str, resource_version: str, timeout: int
+    ) -> Iterator[dict[str, Any]]:
+        """A blocking generator of watch events (run it in a thread): {"type": ..., "object": the task's dict}."""
+        events: Iterator[dict[str, Any]] = kubernetes.watch.Watch().stream(
             self.custom.list_namespaced_custom_object,
             GROUP,
             VERSION,
@@ -122,6 +129,7 @@ class Kube:
             timeout_seconds=timeout,
             allow_watch_bookmarks=True,
         )
+        return events
 
     def list_tasks(self, namespace: str, label_selector: str) -> dict[str, Any]:
         """Blocking, like `watch_tasks`: for the agent's watch thread."""
@@ -155,6 +163,7 @@ class Kube:
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
             "NetworkPolicy": self.networking.patch_namespaced_network_policy,
+            "Lease": self.coordination.patch_namespaced_lease,  # an agent's model report (sdtask/modelreport.py)
         }[kind]
         result = await asyncio.to_thread(
             method,

@@ -21,13 +21,13 @@ import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpcore
 import httpx
 
 from sdtask.addresses import AddressPolicy, IPAddress, literal_address
+from sdtask.clients.closing import AsyncClosable
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 Budget = Callable[[int], None]  # told about every decoded piece; raises to stop the download
@@ -209,7 +209,7 @@ def _through(layers: list[_Inflate], data: bytes, index: int = 0) -> Iterator[by
         yield from _through(layers, piece, index + 1)
 
 
-class Outbound:
+class Outbound(AsyncClosable):
     """An HTTP client for URLs chosen by a task's author. One per process is enough; `aclose()` it at the end.
 
     `resolver` replaces DNS (tests); `verify` is the TLS trust (True: the system's).
@@ -234,14 +234,6 @@ class Outbound:
             follow_redirects=False,  # followed here, hop by hop
             trust_env=False,  # no proxy, netrc or CA bundle from the environment
         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -331,7 +323,7 @@ class Outbound:
         except httpx.TimeoutException as error:
             raise OutboundError(f"timed out ({type(error).__name__})", retryable=True) from None
         except httpx.ConnectError as error:
-            raise OutboundError(f"connection failed: {error or 'connection refused'}", retryable=True) from None
+            raise OutboundError(f"connection failed: {str(error) or 'connection refused'}", retryable=True) from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:
             raise OutboundError(f"{type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:

@@ -18,6 +18,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
+from sdtask.api.runtime import DEFAULT_REGION
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 else:
@@ -35,6 +37,7 @@ __all__ = [
     "make_s3_client",
     "put_json",
     "put_object",
+    "replace_json_if",
     "retry_transient",
 ]
 
@@ -60,7 +63,7 @@ _REASONS_BY_CODE = {
 @dataclass(frozen=True)
 class S3Settings:
     endpoint_url: str | None = None
-    region: str = "us-east-1"
+    region: str = DEFAULT_REGION
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     connect_timeout: float = 10.0
@@ -115,22 +118,61 @@ async def put_json(client: S3Client, bucket: str, key: str, value: Any) -> None:
     await put_object(client, bucket, key, body, JSON_CONTENT_TYPE)
 
 
-async def claim_json(client: S3Client, bucket: str, key: str, value: Any) -> Any:
-    """Create `key` holding `value` unless it exists (If-None-Match: *, atomic in S3); the value now stored.
+async def claim_json(client: S3Client, bucket: str, key: str, value: Any) -> tuple[Any, str]:
+    """Create `key` holding `value` unless it exists (If-None-Match: *, atomic in S3); the value now stored and its
+    ETag (for `replace_json_if`). Two writers racing for the same key both get the one that won.
 
-    Two writers racing for the same key both get the one that won.
+    A stored value that isn't JSON comes back as None (with its ETag, so it can still be replaced).
     """
     body = json.dumps(value, sort_keys=True).encode("utf-8")
     try:
-        await asyncio.to_thread(
+        written = await asyncio.to_thread(
             client.put_object, Bucket=bucket, Key=key, Body=body, ContentType=JSON_CONTENT_TYPE, IfNoneMatch="*"
         )
-        return value
+        return value, str(written.get("ETag", ""))
     except ClientError as error:
-        code = str(error.response.get("Error", {}).get("Code"))
-        if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        if not _is_precondition_failure(error):
             raise
-    return json.loads(await get_object_capped(client, bucket, key, 64 * 1024))
+    return await asyncio.to_thread(_get_json_with_etag_sync, client, bucket, key)
+
+
+async def replace_json_if(client: S3Client, bucket: str, key: str, value: Any, etag: str) -> bool:
+    """Replace `key` by `value` only while it still has `etag` (If-Match, atomic in S3); False when it changed."""
+    body = json.dumps(value, sort_keys=True).encode("utf-8")
+    try:
+        await asyncio.to_thread(
+            client.put_object, Bucket=bucket, Key=key, Body=body, ContentType=JSON_CONTENT_TYPE, IfMatch=etag
+        )
+    except ClientError as error:
+        if _is_precondition_failure(error) or str(error.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+            return False
+        raise
+    return True
+
+
+def _is_precondition_failure(error: ClientError) -> bool:
+    # 409 ConditionalRequestConflict: S3's answer to two conditional writes of one key at the same moment.
+    return str(error.response.get("Error", {}).get("Code")) in (
+        "PreconditionFailed",
+        "412",
+        "ConditionalRequestConflict",
+    )
+
+
+def _get_json_with_etag_sync(client: S3Client, bucket: str, key: str, max_bytes: int = 64 * 1024) -> tuple[Any, str]:
+    response = client.get_object(Bucket=bucket, Key=key)
+    body = response["Body"]
+    try:
+        data = body.read(max_bytes + 1)
+    finally:
+        body.close()
+    etag = str(response.get("ETag", ""))
+    if len(data) > max_bytes:
+        return None, etag
+    try:
+        return json.loads(data), etag
+    except ValueError:
+        return None, etag
 
 
 async def get_json(client: S3Client, bucket: str, key: str, max_bytes: int = 16 * 1024 * 1024) -> Any | None:

@@ -8,13 +8,14 @@ import json
 import logging
 import re
 import time
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
+from prometheus_client import Counter, Histogram
 
-from sdtask.agent import metrics
 from sdtask.checkpoints import Checkpoint, match_checkpoint
+from sdtask.clients.closing import AsyncClosable
+from sdtask.config import DEFAULT_MODEL_SWITCH_TIMEOUT_SECONDS
 
 __all__ = [
     "Checkpoint",
@@ -30,12 +31,31 @@ log = logging.getLogger(__name__)
 
 API = "/sdapi/v1"
 DEFAULT_REQUEST_TIMEOUT = 30.0
-# Loading a checkpoint from network storage onto the GPU can take minutes.
-DEFAULT_SWITCH_TIMEOUT = 600.0
 INTERRUPT_TIMEOUT = 10.0
 PROGRESS_TIMEOUT = 5.0
 _MESSAGE_LIMIT = 2000
 _ERROR_BODY_LIMIT = 16 * 1024
+
+# The agent's metrics of its Web UI calls (served by `sdtask.agent.metrics.serve`, one registry per process).
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+GENERATION = Histogram(
+    "sdtask_agent_generation_seconds",
+    "Web UI generation calls (txt2img, img2img, extras), by endpoint and result",
+    ["endpoint", "result"],
+    buckets=DURATION_BUCKETS,
+)
+SWITCH = Histogram(
+    "sdtask_agent_model_switch_seconds",
+    "Checkpoint switches of a dynamic runtime, by result",
+    ["result"],
+    buckets=DURATION_BUCKETS,
+)
+SWITCHES = Counter("sdtask_agent_model_switches_total", "Checkpoint switches, by result", ["result"])
+WEBUI_ERRORS = Counter(
+    "sdtask_agent_webui_errors_total",
+    "Failed Web UI calls: kind is http-<status>, timeout or unavailable",
+    ["endpoint", "kind"],
+)
 
 
 class WebUIException(Exception):
@@ -75,6 +95,11 @@ class WebUIUnavailable(WebUIException):
 
     def __str__(self) -> str:
         return f"Web UI unreachable ({self.path}): {self.reason}"
+
+
+def api_path(endpoint: str) -> str:
+    """Where a generation endpoint is posted: txt2img -> /sdapi/v1/txt2img."""
+    return f"{API}/{endpoint.strip('/')}"
 
 
 def basic_auth(credentials: str) -> httpx.BasicAuth | None:
@@ -132,7 +157,7 @@ def _validation_item(item: Any) -> str:
     return str(item)
 
 
-class WebUIClient:
+class WebUIClient(AsyncClosable):
     """Async client of one Web UI. Pass `client` to share an httpx.AsyncClient (it is then not closed here)."""
 
     def __init__(
@@ -141,7 +166,7 @@ class WebUIClient:
         *,
         client: httpx.AsyncClient | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        switch_timeout: float = DEFAULT_SWITCH_TIMEOUT,
+        switch_timeout: float = DEFAULT_MODEL_SWITCH_TIMEOUT_SECONDS,
         credentials: str = "",
     ) -> None:
         """`credentials` is the Web UI's `--api-auth` value ("user:password"; the first pair of a list is used)."""
@@ -152,14 +177,6 @@ class WebUIClient:
         self._auth = basic_auth(credentials)
         # The Web UI is local to the pod: no proxy from the environment.
         self._client = client if client is not None else httpx.AsyncClient(trust_env=False)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -228,17 +245,17 @@ class WebUIClient:
             )
             result = "ok"
         finally:
-            metrics.SWITCH.labels(result).observe(time.monotonic() - started)
-            metrics.SWITCHES.labels(result).inc()
+            SWITCH.labels(result).observe(time.monotonic() - started)
+            SWITCHES.labels(result).inc()
 
     async def generate(self, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         """POST /sdapi/v1/<endpoint> (txt2img, img2img, extra-single-image, extra-batch-images)."""
         started, outcome = time.monotonic(), "error"
         try:
-            result = await self._call("POST", f"{API}/{endpoint.strip('/')}", json_body=payload, timeout=timeout)
+            result = await self._call("POST", api_path(endpoint), json_body=payload, timeout=timeout)
             outcome = "ok"
         finally:
-            metrics.GENERATION.labels(metrics.endpoint_label(endpoint), outcome).observe(time.monotonic() - started)
+            GENERATION.labels(endpoint_label(endpoint), outcome).observe(time.monotonic() - started)
         if not isinstance(result, dict):
             raise WebUIError(200, f"{endpoint} did not return an object")
         return result
@@ -266,7 +283,7 @@ class WebUIClient:
         try:
             return await self._request(method, path, timeout=timeout, json_body=json_body)
         except WebUIException as error:
-            metrics.webui_error(path, error)
+            record_webui_error(path, error)
             raise
 
     async def _request(self, method: str, path: str, *, timeout: float, json_body: Any = None) -> Any:
@@ -288,3 +305,18 @@ class WebUIClient:
             return response.json()
         except ValueError:
             raise WebUIError(response.status_code, f"{path} returned a body that is not JSON") from None
+
+
+def endpoint_label(path: str) -> str:
+    """/sdapi/v1/txt2img -> txt2img: the API's fixed set of paths, never free text."""
+    return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "-"
+
+
+def record_webui_error(path: str, error: BaseException) -> None:
+    if isinstance(error, WebUIError):
+        kind = f"http-{error.status}"
+    elif isinstance(error, WebUITimeout):
+        kind = "timeout"
+    else:
+        kind = "unavailable"
+    WEBUI_ERRORS.labels(endpoint_label(path), kind).inc()

@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -32,28 +32,62 @@ from sdtask.constants import (
     VERSION,
 )
 from sdtask.controller import metrics
+from sdtask.controller.housekeeping import TaskKey, Timers, next_housekeeping
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
-from sdtask.controller.tasks import Timers, admit_task, fail_orphans, next_housekeeping, run_due
-from sdtask.controller.views import pod_view, runtime_info, task_view
+from sdtask.controller.tasks import admit_task, fail_orphans, run_due
+from sdtask.controller.views import PodView, TaskView, pod_view, runtime_info, task_view, with_models
 from sdtask.deployment import deployment_name
+from sdtask.modelreport import LEASE_GROUP, LEASE_PLURAL, LEASE_SELECTOR, LEASE_VERSION, reported_model
+from sdtask.routing import RuntimeInfo
 
 log = logging.getLogger(__name__)
 API_SERVER_MAX_JSON_DEPTH = 10_000
 
 
-def _state(memo: Any, namespace: str, runtime: str) -> RuntimeState:
-    states: dict[tuple[str, str], RuntimeState] = memo.runtimes
-    return states.setdefault((namespace, runtime), RuntimeState())
+RuntimeKey = tuple[str, str]  # namespace, runtime name
 
 
-def _wake(memo: Any, namespace: str | None, runtime: str | None) -> None:
-    if namespace and runtime:
-        _state(memo, namespace, runtime).wake.set()
+@dataclass(eq=False)
+class OperatorMemo:
+    """What the handlers share: one object for the whole operator (`sdtask operator` hands it to kopf.run).
+
+    kopf gives each object's handlers a shallow copy of the operator's memo, made when it first sees the object, so
+    a value set later on a copy (the housekeeper) stays in that object's copy: every task would start its own
+    housekeeper. Copying returns this same memo instead (kopf's documented way to share one)."""
+
+    config: OperatorSettings
+    kube: Kube
+    callbacks: CallbackPolicy
+    admissions: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(THREADS // 2))
+    timers: Timers = field(default_factory=Timers)
+    runtimes: dict[RuntimeKey, RuntimeState] = field(default_factory=dict)
+    outcomes: metrics.OutcomeRecorder = field(default_factory=metrics.OutcomeRecorder)
+    housekeeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_settings(cls, config: OperatorSettings) -> OperatorMemo:
+        return cls(
+            config=config,
+            kube=Kube(load_api_client()),
+            callbacks=CallbackPolicy(
+                allow_private=config.allow_private_callbacks, allowed_hosts=config.allowed_callback_hosts
+            ),
+        )
+
+    def __copy__(self) -> OperatorMemo:
+        return self
+
+    def state(self, namespace: str, runtime: str) -> RuntimeState:
+        return self.runtimes.setdefault((namespace, runtime), RuntimeState())
+
+    def wake(self, namespace: str | None, runtime: str | None) -> None:
+        if namespace and runtime:
+            self.state(namespace, runtime).wake.set()
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
     # kopf decodes each watch event with json.loads, which fails near 1,000 levels of nesting at the default limit:
     # one deeply nested task would then break the watch of every task. The API server accepts JSON up to 10,000
     # levels (Go's decoder limit), so the operator must decode that far; admission then refuses the task
@@ -64,33 +98,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's handler chatter would drown it
     settings.watching.server_timeout = 300
+    # Only the agents' model Leases, filtered by the API server: every node's heartbeat is a Lease too.
+    settings.watching.label_selectors[LEASE_GROUP, LEASE_PLURAL] = LEASE_SELECTOR
     settings.networking.request_timeout = 60
     # A quiet object's worker goes after 1 s instead of 5: a burst of thousands of new tasks holds fewer at once.
     settings.batching.idle_timeout = 1.0
-    config = OperatorSettings.from_env()
-    memo.config = config
-    # The blocking Kubernetes client runs in threads: enough of them that a burst of admissions (bounded below) and
-    # the dispatches never queue behind each other in asyncio's default pool (cores + 4 threads).
+    # The blocking Kubernetes client runs in threads: enough of them that a burst of admissions (bounded by
+    # memo.admissions) and the dispatches never queue behind each other in asyncio's default pool (cores + 4 threads).
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="kube")
     )
-    memo.kube = Kube(load_api_client())
-    memo.admissions = asyncio.Semaphore(THREADS // 2)
-    memo.timers = Timers()
-    memo.runtimes = {}
-    memo.callbacks = CallbackPolicy(
-        allow_private=config.allow_private_callbacks, allowed_hosts=config.allowed_callback_hosts
-    )
-    # kopf gives every object a shallow copy of this memo: an attribute set later on one object's memo is that
-    # object's alone, so whatever must exist once per operator lives in a container created here (shared by all).
-    memo.singletons = {}
-    memo.outcomes = metrics.OutcomeRecorder()
-    metrics.serve(config.metrics_port)
+    metrics.serve(memo.config.metrics_port)
 
 
 @kopf.on.cleanup()
-async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.singletons.get("housekeeper")
+async def cleanup(memo: OperatorMemo, **_: Any) -> None:
+    task = memo.housekeeper
     if task:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -106,104 +129,133 @@ def _unfinished(body: kopf.Body, **_: Any) -> bool:
     )
 
 
+# Each index reaches the handlers as the keyword argument named by its id.
 # Unfinished tasks only: finished ones need nothing but their TTL timer, and would make every pass and the operator's
 # memory grow with the history. A filter, not a None result: kopf keeps an object's old entry when the handler
 # returns None, and drops it when the object stops matching the filter.
-@kopf.index(GROUP, VERSION, TASK_PLURAL, when=_unfinished)
-def task_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+@kopf.index(GROUP, VERSION, TASK_PLURAL, id="tasks_by_runtime", when=_unfinished)
+def index_task(body: kopf.Body, **_: Any) -> dict[RuntimeKey, TaskView]:
     view = task_view(body)
     return {(view.namespace, view.runtime): view}
 
 
-@kopf.index(GROUP, VERSION, RUNTIME_PLURAL)
-def runtime_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+@kopf.index(GROUP, VERSION, RUNTIME_PLURAL, id="runtimes_by_namespace")
+def index_runtime(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, RuntimeInfo]:
     return {namespace or "": runtime_info(body)}
 
 
-@kopf.index("", "v1", "pods", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
-def pod_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+@kopf.index("", "v1", "pods", id="pods_by_runtime", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
+def index_pod(body: kopf.Body, **_: Any) -> dict[RuntimeKey, PodView]:
     view = pod_view(body)
     return {(view.namespace, view.runtime): view}
 
 
-@kopf.index("apps", "v1", "deployments", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
-def deployment_index(
+# The model each pod's agent reports it has loaded, (pod name, model) (sdtask/modelreport.py): agents write no pod.
+@kopf.index(
+    LEASE_GROUP,
+    LEASE_VERSION,
+    LEASE_PLURAL,
+    id="models_by_runtime",
+    labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER},
+)
+def index_model(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> dict[tuple[str, str], int]:
+) -> dict[RuntimeKey, tuple[str, str | None]]:
+    return {(namespace or "", labels[LABEL_RUNTIME]): reported_model(body)}
+
+
+# The runtime's Deployment by its generation: the loop compares it with the generation it applied.
+@kopf.index(
+    "apps",
+    "v1",
+    "deployments",
+    id="deployment_generations_by_runtime",
+    labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER},
+)
+def index_deployment(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[RuntimeKey, int]:
     return {(namespace or "", labels[LABEL_RUNTIME]): int(body.get("metadata", {}).get("generation") or 0)}
 
 
 # --- events: admit new tasks, wake the runtime loops ----------------------------------------------------------------
-@kopf.on.event(GROUP, VERSION, TASK_PLURAL)
-async def task_event(type: str, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
-    # kopf passes indices by their function names; its handler protocol has no typed slot for them.
-    runtime_index: kopf.Index[str, Any] = kwargs["runtime_index"]
-    task_index: kopf.Index[tuple[str, str], Any] = kwargs["task_index"]
-    # kopf hands indices only to handlers, and they are live: the first task event gives them to the housekeeper.
-    start_once(memo.singletons, "housekeeper", lambda: housekeeper(memo, task_index, runtime_index))
+# kopf's handler protocols cannot name the indices (any handler may take any of them), so a handler that takes them as
+# parameters does not match the protocol: hence the ignores on these two registrations.
+@kopf.on.event(GROUP, VERSION, TASK_PLURAL)  # type: ignore[arg-type]  # indices as parameters, see above
+async def task_event(
+    type: str,
+    body: kopf.Body,
+    namespace: str | None,
+    memo: OperatorMemo,
+    tasks_by_runtime: kopf.Index[RuntimeKey, TaskView],
+    runtimes_by_namespace: kopf.Index[str, RuntimeInfo],
+    **_: Any,
+) -> None:
+    if memo.housekeeper is None:
+        # Started by the first task event, not at startup: kopf calls resource handlers only once every index is
+        # filled, and the housekeeper must not take a half-filled runtime index for deleted runtimes. The indices
+        # are live views: the housekeeper reads them as they change.
+        memo.housekeeper = asyncio.create_task(housekeeper(memo, tasks_by_runtime, runtimes_by_namespace))
     view = task_view(body)
     logs.bind(namespace=namespace, task=view.name, runtime=view.runtime)  # kopf's worker task of this object
     memo.outcomes.observe(type, body)
     _set_timer(memo, type, view)
     if type != "DELETED" and view.phase is None:
         async with memo.admissions:
-            await admit_task(memo.kube, dict(body), list(runtime_index.get(namespace or "", [])), memo.callbacks)
+            await admit_task(
+                memo.kube, dict(body), list(runtimes_by_namespace.get(namespace or "", [])), memo.callbacks
+            )
     if view.phase not in FINISHED_PHASES or type == "DELETED":
-        _wake(memo, namespace, view.runtime)
+        memo.wake(namespace, view.runtime)
 
 
-def start_once(
-    singletons: dict[str, asyncio.Task[None]], name: str, start: Callable[[], Coroutine[Any, Any, None]]
-) -> asyncio.Task[None]:
-    """The operator's one task called `name`, started by the first caller. `singletons` is the dict the startup
-    handler put in the memo: shared by every object's copy of the memo, unlike an attribute set on one copy (which
-    started one housekeeper per task object, each doing every pass)."""
-    task = singletons.get(name)
-    if task is None:
-        task = singletons[name] = asyncio.create_task(start())
-    return task
-
-
-def _set_timer(memo: Any, type: str, view: Any) -> None:
-    timers: Timers = memo.timers
+def _set_timer(memo: OperatorMemo, type: str, view: TaskView) -> None:
     when, kind = (None, "") if type == "DELETED" else next_housekeeping(view, memo.config.finished_ttl_seconds)
-    timers.set((view.namespace, view.name), when, kind, view.uid)
+    memo.timers.set((view.namespace, view.name), when, kind, view.uid)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
-def pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    _wake(memo, namespace, labels.get(LABEL_RUNTIME))
+def pod_event(namespace: str | None, labels: kopf.Labels, memo: OperatorMemo, **_: Any) -> None:
+    memo.wake(namespace, labels.get(LABEL_RUNTIME))
+
+
+@kopf.on.event(
+    LEASE_GROUP, LEASE_VERSION, LEASE_PLURAL, labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER}
+)
+def model_event(namespace: str | None, labels: kopf.Labels, memo: OperatorMemo, **_: Any) -> None:
+    memo.wake(namespace, labels.get(LABEL_RUNTIME))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_RUNTIME: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER})
-def deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    _wake(memo, namespace, labels.get(LABEL_RUNTIME))
+def deployment_event(namespace: str | None, labels: kopf.Labels, memo: OperatorMemo, **_: Any) -> None:
+    memo.wake(namespace, labels.get(LABEL_RUNTIME))
 
 
 @kopf.on.event(GROUP, VERSION, RUNTIME_PLURAL)
-def runtime_event(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _wake(memo, namespace, name)
+def runtime_event(namespace: str | None, name: str, memo: OperatorMemo, **_: Any) -> None:
+    memo.wake(namespace, name)
 
 
 # --- one loop per runtime -------------------------------------------------------------------------------------------
 # The backoff (just over one tick) lets the loop see `stopped` and clean up before kopf cancels it; kopf re-checks
 # a stopping daemon only when the backoff ends, so a longer one would only delay the runtime's deletion.
-@kopf.daemon(GROUP, VERSION, RUNTIME_PLURAL, cancellation_backoff=TICK_SECONDS * 1.5, cancellation_timeout=10)
+@kopf.daemon(  # type: ignore[arg-type]  # indices as parameters, see task_event
+    GROUP, VERSION, RUNTIME_PLURAL, cancellation_backoff=TICK_SECONDS * 1.5, cancellation_timeout=10
+)
 async def runtime_daemon(
     stopped: kopf.DaemonStopped,
     body: kopf.Body,
     namespace: str | None,
     name: str,
-    memo: kopf.Memo,
-    logger: Any,
-    **kwargs: Any,
+    memo: OperatorMemo,
+    logger: kopf.Logger,
+    tasks_by_runtime: kopf.Index[RuntimeKey, TaskView],
+    pods_by_runtime: kopf.Index[RuntimeKey, PodView],
+    deployment_generations_by_runtime: kopf.Index[RuntimeKey, int],
+    models_by_runtime: kopf.Index[RuntimeKey, tuple[str, str | None]],
+    **_: Any,
 ) -> None:
-    task_index: kopf.Index[tuple[str, str], Any] = kwargs["task_index"]
-    pod_index: kopf.Index[tuple[str, str], Any] = kwargs["pod_index"]
-    deployment_index: kopf.Index[tuple[str, str], int] = kwargs["deployment_index"]
     namespace = namespace or ""  # SDRuntimes are namespaced; kopf's signature is generic
     logs.bind(namespace=namespace, runtime=name)  # the daemon is its own asyncio task: only its lines get these
-    state = _state(memo, namespace, name)
+    state = memo.state(namespace, name)
     loop = RuntimeLoop(memo.kube, memo.config, state, memo.callbacks)
     key = (namespace, name)
     failures = 0
@@ -212,11 +264,11 @@ async def runtime_daemon(
         if body.get("metadata", {}).get("deletionTimestamp"):
             break
         try:
-            generations = list(deployment_index.get(key, []))
+            generations = list(deployment_generations_by_runtime.get(key, []))
             await loop.reconcile(
                 dict(body),
-                list(task_index.get(key, [])),
-                list(pod_index.get(key, [])),
+                list(tasks_by_runtime.get(key, [])),
+                with_models(list(pods_by_runtime.get(key, [])), dict(models_by_runtime.get(key, []))),
                 generations[0] if generations else None,
             )
             failures = 0
@@ -241,15 +293,18 @@ MIN_HOUSEKEEPING_WAIT_SECONDS = 0.05
 
 # --- housekeeping: deadlines, orphaned tasks, TTL -------------------------------------------------------------------
 async def housekeeper(
-    memo: kopf.Memo, task_index: kopf.Index[tuple[str, str], Any], runtime_index: kopf.Index[str, Any]
+    memo: OperatorMemo,
+    tasks_by_runtime: kopf.Index[RuntimeKey, TaskView],
+    runtimes_by_namespace: kopf.Index[str, RuntimeInfo],
 ) -> None:
     """TTLs and deadlines on timers (a pass costs what is due); orphans by a look at each runtime's queue every
     `housekeeping_interval_seconds` (a look per runtime, not per task)."""
-    timers: Timers = memo.timers
+    timers = memo.timers
     interval = memo.config.housekeeping_interval_seconds
     next_orphan_check = 0.0
     loop = asyncio.get_running_loop()
     while True:
+        due: list[tuple[TaskKey, str, str]] = []  # a failed pass is not taken for a full batch (no sleep)
         try:
             now = dt.datetime.now(dt.UTC)
             due = timers.pop_due(now)
@@ -259,12 +314,14 @@ async def housekeeper(
                 next_orphan_check = loop.time() + interval
                 # Crash leftovers (stranded dispatches, abandoned callbacks): over the index, which holds no settled
                 # finished task.
-                indexed = [view for key in list(task_index) for view in task_index.get(key, [])]
+                indexed = [view for key in list(tasks_by_runtime) for view in tasks_by_runtime.get(key, [])]
                 await recover(memo.kube, indexed, memo.callbacks, now)
-                runtimes = {ns: {r.name for r in runtime_index.get(ns, [])} for ns in list(runtime_index)}
-                gone = [k for k in list(task_index) if k[1] and k[1] not in runtimes.get(k[0], set())]
+                runtimes = {
+                    ns: {r.name for r in runtimes_by_namespace.get(ns, [])} for ns in list(runtimes_by_namespace)
+                }
+                gone = [k for k in list(tasks_by_runtime) if k[1] and k[1] not in runtimes.get(k[0], set())]
                 if gone:
-                    queues = {key: list(task_index.get(key, [])) for key in gone}
+                    queues = {key: list(tasks_by_runtime.get(key, [])) for key in gone}
                     await fail_orphans(memo.kube, queues, runtimes, memo.callbacks)
         except Exception as error:  # keep housekeeping alive through API hiccups
             log.warning("housekeeping pass failed: %s", error)

@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from sdtask.conditions import parse_time
-from sdtask.constants import LABEL_RUNTIME
+from sdtask.constants import FINISHED_PHASES, LABEL_RUNTIME
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 
@@ -110,7 +110,7 @@ class Outcome:
 def task_outcome(body: Mapping[str, Any]) -> Outcome | None:
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     phase = status.get("phase")
-    if phase not in ("Succeeded", "Failed"):
+    if phase not in FINISHED_PHASES:
         return None
     started, ended = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
     return Outcome(

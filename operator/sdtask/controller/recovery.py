@@ -14,11 +14,10 @@ import logging
 
 from sdtask.callbacks import CallbackPolicy, shared_outbox
 from sdtask.clients.kube import Kube, is_not_found
-from sdtask.constants import FINISHED_PHASES, LABEL_POD, Phase
+from sdtask.constants import FINISHED_PHASES, LABEL_POD, OPERATOR_NAME, Phase
 from sdtask.controller.views import TaskView
 
 log = logging.getLogger(__name__)
-COMPONENT = "sdtask-operator"
 REDELIVERY_MARGIN_SECONDS = 60.0
 
 
@@ -44,7 +43,7 @@ async def recover(kube: Kube, tasks: list[TaskView], policy: CallbackPolicy, now
                 status = body.get("status") or {}
                 if (status.get("callback") or {}).get("state") == "Pending":
                     log.info("%s/%s: callback left Pending; redelivering", task.namespace, task.name)
-                    shared_outbox(kube, policy, COMPONENT).submit(body, status)
+                    shared_outbox(kube, policy, OPERATOR_NAME).submit(body, status)
         except Exception as error:  # one task must not stop the others' recovery
             if not is_not_found(error):
                 log.warning("recovery of %s/%s failed: %s", task.namespace, task.name, error)

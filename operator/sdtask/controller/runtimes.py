@@ -15,32 +15,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdtask.api.runtime import QUEUE_HEAD_LENGTH
+from sdtask.api.task import CONDITION_SCHEDULED
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
-from sdtask.completion import CallbackPolicy, end_failed_attempt
+from sdtask.completion import CallbackPolicy, end_failed_attempt, running_on
 from sdtask.conditions import set_condition
 from sdtask.config import OperatorSettings
-from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, POD_DELETION_COST, Phase
+from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, OPERATOR_NAME, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
+from sdtask.controller.decisions import (
+    Claim,
+    PodWork,
+    busy_pods,
+    comparable_status,
+    needs_apply,
+    pod_work,
+    pods_to_drain,
+    queued_by_model,
+    runtime_status,
+    scaling_policy,
+    scheduling_settings,
+    settled_claims,
+    status_write_due,
+)
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
 from sdtask.logs import log_context
-from sdtask.scaling import ScalingPolicy, demand, desired_replicas
-from sdtask.scheduling import AheadTask, IdlePod, Policy, QueuedTask, plan_assignments, queue_summary, reclaims
+from sdtask.scaling import demand, desired_replicas
+from sdtask.scheduling import AheadTask, IdlePod, QueuedTask, plan_assignments, reclaims
 
 log = logging.getLogger(__name__)
-COMPONENT = "sdtask-operator"
 
 TICK_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A dispatch the task index has not shown yet: the task is taken, its pod has one more task."""
-
-    pod: str
-    model: str | None
-    since: dt.datetime
 
 
 @dataclass
@@ -57,120 +62,7 @@ class RuntimeState:
     last_status_at: float = 0.0
 
 
-def scaling_policy(spec: Mapping[str, Any]) -> ScalingPolicy:
-    scaling = spec.get("scaling") or {}
-    return ScalingPolicy(
-        min_replicas=int(scaling.get("minReplicas", 0)),
-        max_replicas=int(scaling.get("maxReplicas", 1)),
-        tasks_per_replica=int(scaling.get("tasksPerReplica", 1)),
-        scale_down_delay=dt.timedelta(seconds=float(scaling.get("scaleDownDelaySeconds", 300))),
-    )
-
-
-@dataclass(frozen=True)
-class SchedulingSettings:
-    policy: Policy
-    depth: int  # tasks a pod may hold: the one it runs and those assigned ahead
-    min_switch_tasks: int
-
-
-def scheduling_settings(spec: Mapping[str, Any]) -> SchedulingSettings:
-    scheduling = spec.get("scheduling") or {}
-    policy = scheduling.get("policy", Policy.SWITCH_AWARE.value)
-    return SchedulingSettings(
-        policy=Policy(policy) if policy in Policy._value2member_map_ else Policy.SWITCH_AWARE,
-        depth=1 + max(int(scheduling.get("tasksAhead", 1)), 0),
-        min_switch_tasks=max(int(scheduling.get("minTasksPerSwitch", 4)), 1),
-    )
-
-
-CLAIM_TTL = dt.timedelta(seconds=30)
-INITIAL_REPLICAS_MANAGER = "sdtask-operator-initial-replicas"
-# Pods' busy/task fields change with every task; the status is rewritten at most this often for them alone.
-STATUS_MIN_INTERVAL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class PodWork:
-    """What a pod holds: its tasks (active or claimed), the one it runs, and the model it will have loaded."""
-
-    load: int
-    running: str
-    model: str | None
-
-
-def pod_work(
-    tasks: list[TaskView], claims: Mapping[str, Claim], loaded: Mapping[str, str | None]
-) -> dict[str, PodWork]:
-    """Per pod. The model is that of its last assigned task: a claim, else a task not started, else the running
-    one, else what the pod reports loaded. Pure."""
-    load: dict[str, int] = {}
-    running: dict[str, str] = {}
-    ahead_model: dict[str, str | None] = {}
-    for task in tasks:
-        if task.phase not in ACTIVE_PHASES or not task.pod or task.name in claims:
-            continue
-        load[task.pod] = load.get(task.pod, 0) + 1
-        if task.phase == Phase.RUNNING:
-            running[task.pod] = task.name
-            ahead_model.setdefault(task.pod, task.model)
-        elif task.model is not None:
-            ahead_model[task.pod] = task.model
-    for claim in sorted(claims.values(), key=lambda c: c.since):
-        load[claim.pod] = load.get(claim.pod, 0) + 1
-        if claim.model is not None:
-            ahead_model[claim.pod] = claim.model
-    pods = set(load) | set(loaded)
-    return {
-        pod: PodWork(load.get(pod, 0), running.get(pod, ""), ahead_model.get(pod) or loaded.get(pod)) for pod in pods
-    }
-
-
-def busy_pods(work: Mapping[str, PodWork]) -> set[str]:
-    return {pod for pod, held in work.items() if held.load > 0}
-
-
-def queued_by_model(queued: list[TaskView]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for task in queued:
-        counts[task.model or ""] = counts.get(task.model or "", 0) + 1
-    return counts
-
-
-def runtime_conditions(
-    previous: list[dict[str, Any]] | None, desired: int, pods: list[PodView], now: dt.datetime
-) -> list[dict[str, Any]]:
-    """Ready, Scaling and Degraded, each with a reason a person can act on. Pure."""
-    live = [p for p in pods if not p.deleting]
-    ready = sum(1 for p in live if p.ready)
-    pending = [p for p in live if p.unschedulable]
-    conditions = previous
-    if desired == 0 and not live:
-        conditions = set_condition(
-            conditions, "Ready", True, "ScaledToZero", "no pods while idle; a new task scales the runtime up", now
-        )
-    elif ready >= max(desired, 1):
-        conditions = set_condition(conditions, "Ready", True, "PodsReady", f"{ready} pod(s) ready", now)
-    else:
-        conditions = set_condition(conditions, "Ready", False, "PodsNotReady", f"{ready}/{desired} pod(s) ready", now)
-    if len(live) != desired:
-        direction = "ScalingUp" if len(live) < desired else "ScalingDown"
-        conditions = set_condition(conditions, "Scaling", True, direction, f"{len(live)} -> {desired} replicas", now)
-    else:
-        conditions = set_condition(conditions, "Scaling", False, "Stable", f"{desired} replicas", now)
-    failing = [p for p in live if p.init_failure]
-    if failing:
-        # The reason names the object (e.g. the checkpoint missing from models.s3Prefix); the pod never starts, so
-        # tasks wait rather than run on a Web UI that fell back to another model.
-        reason = "ModelMissing" if "ModelMissing:" in failing[0].init_failure else "InitFailed"
-        message = f"{len(failing)} pod(s) can't start: {failing[0].name}: {failing[0].init_failure}"
-        conditions = set_condition(conditions, "Degraded", True, reason, message, now)
-    elif pending:
-        message = f"{len(pending)} pod(s) Pending: no GPU capacity in pool ({pending[0].unschedulable})"
-        conditions = set_condition(conditions, "Degraded", True, "Unschedulable", message, now)
-    else:
-        conditions = set_condition(conditions, "Degraded", False, "AsExpected", "all pods placed", now)
-    return conditions
+INITIAL_REPLICAS_MANAGER = f"{OPERATOR_NAME}-initial-replicas"
 
 
 class RuntimeLoop:
@@ -230,11 +122,8 @@ class RuntimeLoop:
 
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
     def _forget_settled_claims(self, tasks: list[TaskView], now: dt.datetime) -> None:
-        by_name = {t.name: t for t in tasks}
-        for name, claim in list(self.state.claims.items()):
-            seen = by_name.get(name)
-            if seen is None or seen.phase != Phase.PENDING or now - claim.since > CLAIM_TTL:
-                del self.state.claims[name]
+        for name in settled_claims(self.state.claims, tasks, now):
+            del self.state.claims[name]
 
     # --- workloads ----------------------------------------------------------------------------------------------------
     async def _apply_workloads(
@@ -243,7 +132,7 @@ class RuntimeLoop:
         if replicas is None and deployment_generation is None:
             # An external scaler (KEDA, HPA) owns spec.replicas. Created without it, the Deployment would default to
             # one GPU pod; a one-time manager sets minReplicas at creation so ours never owns the field.
-            initial = int((runtime.get("spec") or {}).get("scaling", {}).get("minReplicas", 0))
+            initial = scaling_policy(runtime.get("spec") or {}).min_replicas
             await self.kube.apply(build_deployment(runtime, initial, self.settings), INITIAL_REPLICAS_MANAGER)
         deployment = build_deployment(runtime, replicas or 0, self.settings)
         if replicas is None:
@@ -254,10 +143,7 @@ class RuntimeLoop:
         for manifest, generation in manifests:
             kind = manifest["kind"]
             digest = manifest_hash(manifest)
-            applied = self.state.applied.get(kind)
-            missing = kind == "Deployment" and deployment_generation is None
-            edited = kind == "Deployment" and applied is not None and generation not in (None, applied[1])
-            if applied and applied[0] == digest and not missing and not edited:
+            if not needs_apply(kind, digest, self.state.applied.get(kind), generation):
                 continue
             result = await self.kube.apply(manifest)
             self.state.applied[kind] = (digest, int(result.get("metadata", {}).get("generation") or 0))
@@ -266,8 +152,7 @@ class RuntimeLoop:
         self, runtime: dict[str, Any], live: list[PodView], busy: set[str], count: int
     ) -> None:
         """Mark idle pods as the cheapest to delete, so the ReplicaSet never takes a busy one; stop feeding them."""
-        idle = sorted((p for p in live if p.name not in busy), key=lambda p: (p.ready, p.name))
-        for pod in idle[:count]:
+        for pod in pods_to_drain(live, busy, count):
             if pod.name not in self.state.draining:
                 await self.kube.annotate_pod(pod.namespace, pod.name, {POD_DELETION_COST: "-1000"})
                 self.state.draining.add(pod.name)
@@ -303,8 +188,12 @@ class RuntimeLoop:
         return [t for t in tasks if t.name not in handled] if handled else tasks
 
     async def _end_lost_attempt(self, task: TaskView) -> None:
+        """Only while the task is still Running on that pod in that attempt, checked and written as one (the write
+        carries the resourceVersion of the read that passed the check): a task the index showed late, that ended or
+        moved on meanwhile (its success written just before the pod vanished), is never failed or run again."""
         body = await self.kube.get_task(task.namespace, task.name)
-        if (body.get("status") or {}).get("pod") != task.pod:
+        still = running_on(task.pod, task.attempts)
+        if not still.holds(body):
             return  # the index was behind; the task moved on
         await end_failed_attempt(
             self.kube,
@@ -313,14 +202,15 @@ class RuntimeLoop:
             f"pod {task.pod} went away during attempt {task.attempts}",
             retryable=True,
             backoff_seconds=self.settings.retry_backoff_seconds,
-            component=COMPONENT,
+            component=OPERATOR_NAME,
             policy=self.callbacks,
+            expect=still,
         )
 
     async def _take_back(self, task: TaskView, reason: str, message: str, now: dt.datetime) -> None:
         """Back to the queue without counting an attempt: it never started. The resourceVersion guard fails (409)
         if the agent started it meanwhile."""
-        conditions = set_condition(task.conditions, "Scheduled", False, reason, message, now)
+        conditions = set_condition(task.conditions, CONDITION_SCHEDULED, False, reason, message, now)
         await self.kube.patch_task_status(
             task.namespace,
             task.name,
@@ -423,7 +313,7 @@ class RuntimeLoop:
         is left for the next pass) and the labels the pod's agent watches."""
         attempt = task.attempts + 1
         message = f"assigned to pod {pod} (attempt {attempt})"
-        conditions = set_condition(task.conditions, "Scheduled", True, "Assigned", message, now)
+        conditions = set_condition(task.conditions, CONDITION_SCHEDULED, True, "Assigned", message, now)
         try:
             await self.kube.patch_task_status(
                 task.namespace,
@@ -461,43 +351,9 @@ class RuntimeLoop:
         work: Mapping[str, PodWork],
         now: dt.datetime,
     ) -> None:
-        previous = (runtime.get("status") or {}).get("conditions")
-        live = [p for p in pods if not p.deleting]
-        status = {
-            "observedGeneration": runtime["metadata"].get("generation"),
-            "desiredReplicas": desired,
-            "replicas": len(live),
-            "readyReplicas": sum(1 for p in live if p.ready),
-            "queued": sum(1 for t in tasks if t.phase == Phase.PENDING),
-            "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
-            "queue": queue_summary(
-                [QueuedTask(t.name, t.priority, t.created, t.model) for t in tasks if t.phase == Phase.PENDING],
-                QUEUE_HEAD_LENGTH,
-            ),
-            "pods": [
-                {
-                    "name": p.name,
-                    "ready": p.ready,
-                    "busy": p.name in work and work[p.name].load > 0,
-                    "task": work[p.name].running if p.name in work else "",
-                    "model": p.model or "",
-                    "node": p.node,
-                    "phase": p.phase,
-                }
-                for p in sorted(pods, key=lambda p: p.name)
-            ],
-        }
-        comparable = dict(status)
-        status["conditions"] = runtime_conditions(previous, desired, pods, now)
-        comparable["conditions"] = [
-            {k: c[k] for k in ("type", "status", "reason", "message")} for c in status["conditions"]
-        ]
-        if comparable == self.state.last_status:
-            return
-        # Only the per-task fields changed: at most once a second (the loop ticks every second, so it gets written).
-        structural = ("observedGeneration", "desiredReplicas", "replicas", "readyReplicas", "conditions")
-        unchanged = all(comparable[k] == self.state.last_status.get(k) for k in structural)
-        if unchanged and time.monotonic() - self.state.last_status_at < STATUS_MIN_INTERVAL_SECONDS:
+        status = runtime_status(runtime, desired, pods, tasks, work, now)
+        comparable = comparable_status(status)
+        if not status_write_due(comparable, self.state.last_status, time.monotonic() - self.state.last_status_at):
             return
         try:
             await self.kube.patch_runtime_status(runtime["metadata"]["namespace"], runtime["metadata"]["name"], status)

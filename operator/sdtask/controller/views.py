@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sdtask.conditions import parse_time
-from sdtask.constants import ANNOTATION_MODEL, LABEL_POD, LABEL_RUNTIME, Phase
+from sdtask.constants import LABEL_POD, LABEL_RUNTIME, Phase
 from sdtask.routing import RuntimeInfo
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -28,12 +29,10 @@ class TaskView:
     model: str | None
     priority: int
     attempts: int
-    max_retries: int
     not_before: dt.datetime | None
     active_deadline_seconds: int | None
     ttl_seconds_after_finished: int | None
     completion_time: dt.datetime | None
-    start_time: dt.datetime | None
     conditions: list[dict[str, Any]] | None = None  # to patch them without reading the task again
     callback_state: str = ""  # status.callback.state: Pending until a delivery ended (see controller/recovery.py)
 
@@ -72,12 +71,10 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         model=status.get("model") or None,
         priority=int(spec.get("priority", 0) or 0),
         attempts=int(status.get("attempts", 0) or 0),
-        max_retries=int(spec.get("maxRetries", 2) if spec.get("maxRetries") is not None else 2),
         not_before=parse_time(status.get("notBefore")),
         active_deadline_seconds=spec.get("activeDeadlineSeconds"),
         ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
         completion_time=parse_time(status.get("completionTime")),
-        start_time=parse_time(status.get("startTime")),
         conditions=[dict(c) for c in status.get("conditions") or []],
         callback_state=str((status.get("callback") or {}).get("state") or ""),
     )
@@ -103,10 +100,15 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         ready=ready and status.get("phase") == "Running",
         deleting=bool(meta.get("deletionTimestamp")),
         node=spec.get("nodeName") or "",
-        model=(meta.get("annotations") or {}).get(ANNOTATION_MODEL) or None,
+        model=None,  # reported apart, in the pod's Lease: see with_models
         unschedulable=unschedulable,
         init_failure=init_failure(status),
     )
+
+
+def with_models(pods: list[PodView], models: Mapping[str, str | None]) -> list[PodView]:
+    """The pods with the model each one's agent reports in its Lease (pod name -> model; sdtask/modelreport.py)."""
+    return [dataclasses.replace(pod, model=models.get(pod.name)) if pod.name in models else pod for pod in pods]
 
 
 def init_failure(status: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ import yaml
 
 from sdtask.devcluster import certs
 from sdtask.devcluster.binaries import Binaries
-from sdtask.devcluster.processes import ManagedProcess, StackError, ensure_port_free, free_port, http_ok
+from sdtask.devcluster.processes import LocalPart, ManagedProcess, StackError, ensure_port_free, free_port, http_ok
 
 START_TIMEOUT = 90.0
 
@@ -132,7 +132,7 @@ def runtime_pods_left_to_the_simulator(document: object) -> object:
     return document
 
 
-class LocalControlPlane:
+class LocalControlPlane(LocalPart):
     def __init__(
         self,
         binaries: Binaries,
@@ -147,19 +147,6 @@ class LocalControlPlane:
         self.processes: list[ManagedProcess] = []
         self.kubeconfig = self.workdir / "kubeconfig"
         self.server = ""
-
-    def _spawn(self, component: str, argv: list[str]) -> ManagedProcess:
-        process = ManagedProcess(component, argv, self.workdir / "logs" / f"{component}.log").start()
-        self.processes.append(process)
-        return process
-
-    def start(self) -> LocalControlPlane:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start(self) -> None:
         ports = self.requested_ports.resolved()

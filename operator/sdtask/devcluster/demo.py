@@ -17,6 +17,7 @@ import yaml
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 from sdtask.constants import GROUP, VERSION
+from sdtask.devcluster.processes import run_folder_command
 from sdtask.devcluster.sidecars import StandinTiming
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
@@ -62,6 +63,7 @@ def seed_task(init_image: str) -> dict[str, Any]:
 
 
 def run_demo(out: Path) -> int:
+    """Run the seed image-to-image task end to end on a local stack."""
     print("starting the local stack (first run builds the control plane from the Go module proxy)...", flush=True)
     with DevStack() as stack, LocalSystem(stack, timing=StandinTiming(load_delay=1.0, image_delay=0.5)):
         server, cat_url = serve_once(encode_png(64, 64, pattern_rgb(pattern_digest("cat"), 64, 64)))
@@ -111,3 +113,13 @@ def run_demo(out: Path) -> int:
                 print(f"downloaded: {path.resolve()}")
             print(f"response: {json.dumps(status['response'])}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_folder_command(
+        "sdtask.devcluster.demo", run_demo, "--out", "demo-output", "where the result images are downloaded", argv
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`sdtask dev`: the whole system running locally until Ctrl-C or SIGTERM."""
+"""`make dev` (`python -m sdtask.devcluster.dev`): the whole system running locally until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
-from sdtask.devcluster.processes import StackError
+from sdtask.devcluster.processes import StackError, run_folder_command
 from sdtask.devcluster.stack import DevStack
 from sdtask.devcluster.system import LocalSystem
 
@@ -19,6 +19,7 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 
 
 def run_dev(state_dir: Path) -> int:
+    """Run the whole system locally until Ctrl-C."""
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
@@ -48,3 +49,13 @@ def run_dev(state_dir: Path) -> int:
                 raise StackError("operator", "exited", system.operator.log)
     print("local stack stopped")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_folder_command(
+        "sdtask.devcluster.dev", run_dev, "--state-dir", ".dev", "where the kubeconfig, env file and logs go", argv
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -133,7 +133,7 @@ class FakeGpuPlugin:
         return M["PreferredAllocationResponse"]()
 
     def _handlers(self) -> grpc.GenericRpcHandler:
-        def unary(method: Any, request: str, response: str) -> grpc.RpcMethodHandler:
+        def unary(method: Any, request: str, response: str) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(
                 method, request_deserializer=M[request].FromString, response_serializer=M[response].SerializeToString
             )

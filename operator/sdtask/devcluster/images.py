@@ -26,7 +26,7 @@ from sdtask.devcluster.binaries import cache_root
 from sdtask.devcluster.processes import StackError
 
 DEFAULT_PYTHON_IMAGE = "python:3.11-slim"
-DEFAULT_TAG = "sdtask-operator:0.1.0"
+DEFAULT_TAG = "sdtask-operator:0.1.0"  # = sdtask.constants.DEFAULT_IMAGE (stdlib only here; a test keeps them equal)
 # Bump when the recipe below changes: the tag is the cache key of the debootstrapped base.
 LOCAL_BASE_IMAGE = "sdtask-local/python:3.11-bookworm-r1"
 DEBIAN_SUITE = "bookworm"

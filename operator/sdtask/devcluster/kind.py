@@ -28,13 +28,14 @@ from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
+from sdtask.devcluster import images
 from sdtask.devcluster.waiting import wait_for
 from sdtask.standin.weights import checkpoint_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
 KIND_DIR = ROOT / "deploy" / "kind"
 CLUSTER = "sdtask"
-IMAGE = "sdtask-operator:0.1.0"
+IMAGE = images.DEFAULT_TAG
 FAKE_GPUS_LABEL = "sdtask.io/fake-gpus"
 GPU = "nvidia.com/gpu"
 S3_ON_HOST = "http://127.0.0.1:30900"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -12,6 +13,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 class StackError(RuntimeError):
@@ -129,3 +132,53 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=grace)
+
+
+class LocalPart:
+    """A part of the local cluster (control plane, real node, the stack, the system): `start` runs `_start` and, when
+    that fails part way, stops what already runs before raising; a context manager. `_spawn` starts one child
+    process logging to `<workdir>/logs/<component>.log` and keeps it in `processes`, for `stop` to end."""
+
+    workdir: Path
+    processes: list[ManagedProcess]
+
+    def start(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _spawn(self, component: str, argv: list[str]) -> ManagedProcess:
+        process = ManagedProcess(component, argv, self.workdir / "logs" / f"{component}.log").start()
+        self.processes.append(process)
+        return process
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def run_folder_command(
+    prog: str, run: Callable[[Path], int], option: str, default: str, help: str, argv: list[str] | None = None
+) -> int:
+    """The command line of `make dev` and `make demo`: one folder option and --log-level, then `run(folder)`."""
+    from sdtask.logs import configure
+
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=run.__doc__)
+    parser.add_argument(option, default=default, help=help)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure(args.log_level, "auto", prog.rsplit(".", 1)[-1])
+    return run(Path(getattr(args, option.lstrip("-").replace("-", "_"))))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,9 +37,23 @@ from kubernetes.client import ApiClient, CoreV1Api, DiscoveryV1Api, RbacAuthoriz
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.devcluster import images
-from sdtask.devcluster.binaries import NodeBinaries, cache_root, ensure_node_binaries
+from sdtask.devcluster.binaries import NodeBinaries, ensure_node_binaries
 from sdtask.devcluster.certs import KUBELET_CLIENT_USER
-from sdtask.devcluster.processes import ManagedProcess, StackError, free_port, http_ok
+from sdtask.devcluster.host import (
+    CGROUP_ROOT,
+    CNI_BIN_DIR,
+    PAUSE_IMAGE,
+    ensure_pause_image,
+    iptables_chains,
+    make_cgroup_root,
+    mounts_under,
+    netns_names,
+    preflight_problems,
+    remove_cgroups,
+    remove_chains,
+    run,
+)
+from sdtask.devcluster.processes import LocalPart, ManagedProcess, StackError, free_port, http_ok
 
 NODE_NAME = "localhost"  # the kubelet's --hostname-override; the API server reaches it by this name on loopback
 POOL = "real"
@@ -49,117 +62,10 @@ BRIDGE_ADDRESS = "10.89.0.1"
 POD_SUBNET = "10.89.0.0/24"
 APISERVER_RELAY_PORT = 6443
 S3_RELAY_PORT = 9000
-PAUSE_IMAGE = "sdtask.local/pause:3.10"
 CONTAINERD_NAMESPACE = "k8s.io"
 START_TIMEOUT = 120.0
 GPU_RESOURCE = "nvidia.com/gpu"
-IPTABLES_TABLES = ("filter", "nat", "mangle")
-HOST_TOOLS = ("containerd", "ctr", "runc", "iptables", "ip", "gcc")
-CNI_BIN_DIR = Path("/usr/lib/cni")
-CGROUP_ROOT = "sdtask-node"
-CGROUPS = Path("/sys/fs/cgroup")
-
-
-def _cgroup_hierarchies() -> list[Path]:
-    """The cgroup v1 hierarchies (cgroup v2 has one tree at /sys/fs/cgroup itself)."""
-    if (CGROUPS / "cgroup.controllers").exists():
-        return [CGROUPS]
-    return [h for h in CGROUPS.iterdir() if h.is_dir() and not h.is_symlink() and h.name != "unified"]
-
-
-def _make_cgroup_root() -> None:
-    """The kubelet wants its --cgroup-root to exist in every hierarchy; a cpuset needs its CPUs and memory nodes."""
-    for hierarchy in _cgroup_hierarchies():
-        cgroup = hierarchy / CGROUP_ROOT
-        cgroup.mkdir(exist_ok=True)
-        for name in ("cpuset.cpus", "cpuset.mems"):
-            if (cgroup / name).exists() and not (cgroup / name).read_text().strip():
-                (cgroup / name).write_text((hierarchy / name).read_text())
-
-
-def _run(argv: list[str], *, check: bool = True, stdin: Any = None, timeout: float = 120) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=stdin is None, stdin=stdin, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
-        raise StackError("real node", f"{' '.join(argv[:4])} failed (exit {proc.returncode}): {err.strip()[-1500:]}")
-    out = proc.stdout
-    return out if isinstance(out, str) else out.decode(errors="replace")
-
-
-def preflight_problems() -> list[str]:
-    """Why a real node can't start on this machine (empty when it can)."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("it needs root (containerd, the kubelet and the CNI bridge manage namespaces and mounts)")
-    missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
-    missing += [f"CNI plugin {p}" for p in ("bridge", "host-local") if not (CNI_BIN_DIR / p).is_file()]
-    if missing:
-        problems.append(f"missing on this machine: {', '.join(missing)} (scripts/host-packages.sh installs them)")
-    return problems
-
-
-def iptables_chains() -> dict[tuple[str, str], set[str]]:
-    """Chains per (command, table), to tell the ones the kubelet and kube-proxy add from the machine's own."""
-    found: dict[tuple[str, str], set[str]] = {}
-    for command in ("iptables", "ip6tables"):
-        if shutil.which(command) is None:
-            continue
-        for table in IPTABLES_TABLES:
-            out = _run([command, "-w", "-t", table, "-S"], check=False)
-            found[(command, table)] = {line.split()[1] for line in out.splitlines() if line.startswith("-N ")}
-    return found
-
-
-def remove_chains(before: dict[tuple[str, str], set[str]]) -> None:
-    for (command, table), chains in iptables_chains().items():
-        added = {c for c in chains - before.get((command, table), set()) if c.startswith("KUBE-")}
-        if not added:
-            continue
-        rules = _run([command, "-w", "-t", table, "-S"], check=False).splitlines()
-        for rule in rules:  # first every rule jumping into an added chain, from any chain
-            parts = rule.split()
-            if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in added:
-                _run([command, "-w", "-t", table, "-D", *parts[1:]], check=False)
-        for chain in added:
-            _run([command, "-w", "-t", table, "-F", chain], check=False)
-        for chain in added:
-            _run([command, "-w", "-t", table, "-X", chain], check=False)
-
-
-def netns_names() -> set[str]:
-    with contextlib.suppress(FileNotFoundError):
-        return set(os.listdir("/run/netns"))
-    return set()
-
-
-def mounts_under(root: Path) -> list[str]:
-    """Mount points at or below `root`, deepest first."""
-    points = []
-    with open("/proc/self/mountinfo") as info:
-        for line in info:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == str(root) or point.startswith(f"{root}/"):
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
-
-
-def ensure_pause_image(node_binaries: NodeBinaries) -> None:
-    """The sandbox image, from the kubernetes module's own build/pause/linux/pause.c: static, FROM scratch."""
-    if images.image_exists(PAUSE_IMAGE):
-        return
-    source = node_binaries.kubernetes_module / "build" / "pause" / "linux" / "pause.c"
-    if not source.is_file():
-        raise StackError("pause image", f"{source} is missing from the kubernetes module")
-    work = cache_root() / "build" / "pause"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    _run(["gcc", "-Os", "-static", "-o", str(work / "pause"), str(source), '-DVERSION="sdtask-local"'])
-    _run(["strip", str(work / "pause")], check=False)
-    (work / "Dockerfile").write_text('FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n')
-    images.docker("build", "-q", "-t", PAUSE_IMAGE, str(work))
-
-
-class RealNode:
+class RealNode(LocalPart):
     def __init__(
         self,
         workdir: Path,
@@ -194,23 +100,13 @@ class RealNode:
     def labels(self) -> dict[str, str]:
         return {"sdtask.io/pool": self.pool, "nvidia.com/gpu.product": "fake"}
 
-    def _spawn(self, component: str, argv: list[str]) -> ManagedProcess:
-        process = ManagedProcess(component, argv, self.workdir / "logs" / f"{component}.log").start()
-        self.processes.append(process)
-        return process
-
     def start(self) -> RealNode:
         problems = preflight_problems()
         if problems:
             raise StackError(
                 "real node", "can't start: " + "; ".join(problems) + ". Set SDTASK_SKIP_CONTAINERS=1 to run without it."
             )
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return super().start()
 
     def _start(self) -> None:
         if Path(f"/sys/class/net/{BRIDGE}").exists():
@@ -223,10 +119,10 @@ class RealNode:
         self.binaries = ensure_node_binaries()
         self._chains_before = iptables_chains()
         self._netns_before = netns_names()
-        _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         self._bridge_created = True
-        _run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
-        _run(["ip", "link", "set", BRIDGE, "up"])
+        run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
+        run(["ip", "link", "set", BRIDGE, "up"])
         self._spawn(
             "relay",
             [
@@ -312,14 +208,14 @@ state = "{base / "state"}"
         containerd.wait_until(lambda: self._ctr("version", check=True) != "", START_TIMEOUT, "serving its socket")
 
     def _ctr(self, *args: str, check: bool = False, stdin: Any = None) -> str:
-        return _run(["ctr", "-a", str(self.socket), "-n", CONTAINERD_NAMESPACE, *args], check=check, stdin=stdin)
+        return run(["ctr", "-a", str(self.socket), "-n", CONTAINERD_NAMESPACE, *args], check=check, stdin=stdin)
 
     def import_images(self, names: Iterable[str]) -> None:
         """Copy images from the Docker engine into the node's containerd (as a registry pull would). One archive for
         all names: tags of one image share their layers."""
         save = subprocess.Popen([images.docker_client(), "save", *names], stdout=subprocess.PIPE)
         try:
-            _run(
+            run(
                 ["ctr", "-a", str(self.socket), "-n", CONTAINERD_NAMESPACE, "images", "import", "-"],
                 stdin=save.stdout,
                 timeout=600,
@@ -431,7 +327,7 @@ state = "{base / "state"}"
             "imageGCLowThresholdPercent": 99,
             "maxPods": 30,
         }
-        _make_cgroup_root()
+        make_cgroup_root()
         config_path = self.workdir / "kubelet.yaml"
         config_path.write_text(yaml.safe_dump(config))
         labels = ",".join(f"{key}={value}" for key, value in self.labels.items())
@@ -515,34 +411,21 @@ state = "{base / "state"}"
         if "kube-proxy" in by_name:
             by_name["kube-proxy"].stop()
             if self.binaries is not None:  # removes every rule and chain kube-proxy made, in all modes
-                _run([str(self.binaries.kube_proxy), "--cleanup", f"--config={self.kube_proxy_config}"], check=False)
+                run([str(self.binaries.kube_proxy), "--cleanup", f"--config={self.kube_proxy_config}"], check=False)
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
         for point in mounts_under(self.workdir):
-            _run(["umount", "-l", point], check=False)
+            run(["umount", "-l", point], check=False)
         for name in netns_names() - self._netns_before:
             if name.startswith("cni-"):
-                _run(["ip", "netns", "delete", name], check=False)
+                run(["ip", "netns", "delete", name], check=False)
         if self._bridge_created:
-            _run(["ip", "link", "del", BRIDGE], check=False)
+            run(["ip", "link", "del", BRIDGE], check=False)
             self._bridge_created = False
         if self._chains_before:
             remove_chains(self._chains_before)
-        self._remove_cgroups()
-
-    @staticmethod
-    def _remove_cgroups() -> None:
-        for hierarchy in _cgroup_hierarchies():
-            top = hierarchy / CGROUP_ROOT
-            if not top.is_dir():
-                continue
-            nested = [p for p in top.rglob("*") if p.is_dir()]
-            for directory in sorted(nested, key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+        remove_cgroups()
 
 
 def _api_client(kubeconfig: Path) -> ApiClient:

@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 
+from sdtask.api.runtime import DEFAULT_MODELS_MOUNT_PATH
 from sdtask.constants import AGENT_CONTAINER, LABEL_RUNTIME, WEBUI_CONTAINER
 from sdtask.devcluster.processes import ManagedProcess, StackError, free_port, http_ok
 
@@ -221,7 +222,7 @@ class SidecarSimulator:
         any container starts; a failure is reported in the pod status with its message, and the pod never starts."""
         env = resolve_env(core, pod, init.get("env") or [])
         env.update({key: value for key, value in self.default_agent_env.items() if not env.get(key)})
-        env = {key: str(models) + value[len(mount) :] if value == mount else value for key, value in env.items()}
+        env = {key: str(models) if value == mount else value for key, value in env.items()}
         log = pod_dir / f"{init['name']}.log"
         termination = pod_dir / f"{init['name']}.termination-log"
         process = ManagedProcess(
@@ -249,7 +250,7 @@ _VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 def models_mount_path(webui: dict[str, Any]) -> str:
     mounts = {m["name"]: m["mountPath"] for m in webui.get("volumeMounts") or []}
-    return str(mounts.get("models", "/models")).rstrip("/") or "/"
+    return str(mounts.get("models", DEFAULT_MODELS_MOUNT_PATH)).rstrip("/") or "/"
 
 
 def expand_vars(args: list[str], env: dict[str, str]) -> list[str]:

@@ -11,18 +11,17 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import boto3
 import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from sdtask.clients.s3 import S3Client
 from sdtask.devcluster.binaries import ensure_binaries
 from sdtask.devcluster.cluster import ClusterPorts, LocalControlPlane
 from sdtask.devcluster.nodes import DEFAULT_POOLS, NodePool, pool_manifests
-from sdtask.devcluster.processes import StackError
+from sdtask.devcluster.processes import LocalPart, StackError
 from sdtask.devcluster.realnode import RealNode
 from sdtask.devcluster.s3server import LocalS3Server, S3Endpoint
 
@@ -30,7 +29,7 @@ EXISTING_KUBECONFIG_ENV = "SDTASK_KUBECONFIG"
 DEFAULT_BUCKET = "sdtask-outputs"
 
 
-class DevStack:
+class DevStack(LocalPart):
     def __init__(
         self,
         workdir: Path | None = None,
@@ -56,14 +55,6 @@ class DevStack:
     @property
     def uses_existing_cluster(self) -> bool:
         return bool(os.environ.get(EXISTING_KUBECONFIG_ENV))
-
-    def start(self) -> DevStack:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +82,7 @@ class DevStack:
     def api_client(self) -> ApiClient:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def s3_client(self) -> Any:
+    def s3_client(self) -> S3Client:
         return boto3.client(
             "s3",
             endpoint_url=self.s3.url,
@@ -150,10 +141,3 @@ class DevStack:
         if self._owns_workdir and not os.environ.get("SDTASK_KEEP_STACK"):  # kept: its logs, to read after a failure
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> DevStack:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from types import TracebackType
 
 from sdtask.devcluster.crds import install_crds
-from sdtask.devcluster.processes import ManagedProcess, free_port, http_ok
+from sdtask.devcluster.processes import LocalPart, ManagedProcess, free_port, http_ok
 from sdtask.devcluster.sidecars import SidecarSimulator, StandinTiming
 from sdtask.devcluster.stack import DevStack
 from sdtask.standin.weights import checkpoint_bytes
@@ -21,7 +20,7 @@ MODEL_STORE_PREFIX = "checkpoints/"
 EXAMPLE_CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors",)
 
 
-class LocalSystem:
+class LocalSystem(LocalPart):
     def __init__(
         self,
         stack: DevStack,
@@ -68,17 +67,12 @@ class LocalSystem:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def start(self) -> LocalSystem:
-        try:
-            self.seed_model_store()
-            with self.stack.api_client() as client:
-                install_crds(client, self.crds)
-            self._start_operator()
-            self.sidecars.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def _start(self) -> None:
+        self.seed_model_store()
+        with self.stack.api_client() as client:
+            install_crds(client, self.crds)
+        self._start_operator()
+        self.sidecars.start()
 
     def seed_model_store(self) -> None:
         s3 = self.stack.s3_client()
@@ -103,10 +97,3 @@ class LocalSystem:
         self.sidecars.stop()
         self.operator.stop()
 
-    def __enter__(self) -> LocalSystem:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -24,7 +24,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sdtask.standin.server import StandinWebUI, parse_api_auth
+from sdtask.standin.auth import parse_api_auth
+from sdtask.standin.server import StandinWebUI
 
 # Ports of webui.py v1.10: the Gradio UI's default (`demo.launch(server_port=cmd_opts.port)`, Gradio's 7860) and the
 # API-only default (`api_only()`: `port=cmd_opts.port if cmd_opts.port else 7861`).

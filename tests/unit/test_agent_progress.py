@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from sdtask.agent.progress import ProgressReporter, progress_status
-from sdtask.standin.server import JobState
+from sdtask.standin.progress import JobState
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 

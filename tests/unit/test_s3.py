@@ -14,11 +14,13 @@ from sdtask.clients.s3 import (
     ObjectTooLarge,
     S3Client,
     S3Settings,
+    claim_json,
     describe_s3_error,
     get_object_capped,
     make_s3_client,
     put_json,
     put_object,
+    replace_json_if,
 )
 
 BUCKET = "outputs"
@@ -132,3 +134,20 @@ def test_calls_run_off_the_event_loop(client: S3Client) -> None:
         return order
 
     assert asyncio.run(scenario()) == ["tick", "downloaded"]
+
+
+def test_claim_json_creates_once_and_everyone_reads_the_winner(client: S3Client) -> None:
+    """The owner marker of an output location: the first claim wins, a later one gets the winner's value."""
+    first, etag = asyncio.run(claim_json(client, BUCKET, "owners/a.json", {"uid": "1"}))
+    second, same_etag = asyncio.run(claim_json(client, BUCKET, "owners/a.json", {"uid": "2"}))
+    assert first == second == {"uid": "1"} and etag and same_etag == etag
+    stored = json.loads(client.get_object(Bucket=BUCKET, Key="owners/a.json")["Body"].read())
+    assert stored == {"uid": "1"}
+
+
+def test_replace_json_if_applies_only_to_the_version_that_was_read(client: S3Client) -> None:
+    _, etag = asyncio.run(claim_json(client, BUCKET, "owners/b.json", {"uid": "old"}))
+    assert asyncio.run(replace_json_if(client, BUCKET, "owners/b.json", {"uid": "new"}, etag))
+    # a second writer that read the same old version loses: the marker changed since
+    assert not asyncio.run(replace_json_if(client, BUCKET, "owners/b.json", {"uid": "late"}, etag))
+    assert asyncio.run(claim_json(client, BUCKET, "owners/b.json", {"uid": "x"}))[0] == {"uid": "new"}

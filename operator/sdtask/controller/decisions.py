@@ -1,0 +1,249 @@
+"""The per-runtime loop's decisions, pure: what each pod holds, which pods a scale-down drains, whether a manifest
+needs applying, the runtime's status and conditions, and when that status is worth writing. `runtimes.RuntimeLoop`
+gathers the inputs and applies the results."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from sdtask.api.common import plain_json, tolerant_context
+from sdtask.api.runtime import (
+    CONDITION_DEGRADED,
+    CONDITION_READY,
+    CONDITION_SCALING,
+    QUEUE_HEAD_LENGTH,
+    ScalingSpec,
+    SchedulingSpec,
+)
+from sdtask.conditions import set_condition
+from sdtask.constants import ACTIVE_PHASES, Phase
+from sdtask.controller.views import PodView, TaskView
+from sdtask.scaling import ScalingPolicy
+from sdtask.scheduling import Policy, QueuedTask, queue_summary
+
+CLAIM_TTL = dt.timedelta(seconds=30)
+Part = TypeVar("Part", bound=BaseModel)
+# Pods' busy/task fields change with every task; the status is rewritten at most this often for them alone.
+STATUS_MIN_INTERVAL_SECONDS = 1.0
+# The status fields whose change is written at once; the per-pod and per-task ones wait for the interval above.
+STRUCTURAL_STATUS_FIELDS = ("observedGeneration", "desiredReplicas", "replicas", "readyReplicas", "conditions")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A dispatch the task index has not shown yet: the task is taken, its pod has one more task."""
+
+    pod: str
+    model: str | None
+    since: dt.datetime
+
+
+def spec_part(model: type[Part], value: Any) -> Part:
+    """A part of a runtime's spec through its model, so the defaults are the model's: unknown fields are dropped
+    (a newer CRD), and a value the model refuses (an object stored before a schema change; the API server checks
+    the same schema) gives the model's defaults rather than stopping the runtime's loop."""
+    try:
+        return model.model_validate(plain_json(value or {}), context=tolerant_context())
+    except ValidationError:
+        return model()
+
+
+def scaling_policy(spec: Mapping[str, Any]) -> ScalingPolicy:
+    return ScalingPolicy.from_spec(spec_part(ScalingSpec, spec.get("scaling")))
+
+
+@dataclass(frozen=True)
+class SchedulingSettings:
+    policy: Policy
+    depth: int  # tasks a pod may hold: the one it runs and those assigned ahead
+    min_switch_tasks: int
+
+
+def scheduling_settings(spec: Mapping[str, Any]) -> SchedulingSettings:
+    scheduling = spec_part(SchedulingSpec, spec.get("scheduling"))
+    return SchedulingSettings(
+        policy=Policy(scheduling.policy),
+        depth=1 + max(scheduling.tasks_ahead, 0),
+        min_switch_tasks=max(scheduling.min_tasks_per_switch, 1),
+    )
+
+
+@dataclass(frozen=True)
+class PodWork:
+    """What a pod holds: its tasks (active or claimed), the one it runs, and the model it will have loaded."""
+
+    load: int
+    running: str
+    model: str | None
+
+
+def pod_work(
+    tasks: list[TaskView], claims: Mapping[str, Claim], loaded: Mapping[str, str | None]
+) -> dict[str, PodWork]:
+    """Per pod. The model is that of its last assigned task: a claim, else a task not started, else the running
+    one, else what the pod reports loaded. Pure."""
+    load: dict[str, int] = {}
+    running: dict[str, str] = {}
+    ahead_model: dict[str, str | None] = {}
+    for task in tasks:
+        if task.phase not in ACTIVE_PHASES or not task.pod or task.name in claims:
+            continue
+        load[task.pod] = load.get(task.pod, 0) + 1
+        if task.phase == Phase.RUNNING:
+            running[task.pod] = task.name
+            ahead_model.setdefault(task.pod, task.model)
+        elif task.model is not None:
+            ahead_model[task.pod] = task.model
+    for claim in sorted(claims.values(), key=lambda c: c.since):
+        load[claim.pod] = load.get(claim.pod, 0) + 1
+        if claim.model is not None:
+            ahead_model[claim.pod] = claim.model
+    pods = set(load) | set(loaded)
+    return {
+        pod: PodWork(load.get(pod, 0), running.get(pod, ""), ahead_model.get(pod) or loaded.get(pod)) for pod in pods
+    }
+
+
+def busy_pods(work: Mapping[str, PodWork]) -> set[str]:
+    return {pod for pod, held in work.items() if held.load > 0}
+
+
+def queued_by_model(queued: list[TaskView]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task in queued:
+        counts[task.model or ""] = counts.get(task.model or "", 0) + 1
+    return counts
+
+
+def runtime_conditions(
+    previous: list[dict[str, Any]] | None, desired: int, pods: list[PodView], now: dt.datetime
+) -> list[dict[str, Any]]:
+    """Ready, Scaling and Degraded, each with a reason a person can act on. Pure."""
+    live = [p for p in pods if not p.deleting]
+    ready = sum(1 for p in live if p.ready)
+    pending = [p for p in live if p.unschedulable]
+    conditions = previous
+    if desired == 0 and not live:
+        conditions = set_condition(
+            conditions,
+            CONDITION_READY,
+            True,
+            "ScaledToZero",
+            "no pods while idle; a new task scales the runtime up",
+            now,
+        )
+    elif ready >= max(desired, 1):
+        conditions = set_condition(conditions, CONDITION_READY, True, "PodsReady", f"{ready} pod(s) ready", now)
+    else:
+        conditions = set_condition(
+            conditions, CONDITION_READY, False, "PodsNotReady", f"{ready}/{desired} pod(s) ready", now
+        )
+    if len(live) != desired:
+        direction = "ScalingUp" if len(live) < desired else "ScalingDown"
+        conditions = set_condition(
+            conditions, CONDITION_SCALING, True, direction, f"{len(live)} -> {desired} replicas", now
+        )
+    else:
+        conditions = set_condition(conditions, CONDITION_SCALING, False, "Stable", f"{desired} replicas", now)
+    failing = [p for p in live if p.init_failure]
+    if failing:
+        # The reason names the object (e.g. the checkpoint missing from models.s3Prefix); the pod never starts, so
+        # tasks wait rather than run on a Web UI that fell back to another model.
+        reason = "ModelMissing" if "ModelMissing:" in failing[0].init_failure else "InitFailed"
+        message = f"{len(failing)} pod(s) can't start: {failing[0].name}: {failing[0].init_failure}"
+        conditions = set_condition(conditions, CONDITION_DEGRADED, True, reason, message, now)
+    elif pending:
+        message = f"{len(pending)} pod(s) Pending: no GPU capacity in pool ({pending[0].unschedulable})"
+        conditions = set_condition(conditions, CONDITION_DEGRADED, True, "Unschedulable", message, now)
+    else:
+        conditions = set_condition(conditions, CONDITION_DEGRADED, False, "AsExpected", "all pods placed", now)
+    return conditions
+
+
+def settled_claims(claims: Mapping[str, Claim], tasks: list[TaskView], now: dt.datetime) -> list[str]:
+    """The claims the task index has caught up with (the task is no longer Pending, or gone) or that are too old to
+    trust: the dispatch is either visible now or never happened."""
+    by_name = {t.name: t for t in tasks}
+    settled = []
+    for name, claim in claims.items():
+        seen = by_name.get(name)
+        if seen is None or seen.phase != Phase.PENDING or now - claim.since > CLAIM_TTL:
+            settled.append(name)
+    return settled
+
+
+def pods_to_drain(live: list[PodView], busy: Collection[str], count: int) -> list[PodView]:
+    """The `count` pods a scale-down removes: idle ones only (a busy pod is never picked), not-ready first, then by
+    name, so repeated passes pick the same pods."""
+    idle = sorted((p for p in live if p.name not in busy), key=lambda p: (p.ready, p.name))
+    return idle[: max(count, 0)]
+
+
+def needs_apply(kind: str, digest: str, applied: tuple[str, int] | None, deployment_generation: int | None) -> bool:
+    """Whether a manifest must be applied again: never applied, changed since (another hash), or, for the
+    Deployment, missing (no generation seen) or edited by someone else (its generation moved past what we applied)."""
+    if applied is None or applied[0] != digest:
+        return True
+    if kind != "Deployment":
+        return False
+    return deployment_generation is None or deployment_generation != applied[1]
+
+
+def runtime_status(
+    runtime: Mapping[str, Any],
+    desired: int,
+    pods: list[PodView],
+    tasks: list[TaskView],
+    work: Mapping[str, PodWork],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The SDRuntime's status: replicas, queue counts, the head of the queue, each pod, and the conditions."""
+    previous = (runtime.get("status") or {}).get("conditions")
+    live = [p for p in pods if not p.deleting]
+    pending = [t for t in tasks if t.phase == Phase.PENDING]
+    head = queue_summary([QueuedTask(t.name, t.priority, t.created, t.model) for t in pending], QUEUE_HEAD_LENGTH)
+    return {
+        "observedGeneration": runtime["metadata"].get("generation"),
+        "desiredReplicas": desired,
+        "replicas": len(live),
+        "readyReplicas": sum(1 for p in live if p.ready),
+        "queued": len(pending),
+        "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
+        "queue": head,
+        "pods": [
+            {
+                "name": p.name,
+                "ready": p.ready,
+                "busy": p.name in work and work[p.name].load > 0,
+                "task": work[p.name].running if p.name in work else "",
+                "model": p.model or "",
+                "node": p.node,
+                "phase": p.phase,
+            }
+            for p in sorted(pods, key=lambda p: p.name)
+        ],
+        "conditions": runtime_conditions(previous, desired, pods, now),
+    }
+
+
+def comparable_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without the conditions' times, to tell a change from a rewrite of the same."""
+    comparable = dict(status)
+    comparable["conditions"] = [
+        {k: c[k] for k in ("type", "status", "reason", "message")} for c in status.get("conditions") or []
+    ]
+    return comparable
+
+
+def status_write_due(comparable: Mapping[str, Any], last: Mapping[str, Any], seconds_since_write: float) -> bool:
+    """Write when anything changed; when only the per-pod and per-task fields did, at most once per interval (the
+    loop ticks every second, so a change always gets written)."""
+    if comparable == last:
+        return False
+    structural_unchanged = all(comparable.get(k) == last.get(k) for k in STRUCTURAL_STATUS_FIELDS)
+    return not structural_unchanged or seconds_since_write >= STATUS_MIN_INTERVAL_SECONDS

@@ -1,0 +1,218 @@
+import datetime as dt
+from typing import Any
+
+from sdtask.controller.decisions import (
+    STATUS_MIN_INTERVAL_SECONDS,
+    Claim,
+    PodWork,
+    busy_pods,
+    comparable_status,
+    needs_apply,
+    pod_work,
+    pods_to_drain,
+    runtime_conditions,
+    runtime_status,
+    settled_claims,
+    status_write_due,
+)
+from sdtask.controller.views import PodView, task_view
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def pod(name: str, ready: bool = True, unschedulable: str = "") -> PodView:
+    phase = "Running" if ready else "Pending"
+    return PodView("ns", name, "rt", phase, ready, False, "node-1" if ready else "", None, unschedulable)
+
+
+def by_type(conditions: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in conditions}
+
+
+def test_an_idle_runtime_at_zero_is_ready() -> None:
+    assert by_type(runtime_conditions(None, 0, [], NOW))["Ready"] == ("True", "ScaledToZero")
+
+
+def test_pending_pods_without_gpus_degrade_the_runtime_with_the_scheduler_reason() -> None:
+    pods = [pod("a"), pod("b"), pod("c", ready=False, unschedulable="0/3 nodes: Insufficient nvidia.com/gpu")]
+    conditions = runtime_conditions(None, 3, pods, NOW)
+    assert by_type(conditions)["Degraded"] == ("True", "Unschedulable")
+    message = next(c["message"] for c in conditions if c["type"] == "Degraded")
+    assert "no GPU capacity" in message and "Insufficient nvidia.com/gpu" in message
+    assert by_type(conditions)["Ready"] == ("False", "PodsNotReady")
+
+
+def test_a_pod_is_busy_while_its_task_is_scheduled_or_running_or_just_claimed() -> None:
+    running = task_view({"metadata": {"name": "t"}, "status": {"phase": "Running", "pod": "p1"}})
+    done = task_view({"metadata": {"name": "u"}, "status": {"phase": "Succeeded", "pod": "p2"}})
+    work = pod_work([running, done], {"v": Claim("p3", None, NOW)}, {"p1": None, "p2": None, "p3": None})
+    assert busy_pods(work) == {"p1", "p3"}
+
+
+def test_a_pod_holds_its_running_task_and_the_one_assigned_ahead_and_will_have_that_ones_model() -> None:
+    running = task_view({"metadata": {"name": "r"}, "status": {"phase": "Running", "pod": "p", "model": "a"}})
+    ahead = task_view({"metadata": {"name": "s"}, "status": {"phase": "Scheduled", "pod": "p", "model": "b"}})
+    work = pod_work([ahead, running], {}, {"p": "a [123]", "idle": "c"})
+    assert (work["p"].load, work["p"].running, work["p"].model) == (2, "r", "b")
+    assert (work["idle"].load, work["idle"].model) == (0, "c")
+    # A claim (dispatched, not yet seen by the index) counts and names the model last.
+    claimed = pod_work([running], {"c": Claim("p", "z", NOW)}, {"p": "a"})
+    assert (claimed["p"].load, claimed["p"].model) == (2, "z")
+
+
+def test_a_failing_fetch_model_init_container_degrades_the_runtime_naming_the_missing_object() -> None:
+    from sdtask.controller.views import pod_view
+
+    message = "ModelMissing: checkpoint absent.safetensors not found (s3://models/ckpt/absent.safetensors)"
+    body: dict[str, Any] = {
+        "metadata": {"name": "p1", "namespace": "ns", "labels": {"sdtask.io/runtime": "rt"}},
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-model",
+                    "ready": False,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}},
+                }
+            ],
+        },
+    }
+    failing = pod_view(body)
+    assert failing.init_failure == f"fetch-model: {message}" and not failing.ready
+    conditions = runtime_conditions(None, 1, [failing], NOW)
+    assert by_type(conditions)["Degraded"] == ("True", "ModelMissing")
+    assert "s3://models/ckpt/absent.safetensors" in next(c["message"] for c in conditions if c["type"] == "Degraded")
+    completed = {**body["status"], "initContainerStatuses": [{"name": "fetch-model", "ready": True}]}
+    assert pod_view({**body, "status": completed}).init_failure == ""
+
+
+# --- scale-down: which pods go -------------------------------------------------------------------------------------
+
+
+def test_a_scale_down_drains_idle_pods_only_not_ready_ones_first_and_always_the_same_ones() -> None:
+    live = [pod("c"), pod("a"), pod("b", ready=False), pod("d")]
+    assert [p.name for p in pods_to_drain(live, busy={"a"}, count=2)] == ["b", "c"]
+    assert [p.name for p in pods_to_drain(list(reversed(live)), busy={"a"}, count=2)] == ["b", "c"]
+
+
+def test_a_scale_down_never_takes_a_busy_pod_even_when_asked_for_more() -> None:
+    live = [pod("a"), pod("b")]
+    assert pods_to_drain(live, busy={"a", "b"}, count=2) == []
+    assert [p.name for p in pods_to_drain(live, busy={"a"}, count=5)] == ["b"]
+    assert pods_to_drain(live, busy=set(), count=0) == []
+
+
+# --- applying manifests --------------------------------------------------------------------------------------------
+
+
+def test_a_manifest_is_applied_when_new_or_changed_and_not_again_when_the_same() -> None:
+    assert needs_apply("Service", "h1", None, None)
+    assert needs_apply("Service", "h2", ("h1", 0), None)
+    assert not needs_apply("Service", "h1", ("h1", 0), None)
+
+
+def test_the_deployment_is_applied_again_when_deleted_or_edited_by_someone_else() -> None:
+    assert not needs_apply("Deployment", "h1", ("h1", 3), 3)
+    assert needs_apply("Deployment", "h1", ("h1", 3), None)  # gone: the index shows no Deployment
+    assert needs_apply("Deployment", "h1", ("h1", 3), 4)  # edited: its generation moved past ours
+    assert needs_apply("Deployment", "h2", ("h1", 3), 3)
+
+
+# --- the runtime's status ------------------------------------------------------------------------------------------
+
+
+def test_the_runtime_status_counts_replicas_and_tasks_lists_pods_by_name_and_heads_the_queue() -> None:
+    runtime = {"metadata": {"name": "rt", "namespace": "ns", "generation": 7}, "status": {}}
+    pods = [pod("p2"), pod("p1", ready=False), PodView("ns", "p0", "rt", "Running", True, True, "n", "m", "")]
+    tasks = [
+        task_view({"metadata": {"name": "r"}, "status": {"phase": "Running", "pod": "p2", "model": "m"}}),
+        task_view(
+            {"metadata": {"name": "q1", "creationTimestamp": "2026-01-01T00:00:01Z"}, "status": {"phase": "Pending"}}
+        ),
+        task_view(
+            {
+                "metadata": {"name": "q2", "creationTimestamp": "2026-01-01T00:00:02Z"},
+                "spec": {"priority": 5},
+                "status": {"phase": "Pending", "model": "x"},
+            }
+        ),
+    ]
+    work = {"p2": PodWork(1, "r", "m")}
+    status = runtime_status(runtime, 3, pods, tasks, work, NOW)
+    assert (status["observedGeneration"], status["desiredReplicas"], status["replicas"], status["readyReplicas"]) == (
+        7,
+        3,
+        2,  # p0 is being deleted
+        1,
+    )
+    assert (status["queued"], status["running"]) == (2, 1)
+    assert [p["name"] for p in status["pods"]] == ["p0", "p1", "p2"]
+    assert status["pods"][2] == {
+        "name": "p2",
+        "ready": True,
+        "busy": True,
+        "task": "r",
+        "model": "",
+        "node": "node-1",
+        "phase": "Running",
+    }
+    assert status["queue"]["head"] == ["q2", "q1"]  # priority first
+    assert status["queue"]["byModel"] == [{"model": "", "tasks": 1}, {"model": "x", "tasks": 1}]
+    assert by_type(status["conditions"])["Ready"] == ("False", "PodsNotReady")
+
+
+def test_the_status_is_written_on_a_change_and_per_pod_changes_at_most_once_per_interval() -> None:
+    runtime = {"metadata": {"name": "rt", "namespace": "ns", "generation": 1}}
+    status = comparable_status(runtime_status(runtime, 1, [pod("p")], [], {}, NOW))
+    later = comparable_status(runtime_status(runtime, 1, [pod("p")], [], {}, NOW + dt.timedelta(minutes=1)))
+    assert later == status  # the conditions' times don't count as a change
+    assert not status_write_due(status, status, 100.0)
+    assert status_write_due(status, {}, 0.0)
+    busy = {**status, "pods": [{**status["pods"][0], "busy": True}]}
+    assert not status_write_due(busy, status, STATUS_MIN_INTERVAL_SECONDS / 2)
+    assert status_write_due(busy, status, STATUS_MIN_INTERVAL_SECONDS)
+    rescaled = {**status, "desiredReplicas": 2}
+    assert status_write_due(rescaled, status, 0.0)  # a structural change is written at once
+
+
+# --- claims --------------------------------------------------------------------------------------------------------
+
+
+def test_a_claim_settles_once_the_index_shows_the_task_dispatched_or_gone_or_after_its_ttl() -> None:
+    pending = task_view({"metadata": {"name": "p"}, "status": {"phase": "Pending"}})
+    scheduled = task_view({"metadata": {"name": "s"}, "status": {"phase": "Scheduled", "pod": "x"}})
+    claims = {
+        "p": Claim("x", None, NOW),
+        "s": Claim("x", None, NOW),
+        "gone": Claim("x", None, NOW),
+        "old": Claim("x", None, NOW - dt.timedelta(minutes=5)),
+    }
+    old = task_view({"metadata": {"name": "old"}, "status": {"phase": "Pending"}})
+    assert sorted(settled_claims(claims, [pending, scheduled, old], NOW)) == ["gone", "old", "s"]
+
+
+# --- spec parts through the models -------------------------------------------------------------------------------
+
+
+def test_a_runtime_spec_is_read_through_its_model_with_the_models_defaults() -> None:
+    from sdtask.api.runtime import ScalingSpec, SchedulingSpec
+    from sdtask.controller.decisions import scaling_policy, scheduling_settings
+    from sdtask.scaling import ScalingPolicy
+    from sdtask.scheduling import Policy
+
+    defaults = ScalingSpec()
+    assert scaling_policy({}) == ScalingPolicy() == ScalingPolicy.from_spec(defaults)
+    assert scaling_policy({}).scale_down_delay == dt.timedelta(seconds=defaults.scale_down_delay_seconds)
+    tuned = scaling_policy({"scaling": {"maxReplicas": 4, "tasksPerReplica": 2, "fromANewerCrd": True}})
+    assert (tuned.min_replicas, tuned.max_replicas, tuned.tasks_per_replica) == (defaults.min_replicas, 4, 2)
+    assert scaling_policy({"scaling": {"maxReplicas": 0}}) == ScalingPolicy()  # refused by the model: its defaults
+    settings = scheduling_settings({})
+    assert (settings.policy, settings.depth, settings.min_switch_tasks) == (
+        Policy(SchedulingSpec().policy),
+        1 + SchedulingSpec().tasks_ahead,
+        SchedulingSpec().min_tasks_per_switch,
+    )
+    fifo = scheduling_settings({"scheduling": {"policy": "fifo", "tasksAhead": 0}})
+    assert (fifo.policy, fifo.depth) == (Policy.FIFO, 1)

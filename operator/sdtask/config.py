@@ -108,6 +108,9 @@ class AgentSettings:
     callback_attempts: int = DEFAULT_CALLBACK_ATTEMPTS  # the callback deadline (5 minutes) bounds them too
     callback_base_delay_seconds: float = 1.0
     retry_backoff_seconds: float = 10.0
+    # Outputs that can't be stored because S3 is unreachable (or answers 5xx) are tried again for this long before the
+    # attempt fails (and its generation would be redone); within the pod's termination margin (deployment.py).
+    upload_retry_seconds: float = 90.0
     # At most one status.progress write per task this often (SDTASK_PROGRESS_INTERVAL_SECONDS).
     progress_interval_seconds: float = 5.0
     metrics_port: int = 0  # the agent's own /metrics (the pod spec sets it and declares the port); 0 = off
@@ -133,9 +136,7 @@ class AgentSettings:
             allowed_link_hosts=_hosts("SDTASK_ALLOWED_LINK_HOSTS"),
             max_download_bytes=int(_env_float("SDTASK_MAX_DOWNLOAD_BYTES", cls.max_download_bytes)),
             max_links=int(_env_float("SDTASK_MAX_LINKS", cls.max_links)),
-            max_total_download_bytes=int(
-                _env_float("SDTASK_MAX_TOTAL_DOWNLOAD_BYTES", cls.max_total_download_bytes)
-            ),
+            max_total_download_bytes=int(_env_float("SDTASK_MAX_TOTAL_DOWNLOAD_BYTES", cls.max_total_download_bytes)),
             allowed_s3_prefixes=tuple(p for p in _env("SDTASK_ALLOWED_S3_PREFIXES").replace(",", " ").split() if p),
             allow_private_callbacks=_env_bool("SDTASK_ALLOW_PRIVATE_CALLBACKS"),
             allowed_callback_hosts=_hosts("SDTASK_ALLOWED_CALLBACK_HOSTS"),
@@ -149,6 +150,7 @@ class AgentSettings:
                 "SDTASK_CALLBACK_BASE_DELAY_SECONDS", cls.callback_base_delay_seconds
             ),
             retry_backoff_seconds=_env_float("SDTASK_RETRY_BACKOFF_SECONDS", cls.retry_backoff_seconds),
+            upload_retry_seconds=_env_float("SDTASK_UPLOAD_RETRY_SECONDS", cls.upload_retry_seconds),
             progress_interval_seconds=_env_float("SDTASK_PROGRESS_INTERVAL_SECONDS", cls.progress_interval_seconds),
             metrics_port=int(_env_float("SDTASK_AGENT_METRICS_PORT", cls.metrics_port)),
         )

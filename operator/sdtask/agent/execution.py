@@ -30,6 +30,7 @@ from sdtask.clients.s3 import (
     put_json,
     put_object,
     replace_json_if,
+    retry_transient,
 )
 from sdtask.clients.webui import (
     Checkpoint,
@@ -458,7 +459,8 @@ class TaskExecution:
         other task keeps it until it is deleted)."""
         bucket, me = self.settings.output_bucket, owner_of(task)
         key, location = owner_key(prefix, task_id), output_location(self.settings.output_bucket, prefix, task_id)
-        try:
+
+        async def claim() -> None:
             stored, etag = await claim_json(self.s3, bucket, key, me.marker())
             for _ in range(tries):
                 owner = stored_owner(stored)
@@ -474,15 +476,19 @@ class TaskExecution:
                     log.info("task %s: %s taken over from %s, which is gone", task_id, location, owner)
                     return
                 stored, etag = await claim_json(self.s3, bucket, key, me.marker())
+            raise AttemptFailed("OutputUploadFailed", f"{location}: its owner keeps changing", retryable=True)
+
+        try:
+            # S3 unreachable for a while: wait for it, as the uploads do (a task failed now would only come back).
+            await retry_transient(claim, within=self.settings.upload_retry_seconds)
         except AttemptFailed:
             raise
-        except Exception as error:  # S3 down or refusing, as for the uploads
+        except Exception as error:  # S3 down for longer, or refusing, as for the uploads
             raise AttemptFailed(
                 "OutputUploadFailed",
                 f"storing outputs in s3://{bucket} failed: {describe_s3_error(error)}",
                 retryable=True,
             ) from None
-        raise AttemptFailed("OutputUploadFailed", f"{location}: its owner keeps changing", retryable=True)
 
     async def _task_exists(self, owner: Owner) -> bool:
         try:
@@ -506,7 +512,7 @@ class TaskExecution:
         inlined = self._inlined  # this task's: the next task's execute replaces the attribute while this one stores
         bucket = self.settings.output_bucket
         uris = []
-        uploads = []
+        objects: list[tuple[str, bytes, str]] = []
         try:
             for index, encoded in enumerate(images, start=1):
                 try:
@@ -515,19 +521,28 @@ class TaskExecution:
                     raise AttemptFailed("BadOutput", f"image {index} from the Web UI is unreadable: {error}") from None
                 media = detect_format(data)
                 key = image_key(prefix, task_id, index, media.extension)
-                uploads.append(put_object(self.s3, bucket, key, data, media.content_type))
+                objects.append((key, data, media.content_type))
                 uris.append(s3_uri(bucket, key))
             record = record_key(prefix, task_id)
             stored = {**response, "parameters": restore_links(response.get("parameters"), inlined)}
             if "info" in stored:
                 stored["info"] = restore_links(stored["info"], inlined)
             body = success_record(self._context(task, started, model), uris, stored, legacy=is_legacy(task))
-            # The keys are known before any upload: images and record go up at once (the status, written after,
-            # is what tells a user they are complete).
-            await asyncio.gather(*uploads, put_json(self.s3, bucket, record, body))
+
+            async def upload() -> None:
+                # The keys are known before any upload: images and record go up at once (the status, written after,
+                # is what tells a user they are complete). All end before a retry: the same keys, written again.
+                puts = [put_object(self.s3, bucket, key, data, kind) for key, data, kind in objects]
+                results = await asyncio.gather(*puts, put_json(self.s3, bucket, record, body), return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+
+            # S3 unreachable for a while: the images wait here rather than being generated again.
+            await retry_transient(upload, within=self.settings.upload_retry_seconds)
         except AttemptFailed:
             raise
-        except Exception as error:  # S3 down or refusing: the generation may be retried
+        except Exception as error:  # S3 down for longer, or refusing: the generation may be retried
             raise AttemptFailed(
                 "OutputUploadFailed",
                 f"storing outputs in s3://{bucket} failed: {describe_s3_error(error)}",

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
 from sdtask.api.runtime import DEFAULT_REGION
 
@@ -30,13 +33,21 @@ __all__ = [
     "describe_s3_error",
     "get_json",
     "get_object_capped",
+    "is_transient_s3_error",
     "make_s3_client",
     "put_json",
     "put_object",
     "replace_json_if",
+    "retry_transient",
 ]
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 JSON_CONTENT_TYPE = "application/json"
+# Answers that say "later": throttling and the server's own failures (the S3 error codes of 5xx and 503 SlowDown).
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "Throttling"}
+)
 
 _REASONS_BY_CODE = {
     "NoSuchKey": "no such key",
@@ -198,6 +209,50 @@ def _get_object_capped_sync(client: S3Client, bucket: str, key: str, max_bytes: 
         return data
     finally:
         body.close()
+
+
+def is_transient_s3_error(error: BaseException) -> bool:
+    """An error a later try may not meet: S3 unreachable or timing out, throttling, a 5xx. Not a refusal (access
+    denied, no such bucket, bad credentials): retrying those only delays the message. Pure."""
+    if isinstance(error, NoCredentialsError | ParamValidationError):
+        return False
+    if isinstance(error, BotoCoreError):  # connection refused or reset, timeouts, endpoint unreachable
+        return True
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in _TRANSIENT_CODES or status >= 500 or (code.isdigit() and int(code) >= 500)
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[T]],
+    *,
+    within: float,
+    base_delay: float = 1.0,
+    max_delay: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """`call()`, tried again after transient S3 errors (`is_transient_s3_error`) with a doubling delay, as long as the
+    next try starts within `within` seconds of the first; then the last error propagates. Other errors at once.
+
+    boto3's own retries (a few, within seconds) ride out a blip; this rides out an outage of S3 or of the network
+    to it without losing what was generated (the alternative, failing the attempt, means generating it again)."""
+    deadline = clock() + within
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except Exception as error:
+            attempt += 1
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1))
+            if not is_transient_s3_error(error) or clock() + delay > deadline:
+                raise
+            log.warning(
+                "S3 request failed (try %d), trying again in %.1fs: %s", attempt, delay, describe_s3_error(error)
+            )
+            await sleep(delay)
 
 
 def describe_s3_error(exc: BaseException) -> str:

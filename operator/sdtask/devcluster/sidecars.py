@@ -57,6 +57,8 @@ class SidecarSimulator:
     # Per runtime name, for benchmarks that give each runtime its own service and switch times.
     timings: dict[str, StandinTiming] = field(default_factory=dict)
     extra_agent_env: dict[str, str] = field(default_factory=dict)
+    # Per runtime name, over extra_agent_env: a test that needs another setting for its own runtime's agents.
+    agent_envs: dict[str, dict[str, str]] = field(default_factory=dict)
     # Used where the pod spec leaves a variable empty (e.g. no S3 endpoint: pod identity -> the local S3 server).
     default_agent_env: dict[str, str] = field(default_factory=dict)
     pods: dict[tuple[str, str], SimulatedPod] = field(default_factory=dict)
@@ -206,6 +208,7 @@ class SidecarSimulator:
             KUBECONFIG=str(self.kubeconfig),
             **self.extra_agent_env,
         )
+        env.update(self.agent_envs.get(runtime, {}))
         agent = ManagedProcess(
             f"agent {name}", [sys.executable, "-m", "sdtask.cli", "agent"], pod_dir / "agent.log", env=env
         ).start()

@@ -231,11 +231,18 @@ def test_s3_down_30s_with_the_callback_receiver_down_loses_no_task_and_no_callba
         for name in early:
             assert cluster.wait_finished(name)["status"]["phase"] == "Succeeded"
 
+        # Two slower tasks start generating (their output folders claimed in S3 first); S3 goes away under them:
+        # their outputs must wait for it. The tasks that arrive meanwhile wait for S3 to claim their folders.
+        mid = [tiny_task(f"mid-{i}", "outage", "dim") for i in range(2)]
+        for task in mid:
+            task["content"].update(batch_size=4, n_iter=8)  # 32 images: about 1.6 s of generation
+        middle = submit_all(cluster, mid, callback=callback)
+        wait_for(lambda: generations(cluster, pods) >= len(early) + len(middle), 60, "the slower tasks to generate")
         relay.stop()  # S3 unreachable
         down_at = time.monotonic()
         late = submit_all(cluster, [tiny_task(f"late-{i}", "outage", "dim") for i in range(6)], callback=callback)
-        # The Web UIs generate for them meanwhile: their outputs wait for S3.
-        wait_for(lambda: generations(cluster, pods) >= len(early) + 2, 60, "generations while S3 is down")
+        late = middle + late
+        wait_for(lambda: phases([cluster.task(n) for n in late])["Running"] >= 2, 60, "tasks running while S3 is down")
         time.sleep(max(0.0, S3_DOWN_SECONDS - (time.monotonic() - down_at)))  # the outage lasts its 30 s
         during = phases([cluster.task(name) for name in late])
         relay.start()
@@ -268,7 +275,9 @@ def test_s3_down_30s_with_the_callback_receiver_down_loses_no_task_and_no_callba
             bodies = [body for _, body in receiver.for_id(name)]
             assert bodies and all(body["result"] is True and body["output_location"] for body in bodies), bodies
         tasks = [cluster.task(name) for name in early + late]
-        assert_outputs_exact(cluster, tasks, "dim/", images_per_task=1)
+        assert_outputs_exact(cluster, tasks[: len(early)], "dim/early-", images_per_task=1)
+        assert_outputs_exact(cluster, tasks[len(early) : len(early) + 2], "dim/mid-", images_per_task=32)
+        assert_outputs_exact(cluster, tasks[len(early) + 2 :], "dim/late-", images_per_task=1)
     finally:
         cluster.system.sidecars.agent_envs.pop("outage", None)
         receiver.stop()

@@ -1,7 +1,8 @@
 """Running one task inside a runtime pod: links -> model -> Web UI call -> S3 outputs -> status -> callback.
 
-Every failure becomes an AttemptFailed with a reason, a human message and whether a retry could help; the runner turns
-it into the task's status. Nothing here raises past `execute` for a task's bad input.
+Every failure becomes an AttemptFailed (agent/failures.py); the runner turns it into the task's status. Nothing here
+raises past `execute` for a task's bad input. The model switch lives in agent/switching.py, the S3 side (claim, images,
+records) in agent/outputs.py.
 """
 
 from __future__ import annotations
@@ -11,35 +12,26 @@ import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sdtask.agent import metrics as agent_metrics
-from sdtask.agent.models import ModelFetchError, fetch_checkpoint
+from sdtask.agent.failures import AttemptFailed, CancelledTask
+from sdtask.agent.outputs import TaskOutputs
 from sdtask.agent.progress import ProgressReporter
+from sdtask.agent.switching import ModelSwitcher
 from sdtask.api.task import CONDITION_RUNNING
 from sdtask.callbacks import CallbackOutbox
-from sdtask.checkpoints import same_checkpoint, split_hash
 from sdtask.clients.fetcher import LinkFetcher, inline_links
-from sdtask.clients.kube import Kube, is_not_found
+from sdtask.clients.kube import Kube
 from sdtask.clients.s3 import (
     S3Client,
-    claim_json,
-    describe_s3_error,
-    get_json,
-    put_json,
-    put_object,
-    replace_json_if,
-    retry_transient,
 )
 from sdtask.clients.webui import (
     Checkpoint,
     WebUIClient,
     WebUIError,
-    WebUIException,
     WebUITimeout,
     WebUIUnavailable,
-    match_checkpoint,
 )
 from sdtask.completion import (
     CallbackPolicy,
@@ -47,37 +39,20 @@ from sdtask.completion import (
     announce_start,
     end_failed_attempt,
     finish_task,
-    is_legacy,
     running_on,
 )
-from sdtask.conditions import now_iso, parse_time, set_condition
+from sdtask.conditions import parse_time, set_condition
 from sdtask.config import AgentSettings
 from sdtask.constants import Phase
-from sdtask.links import Inlined, LinkError, LinkLimits, restore_links
+from sdtask.links import Inlined, LinkError, LinkLimits
 from sdtask.logs import log_context
-from sdtask.media import decode_image_payload, detect_format
-from sdtask.modelreport import model_lease
-from sdtask.naming import image_key, output_location, owner_key, record_key, s3_uri, validate_key_part
-from sdtask.ownership import Claim, Owner, claimed_message, decide, owner_exists, owner_of, stored_owner
-from sdtask.records import RecordContext, failure_record, is_success_record, result_images, success_record
+from sdtask.naming import validate_key_part
+from sdtask.records import result_images
 from sdtask.request import PreparedCall, makes_videos, prepare_payload
 from sdtask.retry import max_retries
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
-
-
-class CancelledTask(Exception):
-    """The task was deleted while it ran."""
-
-
-class AttemptFailed(Exception):
-    def __init__(self, reason: str, message: str, *, retryable: bool = False, webui_error: Any = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.retryable = retryable
-        self.webui_error = webui_error  # the Web UI's own error body, kept for the legacy .out record
 
 
 @dataclass(frozen=True)
@@ -86,13 +61,6 @@ class PreparedInput:
     inlined: Inlined
     wanted: str | None  # the checkpoint the task asks for (dynamic runtimes)
     target: Checkpoint | None  # that checkpoint as the Web UI lists it, if it was found ahead
-
-
-@dataclass(frozen=True)
-class StoredOutputs:
-    location: str
-    images: list[str]
-    record: str
 
 
 def attempt_timeout(task: dict[str, Any], default: float, now: dt.datetime) -> float:
@@ -116,6 +84,8 @@ class TaskExecution:
         self.webui = webui
         self.s3 = s3
         self.fetcher = fetcher
+        self.models = ModelSwitcher(settings, kube, webui, s3)
+        self.outputs = TaskOutputs(settings, kube, s3)
         self.current = ""  # uid of the task being executed
         self._free: asyncio.Event | None = None  # set when the Web UI is done with the current task
         self._background: set[asyncio.Task[bool]] = set()  # start callbacks in flight
@@ -225,7 +195,7 @@ class TaskExecution:
             return await self._fail(task, AttemptFailed("InvalidTask", str(error)))
         try:
             # Before the GPU works for it, and before any write to the folder, its error record included.
-            await self._claim_outputs(task, prefix, task_id)
+            await self.outputs.claim(task, prefix, task_id)
         except AttemptFailed as failure:
             self._release(uid, free)
             return await self._fail(task, failure)
@@ -234,12 +204,12 @@ class TaskExecution:
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
             generated = True
             self._release(uid, free)  # from here on the next task may use the Web UI
-            outputs = await self._store(task, prefix, task_id, response, images, model, started)
+            outputs = await self.outputs.store(task, prefix, task_id, response, images, model, started, self._inlined)
         except AttemptFailed as failure:
             if not generated:
                 self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
                 self._release(uid, free)
-            await self._store_error_record(task, prefix, task_id, failure, started)
+            await self.outputs.store_error_record(task, prefix, task_id, failure, started)
             return await self._fail(task, failure)
         count = len(outputs.images)
         outcome = Outcome(
@@ -318,7 +288,7 @@ class TaskExecution:
             # Only a look-up: the switch itself waits for the Web UI. A failure here is found again, and reported,
             # when the task runs.
             with contextlib.suppress(Exception):
-                target = await self._find_checkpoint(wanted)
+                target = await self.models.find(wanted)
         return PreparedInput(call, inlined, wanted, target)
 
     async def _generate(
@@ -329,7 +299,7 @@ class TaskExecution:
         call = ready.call
         timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
         payload, self._inlined = ready.inlined.content, ready.inlined.sources
-        model = await self._ensure_model(ready.wanted, ready.target)
+        model = await self.models.ensure(ready.wanted, ready.target)
         timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
         meta = task["metadata"]
@@ -371,216 +341,8 @@ class TaskExecution:
                     raise  # this execution itself is being cancelled
         return await self.prepare(task, started)
 
-    async def _ensure_model(self, wanted: str | None, target: Checkpoint | None = None) -> str | None:
-        """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
-        their checkpoint (a Web UI whose --ckpt was missing falls back to another model). Dynamic ones check the
-        model exists BEFORE unloading anything, and read the option back after the switch: a checkpoint that fails
-        to load still answers 200 and leaves the old model in place."""
-        try:
-            loaded = await self.webui.loaded_checkpoint()
-            if not self.settings.dynamic_model:
-                return self._require_static_checkpoint(loaded)
-            if not wanted or same_checkpoint(loaded, wanted):
-                return loaded or wanted
-            target = target or await self._find_checkpoint(wanted)
-            if target is None:
-                where = f" (also looked in {self.settings.models_s3_prefix})" if self.settings.models_s3_prefix else ""
-                raise AttemptFailed("ModelNotFound", f"model {wanted} not found{where}; {loaded} stays loaded")
-            if loaded and split_hash(loaded)[0] == target.name:
-                return loaded  # named by hash or sha256: already the loaded one
-            await self.webui.switch_checkpoint(target.title)
-            now_loaded = await self.webui.loaded_checkpoint()
-        except WebUIUnavailable as error:
-            raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
-        except WebUIException as error:
-            raise AttemptFailed("ModelSwitchFailed", f"switching to {wanted} failed: {error}", retryable=True) from None
-        if now_loaded is None or split_hash(now_loaded)[0] != target.name:
-            await self.report_model(now_loaded)
-            raise AttemptFailed(
-                "ModelLoadFailed",
-                f"the Web UI could not load {target.title} (a corrupt or truncated file, or out of memory?); "
-                f"{now_loaded or 'no model'} stays loaded",
-                retryable=True,
-            )
-        await self.report_model(now_loaded)
-        return now_loaded
-
-    def _require_static_checkpoint(self, loaded: str | None) -> str:
-        expected = self.settings.checkpoint
-        if expected and not same_checkpoint(loaded, expected):
-            raise AttemptFailed(
-                "ModelNotLoaded",
-                f"the Web UI serves {loaded or 'no model'} instead of the runtime's checkpoint {expected} "
-                "(missing from the models volume?); not generating on a fallback model",
-                retryable=True,
-            )
-        return loaded or expected
-
     async def report_model(self, model: str | None) -> None:
-        """Tell the operator which checkpoint this pod has loaded (model affinity reads it): in the pod's Lease, as
-        the agent may write no pod (see sdtask/modelreport.py). Best effort: a failed report costs affinity, never
-        the task (the task's own status says which model it ran on)."""
-        if model:
-            settings = self.settings
-            lease = model_lease(settings.namespace, settings.pod_name, settings.pod_uid, settings.runtime, model)
-            try:
-                await self.kube.apply(lease)
-            except Exception as error:
-                log.warning("could not report the loaded model %s: %s", model, error)
-
-    async def _find_checkpoint(self, wanted: str) -> Checkpoint | None:
-        found = match_checkpoint(wanted, await self.webui.list_checkpoints())
-        if found is None:
-            await self.webui.refresh_checkpoints()
-            found = match_checkpoint(wanted, await self.webui.list_checkpoints())
-        if found is None and self.settings.models_s3_prefix and await self._download_model(wanted):
-            await self.webui.refresh_checkpoints()
-            found = match_checkpoint(wanted, await self.webui.list_checkpoints())
-        return found
-
-    async def _download_model(self, wanted: str) -> bool:
-        """Copy the checkpoint from the runtime's model prefix into the folder the Web UI scans (--ckpt-dir)."""
-        try:
-            fetched = await asyncio.to_thread(
-                fetch_checkpoint,
-                self.s3,
-                self.settings.models_s3_prefix,
-                wanted,
-                Path(self.settings.models_dir),
-                self.settings.max_model_bytes,
-            )
-        except ModelFetchError as error:
-            log.info("model %s: %s", wanted, error)
-            return False
-        return fetched.path.is_file()
-
-    async def _claim_outputs(self, task: dict[str, Any], prefix: str, task_id: str, tries: int = 3) -> None:
-        """Make `<prefix>/<id>` this task's (see sdtask/ownership.py), or raise OutputClaimed (not retried: the
-        other task keeps it until it is deleted)."""
-        bucket, me = self.settings.output_bucket, owner_of(task)
-        key, location = owner_key(prefix, task_id), output_location(self.settings.output_bucket, prefix, task_id)
-
-        async def claim() -> None:
-            stored, etag = await claim_json(self.s3, bucket, key, me.marker())
-            for _ in range(tries):
-                owner = stored_owner(stored)
-                decision = decide(owner, me)
-                if decision == Claim.OURS:
-                    return
-                if decision == Claim.REFUSED and owner is not None:
-                    raise AttemptFailed("OutputClaimed", claimed_message(location, owner, checked=False))
-                if decision == Claim.CHECK_OWNER and owner is not None and await self._task_exists(owner):
-                    raise AttemptFailed("OutputClaimed", claimed_message(location, owner))
-                # The owner is gone: take over, unless another task did so since our read (then look again).
-                if await replace_json_if(self.s3, bucket, key, me.marker(), etag):
-                    log.info("task %s: %s taken over from %s, which is gone", task_id, location, owner)
-                    return
-                stored, etag = await claim_json(self.s3, bucket, key, me.marker())
-            raise AttemptFailed("OutputUploadFailed", f"{location}: its owner keeps changing", retryable=True)
-
-        try:
-            # S3 unreachable for a while: wait for it, as the uploads do (a task failed now would only come back).
-            await retry_transient(claim, within=self.settings.upload_retry_seconds)
-        except AttemptFailed:
-            raise
-        except Exception as error:  # S3 down for longer, or refusing, as for the uploads
-            raise AttemptFailed(
-                "OutputUploadFailed",
-                f"storing outputs in s3://{bucket} failed: {describe_s3_error(error)}",
-                retryable=True,
-            ) from None
-
-    async def _task_exists(self, owner: Owner) -> bool:
-        try:
-            found = await self.kube.get_task(owner.namespace, owner.name)
-        except Exception as error:
-            if is_not_found(error):
-                return False
-            raise
-        return owner_exists(owner, found)
-
-    async def _store(
-        self,
-        task: dict[str, Any],
-        prefix: str,
-        task_id: str,
-        response: dict[str, Any],
-        images: list[str],
-        model: str | None,
-        started: dt.datetime,
-    ) -> StoredOutputs:
-        inlined = self._inlined  # this task's: the next task's execute replaces the attribute while this one stores
-        bucket = self.settings.output_bucket
-        uris = []
-        objects: list[tuple[str, bytes, str]] = []
-        try:
-            for index, encoded in enumerate(images, start=1):
-                try:
-                    data = decode_image_payload(encoded)
-                except ValueError as error:
-                    raise AttemptFailed("BadOutput", f"image {index} from the Web UI is unreadable: {error}") from None
-                media = detect_format(data)
-                key = image_key(prefix, task_id, index, media.extension)
-                objects.append((key, data, media.content_type))
-                uris.append(s3_uri(bucket, key))
-            record = record_key(prefix, task_id)
-            stored = {**response, "parameters": restore_links(response.get("parameters"), inlined)}
-            if "info" in stored:
-                stored["info"] = restore_links(stored["info"], inlined)
-            body = success_record(self._context(task, started, model), uris, stored, legacy=is_legacy(task))
-
-            async def upload() -> None:
-                # The keys are known before any upload: images and record go up at once (the status, written after,
-                # is what tells a user they are complete). All end before a retry: the same keys, written again.
-                puts = [put_object(self.s3, bucket, key, data, kind) for key, data, kind in objects]
-                results = await asyncio.gather(*puts, put_json(self.s3, bucket, record, body), return_exceptions=True)
-                for result in results:
-                    if isinstance(result, BaseException):
-                        raise result
-
-            # S3 unreachable for a while: the images wait here rather than being generated again.
-            await retry_transient(upload, within=self.settings.upload_retry_seconds)
-        except AttemptFailed:
-            raise
-        except Exception as error:  # S3 down for longer, or refusing: the generation may be retried
-            raise AttemptFailed(
-                "OutputUploadFailed",
-                f"storing outputs in s3://{bucket} failed: {describe_s3_error(error)}",
-                retryable=True,
-            ) from None
-        return StoredOutputs(output_location(bucket, prefix, task_id), uris, s3_uri(bucket, record))
-
-    def _context(self, task: dict[str, Any], started: dt.datetime, model: str | None) -> RecordContext:
-        metadata = task["spec"]["task"]["metadata"]
-        return RecordContext(
-            task_id=str(metadata.get("id", "")),
-            runtime=self.settings.runtime,
-            tasktype=str(metadata.get("tasktype", "")),
-            pod=self.settings.pod_name,
-            attempt=(task.get("status") or {}).get("attempts"),
-            model=model,
-            started=now_iso(started),
-            finished=now_iso(),
-        )
-
-    async def _store_error_record(
-        self, task: dict[str, Any], prefix: str, task_id: str, failure: AttemptFailed, started: dt.datetime
-    ) -> None:
-        try:
-            key = record_key(prefix, task_id)
-            if is_success_record(await get_json(self.s3, self.settings.output_bucket, key)):
-                log.info("task %s: an earlier success record stays; this failure is in the status", task_id)
-                return  # a failed re-run never erases a result that was delivered
-            record = failure_record(
-                self._context(task, started, None),
-                failure.reason,
-                failure.message,
-                failure.webui_error,
-                legacy=is_legacy(task),
-            )
-            await put_json(self.s3, self.settings.output_bucket, key, record)
-        except Exception as error:  # the record is a convenience; the status already carries the error
-            log.warning("could not store the error record of %s: %s", task_id, describe_s3_error(error))
+        await self.models.report(model)
 
     async def _fail(self, task: dict[str, Any], failure: AttemptFailed) -> Phase | None:
         self.generating, self.finishing = False, True

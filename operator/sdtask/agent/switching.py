@@ -1,0 +1,110 @@
+"""The checkpoint a generation runs on: a static runtime's is checked, a dynamic one's is found (downloaded from the
+runtime's model prefix if missing), switched to and read back, and reported to the operator for model affinity."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from sdtask.agent.failures import AttemptFailed
+from sdtask.agent.models import ModelFetchError, fetch_checkpoint
+from sdtask.checkpoints import same_checkpoint, split_hash
+from sdtask.clients.kube import Kube
+from sdtask.clients.s3 import S3Client
+from sdtask.clients.webui import Checkpoint, WebUIClient, WebUIException, WebUIUnavailable, match_checkpoint
+from sdtask.config import AgentSettings
+from sdtask.modelreport import model_lease
+
+log = logging.getLogger(__name__)
+
+
+class ModelSwitcher:
+    def __init__(self, settings: AgentSettings, kube: Kube, webui: WebUIClient, s3: S3Client) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.webui = webui
+        self.s3 = s3
+
+    async def ensure(self, wanted: str | None, target: Checkpoint | None = None) -> str | None:
+        """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
+        their checkpoint (a Web UI whose --ckpt was missing falls back to another model). Dynamic ones check the
+        model exists BEFORE unloading anything, and read the option back after the switch: a checkpoint that fails
+        to load still answers 200 and leaves the old model in place."""
+        try:
+            loaded = await self.webui.loaded_checkpoint()
+            if not self.settings.dynamic_model:
+                return self._require_static(loaded)
+            if not wanted or same_checkpoint(loaded, wanted):
+                return loaded or wanted
+            target = target or await self.find(wanted)
+            if target is None:
+                where = f" (also looked in {self.settings.models_s3_prefix})" if self.settings.models_s3_prefix else ""
+                raise AttemptFailed("ModelNotFound", f"model {wanted} not found{where}; {loaded} stays loaded")
+            if loaded and split_hash(loaded)[0] == target.name:
+                return loaded  # named by hash or sha256: already the loaded one
+            await self.webui.switch_checkpoint(target.title)
+            now_loaded = await self.webui.loaded_checkpoint()
+        except WebUIUnavailable as error:
+            raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
+        except WebUIException as error:
+            raise AttemptFailed("ModelSwitchFailed", f"switching to {wanted} failed: {error}", retryable=True) from None
+        if now_loaded is None or split_hash(now_loaded)[0] != target.name:
+            await self.report(now_loaded)
+            raise AttemptFailed(
+                "ModelLoadFailed",
+                f"the Web UI could not load {target.title} (a corrupt or truncated file, or out of memory?); "
+                f"{now_loaded or 'no model'} stays loaded",
+                retryable=True,
+            )
+        await self.report(now_loaded)
+        return now_loaded
+
+    def _require_static(self, loaded: str | None) -> str:
+        expected = self.settings.checkpoint
+        if expected and not same_checkpoint(loaded, expected):
+            raise AttemptFailed(
+                "ModelNotLoaded",
+                f"the Web UI serves {loaded or 'no model'} instead of the runtime's checkpoint {expected} "
+                "(missing from the models volume?); not generating on a fallback model",
+                retryable=True,
+            )
+        return loaded or expected
+
+    async def report(self, model: str | None) -> None:
+        """Tell the operator which checkpoint this pod has loaded (model affinity reads it): in the pod's Lease, as
+        the agent may write no pod (see sdtask/modelreport.py). Best effort: a failed report costs affinity, never
+        the task (the task's own status says which model it ran on)."""
+        if model:
+            settings = self.settings
+            lease = model_lease(settings.namespace, settings.pod_name, settings.pod_uid, settings.runtime, model)
+            try:
+                await self.kube.apply(lease)
+            except Exception as error:
+                log.warning("could not report the loaded model %s: %s", model, error)
+
+    async def find(self, wanted: str) -> Checkpoint | None:
+        found = match_checkpoint(wanted, await self.webui.list_checkpoints())
+        if found is None:
+            await self.webui.refresh_checkpoints()
+            found = match_checkpoint(wanted, await self.webui.list_checkpoints())
+        if found is None and self.settings.models_s3_prefix and await self._download(wanted):
+            await self.webui.refresh_checkpoints()
+            found = match_checkpoint(wanted, await self.webui.list_checkpoints())
+        return found
+
+    async def _download(self, wanted: str) -> bool:
+        """Copy the checkpoint from the runtime's model prefix into the folder the Web UI scans (--ckpt-dir)."""
+        try:
+            fetched = await asyncio.to_thread(
+                fetch_checkpoint,
+                self.s3,
+                self.settings.models_s3_prefix,
+                wanted,
+                Path(self.settings.models_dir),
+                self.settings.max_model_bytes,
+            )
+        except ModelFetchError as error:
+            log.info("model %s: %s", wanted, error)
+            return False
+        return fetched.path.is_file()

@@ -99,6 +99,14 @@ def test_a_scale_down_drains_idle_pods_only_not_ready_ones_first_and_always_the_
     assert [p.name for p in pods_to_drain(list(reversed(live)), busy={"a"}, count=2)] == ["b", "c"]
 
 
+def test_a_scale_down_keeps_the_pods_it_picked_before_so_no_other_pod_is_starved() -> None:
+    """Pass 1 picked b while a was busy; in pass 2 a is idle too: b stays the pick, a keeps taking tasks."""
+    live = [pod("a"), pod("b")]
+    assert [p.name for p in pods_to_drain(live, busy={"a"}, count=1)] == ["b"]
+    assert [p.name for p in pods_to_drain(live, busy=set(), count=1, draining={"b"})] == ["b"]
+    assert [p.name for p in pods_to_drain(live, busy=set(), count=1)] == ["a"]  # without memory: the other one
+
+
 def test_a_scale_down_never_takes_a_busy_pod_even_when_asked_for_more() -> None:
     live = [pod("a"), pod("b")]
     assert pods_to_drain(live, busy={"a", "b"}, count=2) == []

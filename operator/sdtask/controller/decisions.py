@@ -179,10 +179,13 @@ def settled_claims(claims: Mapping[str, Claim], tasks: list[TaskView], now: dt.d
     return settled
 
 
-def pods_to_drain(live: list[PodView], busy: Collection[str], count: int) -> list[PodView]:
-    """The `count` pods a scale-down removes: idle ones only (a busy pod is never picked), not-ready first, then by
-    name, so repeated passes pick the same pods."""
-    idle = sorted((p for p in live if p.name not in busy), key=lambda p: (p.ready, p.name))
+def pods_to_drain(
+    live: list[PodView], busy: Collection[str], count: int, draining: Collection[str] = ()
+) -> list[PodView]:
+    """The `count` pods a scale-down removes: idle ones only (a busy pod is never picked); the ones an earlier pass
+    already picked first, then not-ready ones, then by name, so repeated passes pick the same pods (a pass that
+    picked others would leave a pod fed no task that the scale-down doesn't remove)."""
+    idle = sorted((p for p in live if p.name not in busy), key=lambda p: (p.name not in draining, p.ready, p.name))
     return idle[: max(count, 0)]
 
 

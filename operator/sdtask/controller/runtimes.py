@@ -109,6 +109,8 @@ class RuntimeLoop:
         external = bool((spec.get("scaling") or {}).get("externalScaler", False))
         if not external and desired < current:
             await self._pick_pods_to_remove(runtime, live, busy, current - desired)
+        else:
+            self.state.draining.clear()  # no scale-down (any more): every ready pod takes tasks again
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
         await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
         await self._report(runtime, desired, pods, tasks, work, now)
@@ -153,15 +155,16 @@ class RuntimeLoop:
     async def _pick_pods_to_remove(
         self, runtime: dict[str, Any], live: list[PodView], busy: set[str], count: int
     ) -> None:
-        """Mark idle pods as the cheapest to delete, so the ReplicaSet never takes a busy one; stop feeding them."""
-        for pod in pods_to_drain(live, busy, count):
+        """Mark idle pods as the cheapest to delete, so the ReplicaSet never takes a busy one; stop feeding them.
+        Only this pass's picks stop being fed: a pod an earlier pass picked that this one doesn't is used again."""
+        picked = pods_to_drain(live, busy, count, self.state.draining)
+        for pod in picked:
             if pod.name not in self.state.draining:
                 await self.kube.annotate_pod(pod.namespace, pod.name, {POD_DELETION_COST: "-1000"})
-                self.state.draining.add(pod.name)
+        self.state.draining = {pod.name for pod in picked}
         for pod in live:
             if pod.name in busy:
                 await self.kube.annotate_pod(pod.namespace, pod.name, {POD_DELETION_COST: "1000"})
-        self.state.draining &= {p.name for p in live}
 
     # --- tasks --------------------------------------------------------------------------------------------------------
     async def _requeue_tasks_of_lost_pods(

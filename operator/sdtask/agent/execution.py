@@ -98,7 +98,6 @@ class TaskExecution:
             base_delay=settings.callback_base_delay_seconds,
         )
         self.outbox = CallbackOutbox(kube, self.callbacks, COMPONENT)
-        self._inlined: dict[str, str] = {}  # base64 -> link of the current task's inputs, kept out of the record
         self.generating = False
         self.finishing = False
 
@@ -126,7 +125,7 @@ class TaskExecution:
         uid = task["metadata"].get("uid", "")
         self.current, self.cancelled = uid, ""
         self._free = webui_free
-        self._inlined, self.generating, self.finishing = {}, False, False
+        self.generating, self.finishing = False, False
         meta = task["metadata"]
         agent_metrics.BUSY.set(1)
         try:
@@ -200,11 +199,11 @@ class TaskExecution:
             self._release(uid, free)
             return await self._fail(task, failure)
         try:
-            model, response, images = await self._generate(task, started, prepared)
+            model, response, images, inlined = await self._generate(task, started, prepared)
             self._check_not_cancelled()  # a deleted task's partial images are not uploaded
             generated = True
             self._release(uid, free)  # from here on the next task may use the Web UI
-            outputs = await self.outputs.store(task, prefix, task_id, response, images, model, started, self._inlined)
+            outputs = await self.outputs.store(task, prefix, task_id, response, images, model, started, inlined)
         except AttemptFailed as failure:
             if not generated:
                 self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
@@ -293,12 +292,13 @@ class TaskExecution:
 
     async def _generate(
         self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None = None
-    ) -> tuple[str | None, dict[str, Any], list[str]]:
-        """The model it ran on, the Web UI's answer and its images (base64, the grid left out)."""
+    ) -> tuple[str | None, dict[str, Any], list[str], dict[str, str]]:
+        """The model it ran on, the Web UI's answer, its images (base64, the grid left out) and the inlined inputs
+        (base64 -> link: kept out of the record)."""
         ready = await self._prepared(task, started, prepared)
         call = ready.call
         timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
-        payload, self._inlined = ready.inlined.content, ready.inlined.sources
+        payload = ready.inlined.content
         model = await self.models.ensure(ready.wanted, ready.target)
         timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
@@ -326,7 +326,7 @@ class TaskExecution:
         images = result_images(response, videos=makes_videos(payload))
         if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")
-        return model, response, images
+        return model, response, images, ready.inlined.sources
 
     async def _prepared(
         self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None

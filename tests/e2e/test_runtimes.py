@@ -151,7 +151,12 @@ def test_deleting_a_runtime_removes_its_deployment_and_pods(cluster: Cluster) ->
 
     wait_for(lambda: not apps.list_namespaced_deployment(cluster.namespace).items, 30, "the Deployment to go")
     wait_for(lambda: not cluster.runtime_pods("doomed"), 30, "the pods to go")
-    assert not cluster.core.list_namespaced_service(cluster.namespace, label_selector="sdtask.io/runtime").items
+    # The garbage collector removes the runtime's dependents in no set order: the Service may outlive the pods.
+    wait_for(
+        lambda: not cluster.core.list_namespaced_service(cluster.namespace, label_selector="sdtask.io/runtime").items,
+        30,
+        "the Service to go",
+    )
 
 
 def test_editing_the_runtime_image_rolls_its_pods(cluster: Cluster) -> None:

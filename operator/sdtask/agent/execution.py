@@ -18,11 +18,12 @@ from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.failures import AttemptFailed, CancelledTask
 from sdtask.agent.outputs import TaskOutputs
 from sdtask.agent.progress import ProgressReporter
+from sdtask.agent.starting import AttemptStart, StartRefused
 from sdtask.agent.switching import ModelSwitcher
 from sdtask.api.task import CONDITION_RUNNING
 from sdtask.callbacks import CallbackOutbox
 from sdtask.clients.fetcher import LinkFetcher, inline_links
-from sdtask.clients.kube import Kube
+from sdtask.clients.kube import Kube, is_conflict
 from sdtask.clients.s3 import (
     S3Client,
 )
@@ -53,6 +54,10 @@ from sdtask.retry import max_retries
 
 log = logging.getLogger(__name__)
 COMPONENT = "sdtask-agent"
+
+
+# What a generation gives: the model it ran on, the Web UI's answer, its images, the inlined inputs (base64 -> link).
+Generation = tuple[str | None, dict[str, Any], list[str], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,13 @@ class TaskExecution:
         except CancelledTask:
             log.info("task %s was deleted: cancelled", task["metadata"]["name"])
             return None
+        except Exception as error:
+            if is_conflict(error):
+                # The Running write was refused (the task changed since the watch showed it): its generation has
+                # ended, but the runner decides what comes next (it may run the task again) before another task
+                # takes the Web UI, so it sets `webui_free` itself.
+                webui_free = None
+            raise
         finally:
             self._release(uid, webui_free)
 
@@ -158,58 +170,93 @@ class TaskExecution:
     ) -> Phase | None:
         started = dt.datetime.now(dt.UTC)
         retaken = (task.get("status") or {}).get("phase") == Phase.RUNNING.value
-        task = await self._mark_running(task, started, retaken)
-        if retaken and self._retries_exhausted(task):
-            attempts = task["status"]["attempts"]
-            return await self._fail(
-                task,
-                AttemptFailed(
-                    "AgentRestarted",
-                    f"the agent restarted during the task {attempts - 1} time(s); no retries left",
-                ),
-            )
+        if retaken:
+            # Taken again after an agent restart: that counts as an attempt, known before anything else is done.
+            task = await self._mark_running(task, started, retaken)
+            if self._retries_exhausted(task):
+                attempts = task["status"]["attempts"]
+                return await self._fail(
+                    task,
+                    AttemptFailed(
+                        "AgentRestarted",
+                        f"the agent restarted during the task {attempts - 1} time(s); no retries left",
+                    ),
+                )
+        metadata = task["spec"]["task"]["metadata"]
         try:
-            return await self._run(task, started, prepared)
+            prefix = validate_key_part(str(metadata.get("prefix", "")), "prefix")
+            task_id = validate_key_part(str(metadata.get("id", "")), "id", allow_slash=False)
+        except ValueError as error:
+            running = task if retaken else await self._mark_running(task, started, retaken)
+            return await self._fail(running, AttemptFailed("InvalidTask", str(error)))
+        # A dispatched task: the Running write and the output claim go beside the preparation, the model switch
+        # and the generation (see agent/starting.py), not before them. Taken again: Running is written already, and
+        # the claim still comes before the Web UI works for it, as it always did.
+        start = AttemptStart(
+            task if retaken else self._mark_running(task, started, retaken),
+            self.outputs.claim(task, prefix, task_id),
+        )
+        try:
+            if retaken:
+                await asyncio.wait({start.claim})
+            return await self._run(task, start, prefix, task_id, started, prepared)
         except (CancelledTask, asyncio.CancelledError):
             raise
         except Exception as error:  # a bug or hostile input must end the attempt, never leave the pod busy for good
+            # Not Running here (409/404): that error, not this one, is what the runner acts on; nothing is written.
+            task = await start.running
             log.exception("task %s: unexpected error", task["metadata"]["name"])
             text = f"the agent failed: {type(error).__name__}: {error}"[:1000]
             failure = AttemptFailed("InternalError", text, retryable=True)
             return await self._fail(task, failure)
+        finally:
+            await start.settle()
 
     def _retries_exhausted(self, task: dict[str, Any]) -> bool:
         spec, status = task.get("spec") or {}, task.get("status") or {}
         return int(status.get("attempts") or 1) > max_retries(spec) + 1
 
     async def _run(
-        self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None = None
+        self,
+        task: dict[str, Any],
+        start: AttemptStart,
+        prefix: str,
+        task_id: str,
+        started: dt.datetime,
+        prepared: asyncio.Future[PreparedInput] | None = None,
     ) -> Phase | None:
-        uid, free, generated = task["metadata"].get("uid", ""), self._free, False
-        metadata = task["spec"]["task"]["metadata"]
+        uid, free = task["metadata"].get("uid", ""), self._free
+        generation: Generation | None = None
+        failure: AttemptFailed | None = None
         try:
-            prefix = validate_key_part(str(metadata.get("prefix", "")), "prefix")
-            task_id = validate_key_part(str(metadata.get("id", "")), "id", allow_slash=False)
-        except ValueError as error:
-            return await self._fail(task, AttemptFailed("InvalidTask", str(error)))
+            generation = await self._generate(task, started, start, prepared)
+        except StartRefused:
+            pass  # the write that failed says what to do, below
+        except AttemptFailed as error:
+            failure = error
+        # Nothing is written before the task is Running here: a 409 (taken back) or 404 (deleted) raises, for the
+        # runner to decide on, with nothing uploaded or reported.
+        task = await start.running
         try:
-            # Before the GPU works for it, and before any write to the folder, its error record included.
-            await self.outputs.claim(task, prefix, task_id)
-        except AttemptFailed as failure:
+            await start.claim  # and nothing goes to the folder before it is this task's (its error record included)
+        except AttemptFailed as refused:
             self._release(uid, free)
-            return await self._fail(task, failure)
+            return await self._fail(task, refused)
+        if generation is None and failure is None:
+            raise RuntimeError("the generation was refused though both start writes succeeded")
+        # A deleted task's partial images are not uploaded; a failure that came from the interruption is not
+        # reported.
+        self._check_not_cancelled()
+        self._release(uid, free)  # from here on the next task may use the Web UI
         try:
-            model, response, images, inlined = await self._generate(task, started, prepared)
-            self._check_not_cancelled()  # a deleted task's partial images are not uploaded
-            generated = True
-            self._release(uid, free)  # from here on the next task may use the Web UI
+            if failure is not None:
+                raise failure
+            assert generation is not None
+            model, response, images, inlined = generation
             outputs = await self.outputs.store(task, prefix, task_id, response, images, model, started, inlined)
-        except AttemptFailed as failure:
-            if not generated:
-                self._check_not_cancelled()  # the failure came from the interruption: nothing to report on
-                self._release(uid, free)
-            await self.outputs.store_error_record(task, prefix, task_id, failure, started)
-            return await self._fail(task, failure)
+        except AttemptFailed as failed:
+            await self.outputs.store_error_record(task, prefix, task_id, failed, started)
+            return await self._fail(task, failed)
         count = len(outputs.images)
         outcome = Outcome(
             Phase.SUCCEEDED,
@@ -291,26 +338,36 @@ class TaskExecution:
         return PreparedInput(call, inlined, wanted, target)
 
     async def _generate(
-        self, task: dict[str, Any], started: dt.datetime, prepared: asyncio.Future[PreparedInput] | None = None
-    ) -> tuple[str | None, dict[str, Any], list[str], dict[str, str]]:
+        self,
+        task: dict[str, Any],
+        started: dt.datetime,
+        start: AttemptStart,
+        prepared: asyncio.Future[PreparedInput] | None = None,
+    ) -> Generation:
         """The model it ran on, the Web UI's answer, its images (base64, the grid left out) and the inlined inputs
-        (base64 -> link: kept out of the record)."""
+        (base64 -> link: kept out of the record). StartRefused once the Running write or the claim failed: the
+        Web UI is then not asked to generate (a model switch already begun may end: the model report stays true)."""
+        start.check()
         ready = await self._prepared(task, started, prepared)
         call = ready.call
         timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
         payload = ready.inlined.content
+        start.check()
         model = await self.models.ensure(ready.wanted, ready.target)
         timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
+        start.check()
         meta = task["metadata"]
 
         async def write_progress(patch: dict[str, Any]) -> None:
+            await start.running  # no progress before Running is written (a failed start skips the write)
             await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
 
         self.generating = True
         try:
-            async with ProgressReporter(
-                self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds
+            async with (
+                start.interrupting(self.webui.interrupt),
+                ProgressReporter(self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds),
             ):
                 response = await self.webui.generate(call.endpoint, payload, timeout)
         except WebUITimeout as error:

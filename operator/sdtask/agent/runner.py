@@ -191,13 +191,15 @@ class Agent:
         free: asyncio.Event,
         prepared: asyncio.Task[PreparedInput] | None = None,
     ) -> None:
+        key = attempt_key(task)
         try:
             try:
                 phase = await self.execution.execute(task, free, prepared)
             except ApiException as error:
                 if error.status != 409:
                     raise
-                # Changed since the watch showed it (the operator may have taken it back): read it and decide again.
+                # Changed since the watch showed it (the operator may have taken it back): read it and decide again,
+                # before the next task takes the Web UI (`free` is not set yet; any generation begun is over).
                 self._forget(task)  # not started: the same attempt may come back to us
                 dispatched = (task.get("status") or {}).get("phase") == Phase.SCHEDULED.value
                 task = await self.kube.get_task(self.settings.namespace, name)
@@ -211,6 +213,8 @@ class Agent:
                     log.info("task %s already started here", name)
                     return
                 self._remember(task)
+                if prepared is not None and attempt_key(task) != key:
+                    prepared = None  # prepared for the older dispatch: its links may differ
                 phase = await self.execution.execute(task, free, prepared)
             log.info("task %s: %s", name, phase or "cancelled")
         except ApiException as error:

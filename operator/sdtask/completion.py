@@ -22,7 +22,7 @@ from sdtask.callbacks import CallbackOutbox, CallbackPolicy, shared_outbox, sign
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.clients.outbound import Outbound
 from sdtask.conditions import now_iso, set_condition
-from sdtask.constants import ANNOTATION_REQUEST_FORMAT, LABEL_POD, Phase
+from sdtask.constants import ANNOTATION_REQUEST_FORMAT, Phase
 from sdtask.request import callback_payload, response_object
 from sdtask.retry import after_failed_attempt, max_retries
 
@@ -183,7 +183,7 @@ async def end_failed_attempt(
 ) -> Phase | None:
     """Requeue the task with back-off when it may be retried, else end it as Failed (with Event and callback).
     None when `expect` no longer held: nothing was written."""
-    meta, status = task["metadata"], task.get("status") or {}
+    status = task.get("status") or {}
     attempts = int(status.get("attempts") or 0)
     spec = task.get("spec") or {}
     allowed = max_retries(spec)
@@ -195,7 +195,7 @@ async def end_failed_attempt(
         written = await finish_task(
             kube, task, Outcome(Phase.FAILED, reason, message), component, policy, outbox, expect
         )
-        return Phase.FAILED if written is not None else None  # like a success, it keeps its pod label
+        return Phase.FAILED if written is not None else None  # like a success, it keeps its status.pod
     retry_at = now_iso(outcome.not_before)
     message += f"; retrying after {retry_at} (attempt {attempts + 1} of {allowed + 1})"
     conditions = set_condition(status.get("conditions"), CONDITION_RUNNING, False, reason, message, now)
@@ -209,18 +209,9 @@ async def end_failed_attempt(
         "progress": None,
         "conditions": conditions,
     }
-    written = await patch_status_if(kube, task, requeue, expect)
-    if written is None:
+    # status.pod emptied in the same write: the pod's agent no longer sees the task, and nothing is left to undo.
+    if await patch_status_if(kube, task, requeue, expect) is None:
         return None
-    try:
-        # Only the version just written: a quick retry may already be dispatched again, perhaps to this very pod,
-        # and removing the label then would strand that new dispatch (its agent watches the label).
-        await kube.patch_task_labels(
-            meta["namespace"], meta["name"], {LABEL_POD: None}, written["metadata"]["resourceVersion"]
-        )
-    except Exception as error:
-        if not (is_conflict(error) or is_not_found(error)):
-            raise
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING
 

@@ -10,8 +10,10 @@ __all__ = ["ACTIVE_PHASES", "API_VERSION", "FINISHED_PHASES", "GROUP", "VERSION"
 TASK_PLURAL = "sdtasks"
 RUNTIME_PLURAL = "sdruntimes"
 
-LABEL_RUNTIME = "sdtask.io/runtime"  # on tasks (set when routed) and on runtime pods/deployments
-LABEL_POD = "sdtask.io/pod"  # on a task while a pod owns it: the agent of that pod watches this label
+LABEL_RUNTIME = "sdtask.io/runtime"  # on runtime pods, Deployments and model Leases
+# A task names its pod in status.pod, a selectable field of the CRD: the agent of that pod watches the tasks whose
+# status.pod is its own name, so a dispatch is one status write (no label to keep in step with it).
+FIELD_POD = "status.pod"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Opt-in on a Secret: a task's callback.secretRef may name it (any other Secret is refused, like a missing one).

@@ -407,11 +407,12 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# What the agent may do, in its own namespace only: read and update the tasks given to its pod, report the loaded
-# model in its pod's Lease (server-side apply: create and patch; the chart's admission policy narrows it to the Lease
-# of its own pod), read a callback's signing Secret, and post Events. No wildcards, and no pod write at all.
+# What the agent may do, in its own namespace only: read the tasks given to its pod and write their status (never
+# the tasks themselves), report the loaded model in its pod's Lease (server-side apply: create and patch; the chart's
+# admission policy narrows it to the Lease of its own pod), read a callback's signing Secret, and post Events. No
+# wildcards, and no pod write at all.
 AGENT_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["sdtask.io"], "resources": ["sdtasks"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["sdtask.io"], "resources": ["sdtasks"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["sdtask.io"], "resources": ["sdtasks/status"], "verbs": ["get", "patch"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},

@@ -49,7 +49,6 @@ OPERATOR_CALLS: list[tuple[str, str, str, str]] = [
     ("list", GROUP, "sdtasks", ""),  # kopf: task index, task events
     ("watch", GROUP, "sdtasks", ""),
     ("get", GROUP, "sdtasks", ""),  # Kube.get_task before dispatch, requeue, housekeeping
-    ("patch", GROUP, "sdtasks", ""),  # Kube.patch_task_labels: runtime and pod labels
     ("delete", GROUP, "sdtasks", ""),  # Kube.delete_task: ttlSecondsAfterFinished
     ("patch", GROUP, "sdtasks", "status"),  # Kube.patch_task_status
     ("list", GROUP, "sdruntimes", ""),  # kopf: runtime index, runtime daemons

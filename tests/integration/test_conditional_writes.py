@@ -100,36 +100,3 @@ def test_a_success_written_between_the_check_and_the_requeue_stays(kube_api: cli
     _requeue_lost(SucceedsRightAfterTheRead(kube_api), task_view(body))
     status = _status(kube_api, namespace, "raced")
     assert (status["phase"], status["reason"]) == ("Succeeded", "Completed")
-
-
-class RedispatchedRightAfterTheRequeue(Kube):
-    """A real client; right after a requeue's status write, the operator dispatches the task again to the same pod
-    (its status, then its label), before the requeue's own label removal."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        super().__init__(api)
-        self.writes = 0
-
-    async def patch_task_status(
-        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
-    ) -> dict[str, Any]:
-        written = await super().patch_task_status(namespace, name, status, resource_version)
-        self.writes += 1
-        if self.writes == 1 and status.get("phase") == "Pending":
-            again = {"phase": "Scheduled", "pod": GONE_POD, "attempts": 2, "notBefore": None}
-            await super().patch_task_status(namespace, name, again)
-            await super().patch_task_labels(namespace, name, {"sdtask.io/pod": GONE_POD})
-        return written
-
-
-def test_a_requeue_never_strips_the_label_of_the_next_dispatch(kube_api: client.ApiClient, namespace: str) -> None:
-    _task(kube_api, namespace, "again", RUNNING_ON_GONE_POD)
-    custom = client.CustomObjectsApi(kube_api)
-    custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "sdtasks", "again", {"metadata": {"labels": {"sdtask.io/pod": GONE_POD}}}
-    )
-    body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdtasks", "again")
-    _requeue_lost(RedispatchedRightAfterTheRequeue(kube_api), task_view(body))
-    now = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "sdtasks", "again")
-    assert (now["status"]["phase"], now["status"]["attempts"]) == ("Scheduled", 2)
-    assert now["metadata"]["labels"].get("sdtask.io/pod") == GONE_POD  # its agent still sees the new dispatch

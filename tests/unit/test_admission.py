@@ -1,7 +1,8 @@
+import datetime as dt
 from typing import Any
 
 from sdtask.api import MAX_CONTENT_BYTES
-from sdtask.controller.admission import Admitted, Rejected, admit
+from sdtask.controller.admission import Admitted, Rejected, admission_status, admit
 from sdtask.routing import RuntimeInfo
 
 RUNTIMES = [RuntimeInfo("sdruntime", dynamic=False, checkpoint="v1-5.safetensors")]
@@ -14,6 +15,24 @@ def spec(**content: Any) -> dict[str, Any]:
 
 def test_a_routable_task_is_admitted_with_its_model() -> None:
     assert admit(spec(), RUNTIMES) == Admitted("sdruntime", "v1-5.safetensors")
+
+
+def test_an_admitted_task_is_queued_or_assigned_on_arrival_in_its_one_status_write() -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    decision = Admitted("sdruntime", "v1-5.safetensors")
+    queued = admission_status(decision, now)
+    assert (queued["phase"], queued["attempts"], queued["runtime"], queued["model"]) == (
+        "Pending", 0, "sdruntime", "v1-5.safetensors"
+    )
+    assert "pod" not in queued and queued["conditions"][0]["status"] == "False"
+    assigned = admission_status(decision, now, "sdruntime-abc")
+    # What the pod's agent needs in that one write: its pod, the attempt it starts, the model and runtime.
+    assert (assigned["phase"], assigned["pod"], assigned["attempts"]) == ("Scheduled", "sdruntime-abc", 1)
+    assert (assigned["runtime"], assigned["model"], assigned["queuedTime"]) == (
+        "sdruntime", "v1-5.safetensors", "2026-01-01T00:00:00Z"
+    )
+    conditions = [(c["type"], c["status"], c["reason"]) for c in assigned["conditions"]]
+    assert conditions == [("Scheduled", "True", "Assigned")]
 
 
 def test_inline_images_past_the_cap_are_refused_with_a_hint_to_use_links() -> None:

@@ -4,9 +4,12 @@ from typing import Any
 from sdtask.controller.decisions import (
     STATUS_MIN_INTERVAL_SECONDS,
     Claim,
+    IdleSlot,
     PodWork,
+    arrival_pod,
     busy_pods,
     comparable_status,
+    idle_slots,
     needs_apply,
     pod_work,
     pods_to_drain,
@@ -210,6 +213,35 @@ def test_a_claim_settles_once_the_index_shows_the_task_dispatched_or_gone_or_aft
     }
     old = task_view({"metadata": {"name": "old"}, "status": {"phase": "Pending"}})
     assert sorted(settled_claims(claims, [pending, scheduled, old], NOW)) == ["gone", "old", "s"]
+
+
+def test_a_task_dispatched_on_arrival_keeps_its_pod_until_the_index_shows_it() -> None:
+    # Not yet in the runtime's index (its first write is on the way): the pod stays taken, not freed as if deleted.
+    arriving = {"new": Claim("x", None, NOW, arriving=True)}
+    assert settled_claims(arriving, [], NOW) == []
+    assert busy_pods(pod_work([], arriving, {"x": None, "y": None})) == {"x"}
+    shown = task_view({"metadata": {"name": "new"}, "status": {"phase": "Scheduled", "pod": "x"}})
+    assert settled_claims(arriving, [shown], NOW) == ["new"]
+    assert settled_claims(arriving, [], NOW + dt.timedelta(minutes=5)) == ["new"]  # deleted before it showed
+
+
+# --- dispatch on arrival ------------------------------------------------------------------------------------------
+
+
+def test_only_ready_pods_holding_nothing_after_this_pass_take_arrivals() -> None:
+    work = {"a": PodWork(0, "", "m1"), "b": PodWork(1, "t", "m2"), "c": PodWork(0, "", None), "d": PodWork(0, "", "m")}
+    # d is not ready (or draining): left out by the caller; c got a task in this very pass.
+    assert idle_slots({"a", "b", "c"}, work, {"c": 1}, dynamic=True) == [IdleSlot("a", "m1")]
+    assert idle_slots({"a", "c"}, work, {}, dynamic=False) == [IdleSlot("a", None), IdleSlot("c", None)]
+
+
+def test_an_arrival_goes_to_a_pod_with_its_model_else_to_one_without_any_never_to_a_switch() -> None:
+    idle = [IdleSlot("a", "other.safetensors [1]"), IdleSlot("b", None), IdleSlot("c", "want.safetensors [2]")]
+    assert arrival_pod(idle, "want.safetensors") == IdleSlot("c", "want.safetensors [2]")
+    assert arrival_pod(idle, "third.safetensors") == IdleSlot("b", None)
+    assert arrival_pod([IdleSlot("a", "other.safetensors")], "want.safetensors") is None
+    assert arrival_pod(idle, None) == IdleSlot("a", "other.safetensors [1]")  # no model asked: any pod
+    assert arrival_pod([], None) is None
 
 
 # --- spec parts through the models -------------------------------------------------------------------------------

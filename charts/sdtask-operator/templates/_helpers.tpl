@@ -76,11 +76,11 @@ in a Role only permissions it holds itself, so these also cover every rule of th
 sdtask/deployment.py), which the operator creates in each runtime namespace.
 */}}
 {{- define "sdtask-operator.namespacedRules" -}}
-# SDTasks: kopf lists and watches them (task index, admission events); the operator reads one before it changes it,
-# labels it with its runtime and pod, and deletes finished tasks when their TTL has passed.
+# SDTasks: kopf lists and watches them (task index, admission events); the operator reads one before it changes it
+# and deletes finished tasks when their TTL has passed. Everything it writes is status (no patch of the task itself).
 - apiGroups: [sdtask.io]
   resources: [sdtasks]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, delete]
 # Task status: admission, dispatch, requeue, failure and callback state. get: part of the agent's Role.
 - apiGroups: [sdtask.io]
   resources: [sdtasks/status]

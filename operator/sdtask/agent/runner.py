@@ -1,4 +1,4 @@
-"""The agent's main loop: watch the tasks labelled with this pod's name and run them one at a time.
+"""The agent's main loop: watch the tasks whose status.pod names this pod and run them one at a time.
 
 A task is taken when its status names this pod and it is Scheduled, or Running (this agent restarted mid-task: outputs
 are numbered per task, so running it again overwrites, never duplicates). SIGTERM lets the current task finish: the
@@ -27,7 +27,7 @@ from sdtask.clients.kube import Kube, load_api_client
 from sdtask.clients.s3 import S3Settings, make_s3_client
 from sdtask.clients.webui import WebUIClient
 from sdtask.config import AgentSettings
-from sdtask.constants import LABEL_POD, Phase
+from sdtask.constants import FIELD_POD, Phase
 from sdtask.logs import bind
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class Agent:
 
     # --- watching (a worker thread: the official client is blocking) -------------------------------------------------
     def _watch_forever(self, loop: asyncio.AbstractEventLoop) -> None:
-        selector = f"{LABEL_POD}={self.settings.pod_name}"
+        selector = f"{FIELD_POD}={self.settings.pod_name}"
         while not self.stopping.is_set():
             try:
                 listing = self.kube.list_tasks(self.settings.namespace, selector)
@@ -288,9 +288,9 @@ class Agent:
                 self.stopping.wait(2)
 
     def _deleted_for_real(self, task: dict[str, Any]) -> bool:
-        """`kubectl delete sdt` cancels a task. A watch by label also reports DELETED when a task merely leaves the
-        selector (its pod label removed on requeue); then the object it shows no longer names this pod."""
-        return (task["metadata"].get("labels") or {}).get(LABEL_POD) == self.settings.pod_name
+        """`kubectl delete sdt` cancels a task. A watch by field also reports DELETED when a task merely leaves the
+        selector (its status.pod changed on requeue); then the object it shows no longer names this pod."""
+        return (task.get("status") or {}).get("pod") == self.settings.pod_name
 
     def _left(self, name: str) -> None:
         """On the loop: a queued task left this pod before it started."""

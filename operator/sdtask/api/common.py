@@ -191,6 +191,8 @@ class ResourceDefinition:
     spec_model: type[BaseModel]
     status_model: type[BaseModel]
     printer_columns: tuple[PrinterColumn, ...] = field(default=())
+    # `selectableFields`: JSON paths of string fields that `--field-selector` (and a watch) can filter on.
+    selectable_fields: tuple[str, ...] = field(default=())
 
     @property
     def singular(self) -> str:

@@ -169,6 +169,16 @@ def openapi_schema(resource: ResourceDefinition) -> dict[str, Any]:
 
 
 def build_crd(resource: ResourceDefinition) -> dict[str, Any]:
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": [column.to_crd() for column in resource.printer_columns],
+        "schema": {"openAPIV3Schema": openapi_schema(resource)},
+    }
+    if resource.selectable_fields:
+        version["selectableFields"] = [{"jsonPath": path} for path in resource.selectable_fields]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -184,16 +194,7 @@ def build_crd(resource: ResourceDefinition) -> dict[str, Any]:
                 "categories": [CATEGORY],
             },
             "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [column.to_crd() for column in resource.printer_columns],
-                    "schema": {"openAPIV3Schema": openapi_schema(resource)},
-                }
-            ],
+            "versions": [version],
         },
     }
 

@@ -406,4 +406,7 @@ SDTASK_RESOURCE = ResourceDefinition(
         PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since the task was created."),
         PrinterColumn("Output", ".status.output_location", "string", "Where the outputs are."),
     ),
+    # status.pod is what a runtime pod's agent watches (`--field-selector status.pod=<pod>`); the runtime and the
+    # phase let users and tools list a runtime's tasks, or the failed ones, without fetching them all.
+    selectable_fields=(".status.pod", ".status.runtime", ".status.phase"),
 )

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from sdtask.api.task import SDTaskSpec
 from sdtask.conditions import parse_time
-from sdtask.constants import FINISHED_PHASES, LABEL_RUNTIME, Phase
+from sdtask.constants import FINISHED_PHASES, Phase
 from sdtask.scheduling import QueuedTask, queue_order
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -66,7 +66,7 @@ def age(since: dt.datetime | None, now: dt.datetime) -> str:
 
 
 def runtime_of(task: Mapping[str, Any]) -> str:
-    return str(_status(task).get("runtime") or (_meta(task).get("labels") or {}).get(LABEL_RUNTIME) or "")
+    return str(_status(task).get("runtime") or "")
 
 
 def phase_of(task: Mapping[str, Any]) -> str:

@@ -86,23 +86,6 @@ class Kube:
         )
         return result
 
-    async def patch_task_labels(
-        self, namespace: str, name: str, labels: dict[str, str | None], resource_version: str | None = None
-    ) -> None:
-        """None removes a label; with a resourceVersion the patch fails with 409 if the task changed meanwhile."""
-        metadata: dict[str, Any] = {"labels": labels}
-        if resource_version:
-            metadata["resourceVersion"] = resource_version
-        await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            TASK_PLURAL,
-            name,
-            {"metadata": metadata},
-        )
-
     async def delete_task(self, namespace: str, name: str, uid: str = "") -> None:
         """With a uid, only that task: a new one created under the same name meanwhile stays (409)."""
         body = {"preconditions": {"uid": uid}} if uid else None
@@ -115,7 +98,7 @@ class Kube:
                 raise
 
     def watch_tasks(
-        self, namespace: str, label_selector: str, resource_version: str, timeout: int
+        self, namespace: str, field_selector: str, resource_version: str, timeout: int
     ) -> Iterator[dict[str, Any]]:
         """A blocking generator of watch events (run it in a thread): {"type": ..., "object": the task's dict}."""
         events: Iterator[dict[str, Any]] = kubernetes.watch.Watch().stream(
@@ -124,17 +107,17 @@ class Kube:
             VERSION,
             namespace,
             TASK_PLURAL,
-            label_selector=label_selector,
+            field_selector=field_selector,
             resource_version=resource_version,
             timeout_seconds=timeout,
             allow_watch_bookmarks=True,
         )
         return events
 
-    def list_tasks(self, namespace: str, label_selector: str) -> dict[str, Any]:
+    def list_tasks(self, namespace: str, field_selector: str) -> dict[str, Any]:
         """Blocking, like `watch_tasks`: for the agent's watch thread."""
         result: dict[str, Any] = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, TASK_PLURAL, label_selector=label_selector
+            GROUP, VERSION, namespace, TASK_PLURAL, field_selector=field_selector
         )
         return result
 
@@ -248,4 +231,11 @@ class Kube:
             "reportingInstance": self.instance or component,
         }
         with contextlib.suppress(Exception):  # see docstring
-            await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"], event)
+            await asyncio.to_thread(self._create_event, meta["namespace"], event)
+
+    def _create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        # The answer is not read into a V1Event: nothing uses it, and the client's model building costs more CPU
+        # than the request itself (an Event per finished task).
+        response = self.core.create_namespaced_event(namespace, event, _preload_content=False)
+        response.drain_conn()
+        response.release_conn()

@@ -1,13 +1,18 @@
-"""First look at a new SDTask: is it well-formed, which runtime serves it, with which model. Pure."""
+"""First look at a new SDTask: is it well-formed, which runtime serves it, with which model; the status that says
+so. Pure."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sdtask.api import MAX_CONTENT_BYTES
+from sdtask.api.task import CONDITION_SCHEDULED
+from sdtask.conditions import now_iso, set_condition
+from sdtask.constants import Phase
 from sdtask.nesting import MAX_CONTENT_DEPTH, depth_exceeds
 from sdtask.request import requested_checkpoint
 from sdtask.routing import Route, RouteError, RuntimeInfo, route_task
@@ -50,3 +55,25 @@ def admit(spec: Mapping[str, Any], runtimes: list[RuntimeInfo]) -> Admitted | Re
         return Rejected(route.reason, route.message)
     assert isinstance(route, Route)
     return Admitted(route.runtime, route.model)
+
+
+def admission_status(decision: Admitted, now: dt.datetime, pod: str | None = None) -> dict[str, Any]:
+    """The status of an admitted task: queued on its runtime, or (`pod`) assigned on arrival to that idle pod, whose
+    agent acts on this very write (attempt 1, as a dispatch from the queue would write it)."""
+    model = f" (model {decision.model})" if decision.model else ""
+    status: dict[str, Any] = {
+        "runtime": decision.runtime,
+        "model": decision.model,
+        "queuedTime": now_iso(now),
+    }
+    if pod is None:
+        message = f"queued on runtime {decision.runtime}{model}"
+        queued = {"phase": Phase.PENDING.value, "reason": "Queued", "attempts": 0}
+        return {**status, **queued, "message": message, "conditions": _scheduled(False, "Queued", message, now)}
+    message = f"assigned to pod {pod} on arrival (attempt 1)"
+    assigned = {"phase": Phase.SCHEDULED.value, "reason": "Assigned", "pod": pod, "attempts": 1}
+    return {**status, **assigned, "message": message, "conditions": _scheduled(True, "Assigned", message, now)}
+
+
+def _scheduled(value: bool, reason: str, message: str, now: dt.datetime) -> list[dict[str, Any]]:
+    return set_condition(None, CONDITION_SCHEDULED, value, reason, message, now)

@@ -20,6 +20,7 @@ from sdtask.api.runtime import (
     ScalingSpec,
     SchedulingSpec,
 )
+from sdtask.checkpoints import same_checkpoint
 from sdtask.conditions import set_condition
 from sdtask.constants import ACTIVE_PHASES, Phase
 from sdtask.controller.views import PodView, TaskView
@@ -41,6 +42,9 @@ class Claim:
     pod: str
     model: str | None
     since: dt.datetime
+    # Dispatched on arrival (see `arrival_pod`): not in the runtime's index until its first status write shows, so
+    # its absence there does not mean it is gone.
+    arriving: bool = False
 
 
 def spec_part(model: type[Part], value: Any) -> Part:
@@ -109,6 +113,39 @@ def pod_work(
     }
 
 
+@dataclass(frozen=True)
+class IdleSlot:
+    """A ready pod holding no task, with the model it has loaded (dynamic runtimes; None on a static one)."""
+
+    pod: str
+    model: str | None
+
+
+def idle_slots(
+    ready: Collection[str], work: Mapping[str, PodWork], assigned: Mapping[str, int], dynamic: bool
+) -> list[IdleSlot]:
+    """The pods a new task may go to on arrival: ready, not draining (`ready` leaves those out), holding nothing
+    once this pass's `assigned` tasks are counted."""
+    return [
+        IdleSlot(pod, work[pod].model if dynamic else None)
+        for pod in sorted(ready)
+        if pod in work and work[pod].load + assigned.get(pod, 0) == 0
+    ]
+
+
+def arrival_pod(idle: list[IdleSlot], model: str | None) -> IdleSlot | None:
+    """Where a task goes the moment it is admitted, skipping the queue: only when nothing waited in its runtime's
+    queue at the end of the last pass (`idle` is then published, else empty), so no older or higher-priority task is
+    passed over. On a dynamic runtime only to a pod that has its model loaded (else to one with no model yet, which
+    loads one anyway): whether a switch is worth it is the loop's decision (`scheduling.plan_assignments`). Pure."""
+    if model is None:
+        return idle[0] if idle else None
+    loaded = [slot for slot in idle if slot.model is not None and same_checkpoint(slot.model, model)]
+    empty = [slot for slot in idle if slot.model is None]
+    choices = loaded or empty
+    return choices[0] if choices else None
+
+
 def busy_pods(work: Mapping[str, PodWork]) -> set[str]:
     return {pod for pod, held in work.items() if held.load > 0}
 
@@ -174,7 +211,8 @@ def settled_claims(claims: Mapping[str, Claim], tasks: list[TaskView], now: dt.d
     settled = []
     for name, claim in claims.items():
         seen = by_name.get(name)
-        if seen is None or seen.phase != Phase.PENDING or now - claim.since > CLAIM_TTL:
+        gone = seen is None and not claim.arriving
+        if gone or (seen is not None and seen.phase != Phase.PENDING) or now - claim.since > CLAIM_TTL:
             settled.append(name)
     return settled
 

@@ -85,6 +85,16 @@ class OperatorMemo:
         if namespace and runtime:
             self.state(namespace, runtime).wake.set()
 
+    # tasks.IdlePods: a new task may go straight to an idle pod of its runtime.
+    def take(self, namespace: str, runtime: str, task: str, model: str | None) -> str | None:
+        state = self.runtimes.get((namespace, runtime))  # no loop yet: no pod it knows to be idle
+        return state.take_idle(task, model, dt.datetime.now(dt.UTC)) if state else None
+
+    def give_back(self, namespace: str, runtime: str, task: str) -> None:
+        state = self.runtimes.get((namespace, runtime))
+        if state:
+            state.give_back(task)
+
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
@@ -201,7 +211,7 @@ async def task_event(
     if type != "DELETED" and view.phase is None:
         async with memo.admissions:
             await admit_task(
-                memo.kube, dict(body), list(runtimes_by_namespace.get(namespace or "", [])), memo.callbacks
+                memo.kube, dict(body), list(runtimes_by_namespace.get(namespace or "", [])), memo.callbacks, memo
             )
     if view.phase not in FINISHED_PHASES or type == "DELETED":
         memo.wake(namespace, view.runtime)

@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from sdtask.conditions import parse_time
-from sdtask.constants import FINISHED_PHASES, LABEL_RUNTIME
+from sdtask.constants import FINISHED_PHASES
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 
@@ -115,7 +115,7 @@ def task_outcome(body: Mapping[str, Any]) -> Outcome | None:
     started, ended = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
     return Outcome(
         namespace=str(meta.get("namespace") or ""),
-        runtime=str(status.get("runtime") or (meta.get("labels") or {}).get(LABEL_RUNTIME) or "-"),
+        runtime=str(status.get("runtime") or "-"),
         phase=str(phase),
         reason=str(status.get("reason") or phase),
         run_seconds=(ended - started).total_seconds() if started and ended and ended >= started else None,

@@ -1,10 +1,9 @@
 """Finishing what a crash left half done. Decisions are pure; `recover` acts on them (from housekeeping).
 
-- A task stranded between the two dispatch writes (status says Scheduled on pod P, the `sdtask.io/pod` label the
-  agent watches is not set yet: the operator died in between) would keep P counted busy forever. The label is set
-  again: the same write the dispatch meant to make, so doing it twice is harmless.
-- A finished task whose callback is still `Pending` long after any sender would have given up (its agent crashed
-  before the delivery ended) gets it delivered from the operator's outbox: callbacks are delivered at least once.
+A finished task whose callback is still `Pending` long after any sender would have given up (its agent crashed
+before the delivery ended) gets it delivered from the operator's outbox: callbacks are delivered at least once.
+
+(A dispatch is one status write, status.pod being what the agent watches: no crash leaves one half done.)
 """
 
 from __future__ import annotations
@@ -14,23 +13,11 @@ import logging
 
 from sdtask.callbacks import CallbackPolicy, shared_outbox
 from sdtask.clients.kube import Kube, is_not_found
-from sdtask.conditions import parse_time
-from sdtask.constants import FINISHED_PHASES, LABEL_POD, OPERATOR_NAME, Phase
+from sdtask.constants import FINISHED_PHASES, OPERATOR_NAME
 from sdtask.controller.views import TaskView
 
 log = logging.getLogger(__name__)
 REDELIVERY_MARGIN_SECONDS = 60.0
-# A dispatch writes the status, then the label, milliseconds apart: only a task left between the two for longer is a
-# crash leftover (the index may show a dispatch in flight; labelling it then would be a second write for nothing).
-STRANDED_AFTER_SECONDS = 10.0
-
-
-def stranded(task: TaskView, now: dt.datetime) -> bool:
-    if task.phase != Phase.SCHEDULED or not task.pod or task.label_pod == task.pod:
-        return False
-    since = next((c.get("lastTransitionTime") for c in task.conditions or [] if c.get("type") == "Scheduled"), None)
-    scheduled = parse_time(since) if isinstance(since, str) else None
-    return scheduled is None or (now - scheduled).total_seconds() > STRANDED_AFTER_SECONDS
 
 
 def callback_abandoned(task: TaskView, now: dt.datetime, policy: CallbackPolicy) -> bool:
@@ -43,10 +30,7 @@ def callback_abandoned(task: TaskView, now: dt.datetime, policy: CallbackPolicy)
 async def recover(kube: Kube, tasks: list[TaskView], policy: CallbackPolicy, now: dt.datetime) -> None:
     for task in tasks:
         try:
-            if stranded(task, now):
-                log.info("%s/%s: Scheduled on %s without its pod label; labelling", task.namespace, task.name, task.pod)
-                await kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: task.pod})
-            elif callback_abandoned(task, now, policy):
+            if callback_abandoned(task, now, policy):
                 body = await kube.get_task(task.namespace, task.name)
                 status = body.get("status") or {}
                 if (status.get("callback") or {}).get("state") == "Pending":

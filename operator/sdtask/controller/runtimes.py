@@ -20,13 +20,16 @@ from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import CallbackPolicy, end_failed_attempt, running_on
 from sdtask.conditions import set_condition
 from sdtask.config import OperatorSettings
-from sdtask.constants import ACTIVE_PHASES, LABEL_POD, LABEL_RUNTIME, OPERATOR_NAME, POD_DELETION_COST, Phase
+from sdtask.constants import ACTIVE_PHASES, OPERATOR_NAME, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.decisions import (
     Claim,
+    IdleSlot,
     PodWork,
+    arrival_pod,
     busy_pods,
     comparable_status,
+    idle_slots,
     needs_apply,
     pod_work,
     pods_to_drain,
@@ -62,6 +65,23 @@ class RuntimeState:
     last_needed: dt.datetime | None = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     last_status: dict[str, Any] = field(default_factory=dict)
     last_status_at: float = 0.0
+    # The idle pods a new task may be dispatched to on arrival, in its one admission write (see
+    # decisions.arrival_pod): published at the end of a pass that left nothing queued, emptied when a pass starts
+    # (a pass in progress decides itself) and as arrivals take them.
+    idle: list[IdleSlot] = field(default_factory=list)
+
+    def take_idle(self, task: str, model: str | None, now: dt.datetime) -> str | None:
+        """A pod for a task just admitted, claimed at once (before its write: a pass meanwhile counts it)."""
+        slot = arrival_pod(self.idle, model)
+        if slot is None:
+            return None
+        self.idle.remove(slot)
+        self.claims[task] = Claim(slot.pod, model or slot.model, now, arriving=True)
+        return slot.pod
+
+    def give_back(self, task: str) -> None:
+        """The arrival's write failed: it holds no pod."""
+        self.claims.pop(task, None)
 
 
 INITIAL_REPLICAS_MANAGER = f"{OPERATOR_NAME}-initial-replicas"
@@ -82,6 +102,7 @@ class RuntimeLoop:
         deployment_generation: int | None,
     ) -> None:
         """`tasks` are the runtime's unfinished tasks (the index holds no finished ones)."""
+        self.state.idle = []  # this pass decides; arrivals meanwhile wait in the queue
         now = dt.datetime.now(dt.UTC)
         spec = runtime.get("spec") or {}
         self._forget_settled_claims(tasks, now)
@@ -112,8 +133,11 @@ class RuntimeLoop:
         else:
             self.state.draining.clear()  # no scale-down (any more): every ready pod takes tasks again
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
-        await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
+        assigned = await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
         await self._report(runtime, desired, pods, tasks, work, now)
+        if sum(assigned.values()) == len(queued):  # nothing left waiting: the next arrival may skip the queue
+            ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
+            self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")))
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
             runtime["metadata"]["name"],
@@ -230,7 +254,6 @@ class RuntimeLoop:
             task.resource_version,
         )
         self.state.claims.pop(task.name, None)
-        await self.kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: None})
         log.info("task %s/%s taken back from pod %s: %s", task.namespace, task.name, task.pod, message)
 
     async def _dispatch(
@@ -243,9 +266,10 @@ class RuntimeLoop:
         now: dt.datetime,
         *,
         scaling_up: bool = False,
-    ) -> None:
+    ) -> dict[str, int]:
+        """Assign queued tasks to pods; returns how many went to each pod."""
         if not queued:
-            return
+            return {}
         settings = scheduling_settings(spec)
         ready = [p for p in live if p.ready and p.name not in self.state.draining]
         # While pods are still coming (scaling up, or starting), nothing is assigned ahead to a busy pod: a new pod
@@ -265,12 +289,12 @@ class RuntimeLoop:
             if t.phase == Phase.SCHEDULED and t.pod in work and work[t.pod].load > 1 and work[t.pod].running
         ]
         if not ahead and not any(s.free > 0 for s in slots):
-            return  # nothing to decide: don't even sort the queue (it may hold thousands)
+            return {}  # nothing to decide: don't even sort the queue (it may hold thousands)
         queue = [QueuedTask(t.name, t.priority, t.created, t.model if dynamic else None, t.not_before) for t in queued]
         if ahead:
             await self._take_back_for_priority(queue, tasks, ahead, slots, now)
         if not any(s.free > 0 for s in slots):
-            return
+            return {}
         views = {t.name: t for t in queued}
         plan = plan_assignments(
             queue,
@@ -281,17 +305,18 @@ class RuntimeLoop:
             starvation_limit=dt.timedelta(seconds=self.settings.starvation_limit_seconds),
             min_switch_tasks=settings.min_switch_tasks,
         )
-        # Pods concurrently: each assignment is two requests, and a burst on many pods should not wait in line. One
+        # Pods concurrently: each assignment is a request, and a burst on many pods should not wait in line. One
         # pod's tasks in plan order, one after the other: an idle agent starts the first task it sees, so a
         # lower-priority task dispatched beside a higher one must not reach it first.
         by_pod: dict[str, list[TaskView]] = {}
         for assignment in plan:
             by_pod.setdefault(assignment.pod.name, []).append(views[assignment.task.name])
-        await asyncio.gather(*(self._assign_in_order(pod, assigned, now) for pod, assigned in by_pod.items()))
+        counts = await asyncio.gather(*(self._assign_in_order(pod, mine, now) for pod, mine in by_pod.items()))
+        return dict(zip(by_pod, counts, strict=True))
 
-    async def _assign_in_order(self, pod: str, tasks: list[TaskView], now: dt.datetime) -> None:
-        for task in tasks:
-            await self._assign(task, pod, now)
+    async def _assign_in_order(self, pod: str, tasks: list[TaskView], now: dt.datetime) -> int:
+        """How many were assigned (a task that changed meanwhile is not)."""
+        return sum([await self._assign(task, pod, now) for task in tasks])
 
     async def _take_back_for_priority(
         self,
@@ -313,9 +338,9 @@ class RuntimeLoop:
                 if not (is_conflict(error) or is_not_found(error)):
                     raise
 
-    async def _assign(self, task: TaskView, pod: str, now: dt.datetime) -> None:
-        """Two requests: the status (guarded by the resourceVersion the index saw, so a task that changed meanwhile
-        is left for the next pass) and the labels the pod's agent watches."""
+    async def _assign(self, task: TaskView, pod: str, now: dt.datetime) -> bool:
+        """One request: the status, guarded by the resourceVersion the index saw (a task that changed meanwhile is
+        left for the next pass). The pod's agent watches the tasks whose status.pod names it."""
         attempt = task.attempts + 1
         message = f"assigned to pod {pod} (attempt {attempt})"
         conditions = set_condition(task.conditions, CONDITION_SCHEDULED, True, "Assigned", message, now)
@@ -335,16 +360,15 @@ class RuntimeLoop:
                 task.resource_version,
             )
             self.state.claims[task.name] = Claim(pod, task.model, now)
-            # The agent of that pod watches this label; it acts once it sees status.pod naming its pod.
-            await self.kube.patch_task_labels(task.namespace, task.name, {LABEL_POD: pod, LABEL_RUNTIME: task.runtime})
         except Exception as error:
             if is_conflict(error) or is_not_found(error):
-                return
+                return False
             raise
         waited = (now - task.created).total_seconds()
         metrics.task_dispatched(task.namespace, task.runtime, waited)
         with log_context(task=task.name):  # the daemon's context already names the namespace and runtime
             log.info("task %s %s after %.1fs in the queue", task.name, message, waited)
+        return True
 
     # --- status -------------------------------------------------------------------------------------------------------
     async def _report(

@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-from sdtask.api.task import CONDITION_SCHEDULED
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import NOT_FINISHED, CallbackPolicy, Outcome, finish_task
-from sdtask.conditions import now_iso, set_condition
 from sdtask.constants import FINISHED_PHASES, OPERATOR_NAME, Phase
 from sdtask.controller import metrics
-from sdtask.controller.admission import Admitted, admit
+from sdtask.controller.admission import Admitted, admission_status, admit
 from sdtask.controller.housekeeping import TaskKey, deadline_passed, orphaned
 from sdtask.controller.views import TaskView, task_view
 from sdtask.routing import RuntimeInfo
@@ -22,35 +20,41 @@ from sdtask.routing import RuntimeInfo
 log = logging.getLogger(__name__)
 
 
-async def admit_task(kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInfo], policy: CallbackPolicy) -> None:
-    """One request for a well-formed task: its status. The runtime label comes with the dispatch, and the conditions
-    (with their times) tell what an Event per step would: Events are for outcomes and problems."""
+class IdlePods(Protocol):
+    """The runtimes' idle pods a task may go to the moment it is admitted (controller/runtimes.RuntimeState)."""
+
+    def take(self, namespace: str, runtime: str, task: str, model: str | None) -> str | None: ...
+
+    def give_back(self, namespace: str, runtime: str, task: str) -> None: ...
+
+
+async def admit_task(
+    kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInfo], policy: CallbackPolicy, idle: IdlePods
+) -> None:
+    """One request for a well-formed task: its status, queued on its runtime, or already assigned to an idle pod
+    when nothing waits in that queue (one write instead of two, and no pass of the runtime loop in between). The
+    conditions (with their times) tell what an Event per step would: Events are for outcomes and problems."""
     meta = task["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
     decision = admit(task.get("spec") or {}, runtimes)
     if not isinstance(decision, Admitted):
-        log.info("task %s/%s rejected: %s", meta["namespace"], meta["name"], decision.message)
+        log.info("task %s/%s rejected: %s", namespace, name, decision.message)
         await finish_task(kube, task, Outcome(Phase.FAILED, decision.reason, decision.message), OPERATOR_NAME, policy)
         return
     now = dt.datetime.now(dt.UTC)
-    model = f" (model {decision.model})" if decision.model else ""
-    message = f"queued on runtime {decision.runtime}{model}"
-    status = {
-        "phase": Phase.PENDING.value,
-        "reason": "Queued",
-        "message": message,
-        "runtime": decision.runtime,
-        "model": decision.model,
-        "attempts": 0,
-        "queuedTime": now_iso(now),
-        "conditions": set_condition(None, CONDITION_SCHEDULED, False, "Queued", message, now),
-    }
+    pod = idle.take(namespace, decision.runtime, name, decision.model)
     try:
-        await kube.patch_task_status(meta["namespace"], meta["name"], status, meta.get("resourceVersion"))
+        await kube.patch_task_status(namespace, name, admission_status(decision, now, pod), meta.get("resourceVersion"))
     except Exception as error:
+        if pod:
+            idle.give_back(namespace, decision.runtime, name)
         if is_conflict(error) or is_not_found(error):
             return  # changed or deleted meanwhile; the next event brings the new state
         raise
-    metrics.task_admitted(meta["namespace"], decision.runtime)
+    metrics.task_admitted(namespace, decision.runtime)
+    if pod:
+        metrics.task_dispatched(namespace, decision.runtime, (now - task_view(task).created).total_seconds())
+        log.info("task %s/%s assigned to pod %s on arrival", namespace, name, pod)
 
 
 async def run_due(kube: Kube, due: list[tuple[TaskKey, str, str]], policy: CallbackPolicy) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdtask.conditions import parse_time
-from sdtask.constants import LABEL_POD, LABEL_RUNTIME, Phase
+from sdtask.constants import LABEL_RUNTIME, Phase
 from sdtask.routing import RuntimeInfo
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -25,7 +25,6 @@ class TaskView:
     phase: Phase | None
     runtime: str
     pod: str
-    label_pod: str
     model: str | None
     priority: int
     attempts: int
@@ -65,9 +64,8 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         resource_version=meta.get("resourceVersion", ""),
         created=parse_time(meta.get("creationTimestamp")) or EPOCH,
         phase=Phase(str(phase)) if phase in Phase._value2member_map_ else None,
-        runtime=status.get("runtime") or _labels(meta).get(LABEL_RUNTIME, ""),
+        runtime=status.get("runtime") or "",
         pod=status.get("pod") or "",
-        label_pod=_labels(meta).get(LABEL_POD, ""),
         model=status.get("model") or None,
         priority=int(spec.get("priority", 0) or 0),
         attempts=int(status.get("attempts", 0) or 0),

@@ -142,9 +142,7 @@ def task_body(name: str, rounds: int, *, held: bool = False) -> dict[str, Any]:
 def holder(cluster: Cluster) -> Iterator[StartHolder]:
     cluster.models(RUNTIME, MODEL)
     cluster.runtime(RUNTIME, "pool-b", checkpoint=MODEL, scaling={"minReplicas": 1, "maxReplicas": 1})
-    wait_for(
-        lambda: (cluster.get_runtime(RUNTIME).get("status") or {}).get("readyReplicas", 0) >= 1, 60, "a ready pod"
-    )
+    wait_for(lambda: (cluster.get_runtime(RUNTIME).get("status") or {}).get("readyReplicas", 0) >= 1, 60, "a ready pod")
     with tempfile.TemporaryDirectory(prefix="sdtask-hold-") as workdir:
         holding = StartHolder(Path(workdir))
         admission = AdmissionregistrationV1Api(cluster.core.api_client)
@@ -190,9 +188,6 @@ def take_back(cluster: Cluster, name: str) -> None:
     }
     cluster.custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, cluster.namespace, "sdtasks", name, {"status": patch}
-    )
-    cluster.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, cluster.namespace, "sdtasks", name, {"metadata": {"labels": {"sdtask.io/pod": None}}}
     )
 
 

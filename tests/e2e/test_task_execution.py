@@ -6,6 +6,7 @@ Everything is real but the GPU: the operator, kwok GPU pods whose agent runs as 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import sys
@@ -556,6 +557,29 @@ def test_a_task_ended_elsewhere_while_it_generates_stops_and_is_never_overwritte
     status = cluster.status("ended-elsewhere")
     assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded")
     assert cluster.s3_keys("t2i/ended-elsewhere/") == []
+
+
+def test_a_task_requeued_elsewhere_while_it_generates_stops_and_stores_nothing(cluster: Cluster) -> None:
+    """The operator requeues a running task (its pod counted lost: back to Pending, no pod): the task leaves this
+    pod's watch, and the agent stops its generation at once and uploads nothing, as for a deleted task; the pod
+    takes the next task."""
+    cluster.submit(text_task("requeued-elsewhere", batch_size=8, n_iter=8))  # 3.2 s of generation
+    wait_generating(cluster, "requeued-elsewhere")
+    interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    requeued = {"phase": "Pending", "pod": "", "reason": "PodLost", "message": "pod went away", "notBefore": later}
+    cluster.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, cluster.namespace, "sdtasks", "requeued-elsewhere", {"status": requeued}
+    )
+    wait_for(
+        lambda: int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1]) == interrupts + 1,
+        30,
+        "the Web UI to be interrupted",
+    )
+    cluster.submit(text_task("after-requeued"))
+    assert cluster.wait_finished("after-requeued")["status"]["phase"] == "Succeeded"
+    assert cluster.status("requeued-elsewhere")["phase"] == "Pending"  # never written over by this pod's agent
+    assert cluster.s3_keys("t2i/requeued-elsewhere/") == []
 
 
 def test_a_callback_may_name_only_secrets_labelled_for_it(cluster: Cluster, callbacks: CallbackReceiver) -> None:

@@ -363,13 +363,16 @@ class TaskExecution:
             await start.running  # no progress before Running is written (a failed start skips the write)
             await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
 
-        self.generating = True
+        self.generating, returned = True, False
+        # The next task's model check reads what this generation leaves loaded, asked for meanwhile.
+        reading = self.models.read_beside()
         try:
             async with (
                 start.interrupting(self.webui.interrupt),
                 ProgressReporter(self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds),
             ):
                 response = await self.webui.generate(call.endpoint, payload, timeout)
+            returned = True
         except WebUITimeout as error:
             interrupted = await self.webui.interrupt()
             note = "; generation interrupted" if interrupted else "; interrupt failed"
@@ -380,6 +383,7 @@ class TaskExecution:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
         finally:
             self.generating = False
+            self.models.generation_ended(reading, returned)
         images = result_images(response, videos=makes_videos(payload))
         if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")

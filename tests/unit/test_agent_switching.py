@@ -1,0 +1,92 @@
+"""The model check between two generations, against the stand-in Web UI: what was read beside the last generation
+stands for the next check while it is fresh (no round trip while the GPU waits), never once it is stale or after a
+failed generation, so a static runtime still refuses a Web UI that serves another model."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from sdtask.agent import switching
+from sdtask.agent.failures import AttemptFailed
+from sdtask.agent.switching import ModelSwitcher
+from sdtask.clients.webui import WebUIClient
+from sdtask.config import AgentSettings
+from tests.standin_support import Start, titles
+
+PAYLOAD = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64}
+
+
+def options_reads(client: httpx.Client) -> int:
+    return int(client.get("/standin/stats").json()["requests"].get("/sdapi/v1/options", 0))
+
+
+def switcher(webui: WebUIClient, checkpoint: str) -> ModelSwitcher:
+    settings = AgentSettings(pod_name="pod", namespace="ns", runtime="rt", checkpoint=checkpoint)
+    return ModelSwitcher(settings, cast(Any, None), webui, cast(Any, None))  # no switch, no report: no Kube, no S3
+
+
+async def generate_beside(models: ModelSwitcher, webui: WebUIClient, *, succeeded: bool = True) -> None:
+    reading = models.read_beside()
+    await webui.generate("txt2img", PAYLOAD, 30)
+    await asyncio.wait({reading[0]})
+    models.generation_ended(reading, succeeded)
+
+
+def test_right_after_a_generation_the_check_asks_the_web_ui_nothing(start: Start) -> None:
+    client = start()
+    alpha = titles(client)["alpha"]
+
+    async def scenario() -> tuple[str | None, int, int]:
+        async with WebUIClient(str(client.base_url)) as webui:
+            models = switcher(webui, alpha)
+            await generate_beside(models, webui)
+            before = options_reads(client)
+            checked = await models.ensure(None)
+            after_first = options_reads(client)
+            await models.ensure(None)  # nothing generated since: asked again
+            return checked, after_first - before, options_reads(client) - after_first
+
+    checked, first, second = asyncio.run(scenario())
+    assert checked == alpha
+    assert (first, second) == (0, 1)
+
+
+def test_a_stale_read_is_not_trusted_and_another_model_is_refused(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone switched the Web UI (through the runtime's Service) since the read: once the read is older than
+    KNOWN_FOR_SECONDS, the check asks again and the static runtime refuses to generate on that model."""
+    client = start()
+    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
+    monkeypatch.setattr(switching, "KNOWN_FOR_SECONDS", 0.0)
+
+    async def scenario() -> None:
+        async with WebUIClient(str(client.base_url)) as webui:
+            models = switcher(webui, alpha)
+            await generate_beside(models, webui)
+            client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta})
+            await models.ensure(None)
+
+    with pytest.raises(AttemptFailed) as refused:
+        asyncio.run(scenario())
+    assert refused.value.reason == "ModelNotLoaded"
+
+
+def test_after_a_failed_generation_nothing_is_assumed(start: Start) -> None:
+    client = start()
+    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
+
+    async def scenario() -> None:
+        async with WebUIClient(str(client.base_url)) as webui:
+            models = switcher(webui, alpha)
+            await generate_beside(models, webui, succeeded=False)
+            client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta})
+            await models.ensure(None)
+
+    with pytest.raises(AttemptFailed) as refused:
+        asyncio.run(scenario())
+    assert refused.value.reason == "ModelNotLoaded"

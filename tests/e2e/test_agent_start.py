@@ -25,12 +25,16 @@ import pytest
 from kubernetes.client import AdmissionregistrationV1Api
 
 from sdtask.devcluster import certs
+from sdtask.devcluster.sidecars import StandinTiming
 from sdtask.devcluster.waiting import wait_for
 
 from .conftest import GROUP, VERSION, Cluster
 
 RUNTIME = "starts"
 MODEL = "v1-5-pruned-emaonly.safetensors"
+DYNAMIC = "starts-dynamic"
+CHECKPOINTS = ("anything-v5.safetensors", "dreamshaper.safetensors")
+SWITCH_SECONDS = 3.0  # the dynamic runtime's model load: time to take the task back while it switches
 HOLD_LABEL = "test.sdtask.io/hold-start"
 HOLD_SECONDS = 25  # below the webhook's own timeout (30 s): the write is always answered, never dropped
 
@@ -124,15 +128,23 @@ class StartHolder:
         }
 
 
-def task_body(name: str, rounds: int, *, held: bool = False) -> dict[str, Any]:
+def task_body(name: str, rounds: int, *, held: bool = False, runtime: str = RUNTIME, **content: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SDTask",
         "metadata": {"name": name, "labels": {HOLD_LABEL: "yes"} if held else {}},
         "spec": {
             "task": {
-                "metadata": {"id": name, "runtime": RUNTIME, "tasktype": "text-to-image", "prefix": "starts"},
-                "content": {"prompt": name, "steps": 4, "width": 64, "height": 64, "batch_size": 8, "n_iter": rounds},
+                "metadata": {"id": name, "runtime": runtime, "tasktype": "text-to-image", "prefix": "starts"},
+                "content": {
+                    "prompt": name,
+                    "steps": 4,
+                    "width": 64,
+                    "height": 64,
+                    "batch_size": 8,
+                    "n_iter": rounds,
+                    **content,
+                },
             }
         },
     }
@@ -161,8 +173,8 @@ def holder(cluster: Cluster) -> Iterator[StartHolder]:
             holding.server.shutdown()
 
 
-def standin_stats(cluster: Cluster) -> dict[str, Any]:
-    pod = next(p for p in cluster.runtime_pods(RUNTIME) if p.status.phase == "Running")
+def standin_stats(cluster: Cluster, runtime: str = RUNTIME) -> dict[str, Any]:
+    pod = next(p for p in cluster.runtime_pods(runtime) if p.status.phase == "Running")
     url = cluster.system.sidecars.webui_url(cluster.namespace, pod.metadata.name)
     with urllib.request.urlopen(f"{url}/standin/stats") as response:
         stats: dict[str, Any] = json.load(response)
@@ -262,3 +274,55 @@ def test_a_task_changed_while_its_running_write_is_on_its_way_runs_once_under_it
     stats = standin_stats(cluster)
     assert int(stats["interrupts"]) > int(before["interrupts"])
     assert generations(stats) == generations(before) + 3  # before-task, the interrupted run, the full run
+
+
+def _loaded(cluster: Cluster) -> str:
+    try:
+        return str(standin_stats(cluster, DYNAMIC).get("loaded_model") or "")
+    except (KeyError, OSError, StopIteration):  # its containers not started yet
+        return ""
+
+
+def test_a_model_switch_begun_before_the_running_write_returns_ends_but_no_generation_follows_a_take_back(
+    cluster: Cluster, holder: StartHolder
+) -> None:
+    """On a dynamic runtime the switch may start while the Running write is on its way; the task is taken back
+    meanwhile: the switch ends (and the pod reports the model it now has), the Web UI never generates for the task."""
+    cluster.system.sidecars.timings[DYNAMIC] = StandinTiming(load_delay=SWITCH_SECONDS, image_delay=0.05)
+    cluster.models(DYNAMIC, *CHECKPOINTS)
+    cluster.runtime(DYNAMIC, "pool-a", dynamicModel=True, scaling={"minReplicas": 1, "maxReplicas": 1})
+
+    def pod_model() -> str:
+        pods = (cluster.get_runtime(DYNAMIC).get("status") or {}).get("pods") or []
+        return str(pods[0].get("model") or "") if pods else ""
+
+    wait_for(lambda: any(p.status.phase == "Running" for p in cluster.runtime_pods(DYNAMIC)), 60, "its pod")
+    loaded = wait_for(lambda: _loaded(cluster), 60, "its Web UI to load a model")
+    other = next(name for name in CHECKPOINTS if not loaded.startswith(name))
+    before = standin_stats(cluster, DYNAMIC)
+    holder.hold.add("switch-taken-back")
+    task = task_body("switch-taken-back", 1, held=True, runtime=DYNAMIC)
+    task["spec"]["task"]["content"]["alwayson_scripts"] = {"sd_model_checkpoint": other}
+    cluster.create(task)
+    wait_for(lambda: "switch-taken-back" in holder.held, 30, "its Running write to be held")
+
+    def options_calls() -> int:
+        return int(standin_stats(cluster, DYNAMIC)["requests"].get("/sdapi/v1/options", 0))
+
+    # The loaded model read, then the switch asked for (its load takes SWITCH_SECONDS), the write still held.
+    wait_for(lambda: options_calls() >= int(before["requests"].get("/sdapi/v1/options", 0)) + 2, 10, "the switch")
+    assert "switch-taken-back" in holder.held
+
+    take_back(cluster, "switch-taken-back")
+    holder.release("switch-taken-back")
+
+    wait_for(lambda: pod_model().startswith(other), 30, "the switch to end and be reported")
+    cluster.create(task_body("after-switch", 1, runtime=DYNAMIC, alwayson_scripts={"sd_model_checkpoint": other}))
+    assert cluster.wait_finished("after-switch")["status"]["phase"] == "Succeeded"
+    after = standin_stats(cluster, DYNAMIC)
+    assert generations(after) == generations(before) + 1  # only the next task's: none for the one taken back
+    assert after["model_loads"] == before["model_loads"] + 1  # the switch was done once, and kept
+    assert after["interrupts"] == before["interrupts"]  # nothing was generating: nothing to interrupt
+    status = cluster.status("switch-taken-back")
+    assert (status["phase"], status.get("attempts")) == ("Pending", 0)
+    assert cluster.s3_keys("starts/switch-taken-back/") == []

@@ -242,8 +242,6 @@ class TaskExecution:
         except AttemptFailed as refused:
             self._release(uid, free)
             return await self._fail(task, refused)
-        if generation is None and failure is None:
-            raise RuntimeError("the generation was refused though both start writes succeeded")
         # A deleted task's partial images are not uploaded; a failure that came from the interruption is not
         # reported.
         self._check_not_cancelled()
@@ -251,7 +249,7 @@ class TaskExecution:
         try:
             if failure is not None:
                 raise failure
-            assert generation is not None
+            assert generation is not None  # not refused: both start writes succeeded
             model, response, images, inlined = generation
             outputs = await self.outputs.store(task, prefix, task_id, response, images, model, started, inlined)
         except AttemptFailed as failed:

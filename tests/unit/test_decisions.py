@@ -65,6 +65,20 @@ def test_a_pod_holds_its_running_task_and_the_one_assigned_ahead_and_will_have_t
     assert (claimed["p"].load, claimed["p"].model) == (2, "z")
 
 
+def test_a_task_storing_its_outputs_while_the_next_generates_takes_no_slot_of_its_pod() -> None:
+    def running(name: str, started: str, model: str) -> Any:
+        status = {"phase": "Running", "pod": "p", "model": model, "startTime": f"2026-01-01T00:00:{started}Z"}
+        return task_view({"metadata": {"name": name}, "status": status})
+
+    finishing, generating = running("old", "01.5", "a.safetensors"), running("new", "02.25", "b.safetensors")
+    work = pod_work([finishing, generating], {}, {"p": "b.safetensors [2]"})
+    # One slot used, by the generating one: tasksAhead=1 still gives the pod its next task now.
+    assert (work["p"].load, work["p"].running, work["p"].model) == (1, "new", "b.safetensors [2]")
+    assert busy_pods(work) == {"p"}  # never taken by a scale-down meanwhile
+    ahead = task_view({"metadata": {"name": "next"}, "status": {"phase": "Scheduled", "pod": "p", "model": "c"}})
+    assert (pod_work([finishing, generating, ahead], {}, {}))["p"].load == 2
+
+
 def test_a_failing_fetch_model_init_container_degrades_the_runtime_naming_the_missing_object() -> None:
     from sdtask.controller.views import pod_view
 

@@ -240,7 +240,7 @@ class RuntimeLoop:
         """Back to the queue without counting an attempt: it never started. The resourceVersion guard fails (409)
         if the agent started it meanwhile."""
         conditions = set_condition(task.conditions, CONDITION_SCHEDULED, False, reason, message, now)
-        await self.kube.patch_task_status(
+        await self.kube.write_task_status(
             task.namespace,
             task.name,
             {
@@ -345,7 +345,7 @@ class RuntimeLoop:
         message = f"assigned to pod {pod} (attempt {attempt})"
         conditions = set_condition(task.conditions, CONDITION_SCHEDULED, True, "Assigned", message, now)
         try:
-            await self.kube.patch_task_status(
+            await self.kube.write_task_status(
                 task.namespace,
                 task.name,
                 {

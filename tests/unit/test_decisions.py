@@ -245,8 +245,16 @@ def test_a_task_dispatched_on_arrival_keeps_its_pod_until_the_index_shows_it() -
 def test_only_ready_pods_holding_nothing_after_this_pass_take_arrivals() -> None:
     work = {"a": PodWork(0, "", "m1"), "b": PodWork(1, "t", "m2"), "c": PodWork(0, "", None), "d": PodWork(0, "", "m")}
     # d is not ready (or draining): left out by the caller; c got a task in this very pass.
-    assert idle_slots({"a", "b", "c"}, work, {"c": 1}, dynamic=True) == [IdleSlot("a", "m1")]
-    assert idle_slots({"a", "c"}, work, {}, dynamic=False) == [IdleSlot("a", None), IdleSlot("c", None)]
+    assert idle_slots({"a", "b", "c"}, work, {"c": 1}, dynamic=True, queued=1) == [IdleSlot("a", "m1")]
+    assert idle_slots({"a", "c"}, work, {}, dynamic=False, queued=0) == [IdleSlot("a", None), IdleSlot("c", None)]
+
+
+def test_no_arrival_skips_the_queue_while_a_task_the_pass_saw_still_waits() -> None:
+    # One task backing off (not assigned) or waiting for a pod with its model: pods idle, yet arrivals queue.
+    work = {"a": PodWork(0, "", None), "b": PodWork(0, "", None)}
+    assert idle_slots({"a", "b"}, work, {}, dynamic=False, queued=1) == []
+    assert idle_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=2) == []
+    assert idle_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=1) == [IdleSlot("b", None)]
 
 
 def test_an_arrival_goes_to_a_pod_with_its_model_else_to_one_without_any_never_to_a_switch() -> None:

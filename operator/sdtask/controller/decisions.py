@@ -137,10 +137,13 @@ class IdleSlot:
 
 
 def idle_slots(
-    ready: Collection[str], work: Mapping[str, PodWork], assigned: Mapping[str, int], dynamic: bool
+    ready: Collection[str], work: Mapping[str, PodWork], assigned: Mapping[str, int], dynamic: bool, queued: int
 ) -> list[IdleSlot]:
-    """The pods a new task may go to on arrival: ready, not draining (`ready` leaves those out), holding nothing
-    once this pass's `assigned` tasks are counted."""
+    """The pods a new task may go to on arrival, as a pass leaves them: none while any of the `queued` tasks it saw
+    is still waiting (not assigned: backing off, or no pod for it), so an arrival never passes one; else the ready,
+    not draining (`ready` leaves those out) pods holding nothing once this pass's `assigned` tasks are counted."""
+    if sum(assigned.values()) < queued:
+        return []
     return [
         IdleSlot(pod, work[pod].model if dynamic else None)
         for pod in sorted(ready)

@@ -135,9 +135,8 @@ class RuntimeLoop:
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
         assigned = await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
         await self._report(runtime, desired, pods, tasks, work, now)
-        if sum(assigned.values()) == len(queued):  # nothing left waiting: the next arrival may skip the queue
-            ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
-            self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")))
+        ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
+        self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")), len(queued))
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
             runtime["metadata"]["name"],

@@ -19,7 +19,7 @@ COMPONENTS = (
     ("kube-controller-manager", "controller-manager"),
     ("kube-scheduler", "scheduler"),
     ("kwok", "kwok"),
-    ("moto.server", "s3 (moto)"),
+    ("sdtask.devcluster.s3app", "s3 (moto)"),
     ("sdtask.cli operator", "operator"),
     ("sdtask.cli agent", "agents"),
     ("webui-standin", "stand-ins"),

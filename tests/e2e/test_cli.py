@@ -106,6 +106,8 @@ def test_run_shows_the_task_running_prints_the_response_and_downloads_the_output
 
     code, screen = term.run("list", "--phase", "Succeeded", "--runtime", "cli-rt")
     assert code == 0 and "cli-one" in screen
+    code, screen = term.run("list", "--runtime", "another-rt")  # filtered by the API server (status.runtime)
+    assert code == 0 and "cli-one" not in screen, screen
     code, screen = term.run("list", "--phase", "Failed")
     assert "cli-one" not in screen
 

@@ -65,6 +65,20 @@ def test_a_pod_holds_its_running_task_and_the_one_assigned_ahead_and_will_have_t
     assert (claimed["p"].load, claimed["p"].model) == (2, "z")
 
 
+def test_a_task_storing_its_outputs_while_the_next_generates_takes_no_slot_of_its_pod() -> None:
+    def running(name: str, started: str, model: str) -> Any:
+        status = {"phase": "Running", "pod": "p", "model": model, "startTime": f"2026-01-01T00:00:{started}Z"}
+        return task_view({"metadata": {"name": name}, "status": status})
+
+    finishing, generating = running("old", "01.5", "a.safetensors"), running("new", "02.25", "b.safetensors")
+    work = pod_work([finishing, generating], {}, {"p": "b.safetensors [2]"})
+    # One slot used, by the generating one: tasksAhead=1 still gives the pod its next task now.
+    assert (work["p"].load, work["p"].running, work["p"].model) == (1, "new", "b.safetensors [2]")
+    assert busy_pods(work) == {"p"}  # never taken by a scale-down meanwhile
+    ahead = task_view({"metadata": {"name": "next"}, "status": {"phase": "Scheduled", "pod": "p", "model": "c"}})
+    assert (pod_work([finishing, generating, ahead], {}, {}))["p"].load == 2
+
+
 def test_a_failing_fetch_model_init_container_degrades_the_runtime_naming_the_missing_object() -> None:
     from sdtask.controller.views import pod_view
 
@@ -231,8 +245,16 @@ def test_a_task_dispatched_on_arrival_keeps_its_pod_until_the_index_shows_it() -
 def test_only_ready_pods_holding_nothing_after_this_pass_take_arrivals() -> None:
     work = {"a": PodWork(0, "", "m1"), "b": PodWork(1, "t", "m2"), "c": PodWork(0, "", None), "d": PodWork(0, "", "m")}
     # d is not ready (or draining): left out by the caller; c got a task in this very pass.
-    assert idle_slots({"a", "b", "c"}, work, {"c": 1}, dynamic=True) == [IdleSlot("a", "m1")]
-    assert idle_slots({"a", "c"}, work, {}, dynamic=False) == [IdleSlot("a", None), IdleSlot("c", None)]
+    assert idle_slots({"a", "b", "c"}, work, {"c": 1}, dynamic=True, queued=1) == [IdleSlot("a", "m1")]
+    assert idle_slots({"a", "c"}, work, {}, dynamic=False, queued=0) == [IdleSlot("a", None), IdleSlot("c", None)]
+
+
+def test_no_arrival_skips_the_queue_while_a_task_the_pass_saw_still_waits() -> None:
+    # One task backing off (not assigned) or waiting for a pod with its model: pods idle, yet arrivals queue.
+    work = {"a": PodWork(0, "", None), "b": PodWork(0, "", None)}
+    assert idle_slots({"a", "b"}, work, {}, dynamic=False, queued=1) == []
+    assert idle_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=2) == []
+    assert idle_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=1) == [IdleSlot("b", None)]
 
 
 def test_an_arrival_goes_to_a_pod_with_its_model_else_to_one_without_any_never_to_a_switch() -> None:

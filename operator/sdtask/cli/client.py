@@ -75,15 +75,16 @@ class Cluster:
         )
         return result
 
-    def list_tasks(self, label_selector: str | None = None, all_namespaces: bool = False) -> list[dict[str, Any]]:
+    def list_tasks(
+        self, label_selector: str | None = None, all_namespaces: bool = False, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """`field_selector`: on the CRD's selectable fields (status.runtime, status.phase, status.pod)."""
+        selectors = {"label_selector": label_selector or "", "field_selector": field_selector or ""}
         if all_namespaces:
-            listing = self.custom.list_cluster_custom_object(
-                GROUP, VERSION, TASK_PLURAL, label_selector=label_selector or ""
-            )
+            listing = self.custom.list_cluster_custom_object(GROUP, VERSION, TASK_PLURAL, **selectors)
         else:
-            listing = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, TASK_PLURAL, label_selector=label_selector or ""
-            )
+            namespace = self.namespace
+            listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, TASK_PLURAL, **selectors)
         return list(listing.get("items", []))
 
     def delete_task(self, name: str) -> None:

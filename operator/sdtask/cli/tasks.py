@@ -232,7 +232,9 @@ def list_tasks(
 ) -> None:
     """List tasks, oldest first, with filters."""
     kube = cluster(kubeconfig, context, namespace)
-    listed = kube.list_tasks(selector, all_namespaces=all_namespaces)
+    # The API server filters by runtime (a selectable field): a runtime's tasks without fetching every task.
+    by_runtime = f"status.runtime={runtime}" if runtime else None
+    listed = kube.list_tasks(selector, all_namespaces=all_namespaces, field_selector=by_runtime)
     chosen = sorted(
         (t for t in listed if matches(t, phases=phase, runtime=runtime)),
         key=lambda t: (t["metadata"].get("creationTimestamp") or "", t["metadata"]["name"]),

@@ -23,7 +23,7 @@ from sdtask.api.runtime import (
 from sdtask.checkpoints import same_checkpoint
 from sdtask.conditions import set_condition
 from sdtask.constants import ACTIVE_PHASES, Phase
-from sdtask.controller.views import PodView, TaskView
+from sdtask.controller.views import EPOCH, PodView, TaskView
 from sdtask.scaling import ScalingPolicy
 from sdtask.scheduling import Policy, QueuedTask, queue_summary
 
@@ -90,27 +90,42 @@ def pod_work(
     tasks: list[TaskView], claims: Mapping[str, Claim], loaded: Mapping[str, str | None]
 ) -> dict[str, PodWork]:
     """Per pod. The model is that of its last assigned task: a claim, else a task not started, else the running
-    one, else what the pod reports loaded. Pure."""
+    one, else what the pod reports loaded. Pure.
+
+    An agent generates one task at a time and stores the outputs of the one before while the next generates: a pod
+    with two Running tasks is generating one and finishing the other, which takes no slot (`tasksAhead` counts
+    beyond the one it runs). Counted, it would leave the pod nothing assigned ahead just when it needs it."""
     load: dict[str, int] = {}
-    running: dict[str, str] = {}
+    running: dict[str, list[TaskView]] = {}
     ahead_model: dict[str, str | None] = {}
     for task in tasks:
         if task.phase not in ACTIVE_PHASES or not task.pod or task.name in claims:
             continue
-        load[task.pod] = load.get(task.pod, 0) + 1
         if task.phase == Phase.RUNNING:
-            running[task.pod] = task.name
-            ahead_model.setdefault(task.pod, task.model)
-        elif task.model is not None:
+            running.setdefault(task.pod, []).append(task)
+            continue
+        load[task.pod] = load.get(task.pod, 0) + 1
+        if task.model is not None:
             ahead_model[task.pod] = task.model
+    for pod, runs in running.items():
+        load[pod] = load.get(pod, 0) + 1
+        if pod not in ahead_model:
+            # Two running: the model reported loaded is the generating one's (a switch comes before a generation).
+            ahead_model[pod] = runs[0].model if len(runs) == 1 else loaded.get(pod) or runs[0].model
     for claim in sorted(claims.values(), key=lambda c: c.since):
         load[claim.pod] = load.get(claim.pod, 0) + 1
         if claim.model is not None:
             ahead_model[claim.pod] = claim.model
     pods = set(load) | set(loaded)
     return {
-        pod: PodWork(load.get(pod, 0), running.get(pod, ""), ahead_model.get(pod) or loaded.get(pod)) for pod in pods
+        pod: PodWork(load.get(pod, 0), _generating(running.get(pod, [])), ahead_model.get(pod) or loaded.get(pod))
+        for pod in pods
     }
+
+
+def _generating(runs: list[TaskView]) -> str:
+    """The task a pod runs: of two Running ones, the one started last (the other is storing its outputs)."""
+    return max(runs, key=lambda t: (t.start_time or EPOCH, t.name)).name if runs else ""
 
 
 @dataclass(frozen=True)
@@ -122,10 +137,13 @@ class IdleSlot:
 
 
 def idle_slots(
-    ready: Collection[str], work: Mapping[str, PodWork], assigned: Mapping[str, int], dynamic: bool
+    ready: Collection[str], work: Mapping[str, PodWork], assigned: Mapping[str, int], dynamic: bool, queued: int
 ) -> list[IdleSlot]:
-    """The pods a new task may go to on arrival: ready, not draining (`ready` leaves those out), holding nothing
-    once this pass's `assigned` tasks are counted."""
+    """The pods a new task may go to on arrival, as a pass leaves them: none while any of the `queued` tasks it saw
+    is still waiting (not assigned: backing off, or no pod for it), so an arrival never passes one; else the ready,
+    not draining (`ready` leaves those out) pods holding nothing once this pass's `assigned` tasks are counted."""
+    if sum(assigned.values()) < queued:
+        return []
     return [
         IdleSlot(pod, work[pod].model if dynamic else None)
         for pod in sorted(ready)

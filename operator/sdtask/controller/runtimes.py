@@ -135,9 +135,8 @@ class RuntimeLoop:
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
         assigned = await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
         await self._report(runtime, desired, pods, tasks, work, now)
-        if sum(assigned.values()) == len(queued):  # nothing left waiting: the next arrival may skip the queue
-            ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
-            self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")))
+        ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
+        self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")), len(queued))
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
             runtime["metadata"]["name"],
@@ -240,7 +239,7 @@ class RuntimeLoop:
         """Back to the queue without counting an attempt: it never started. The resourceVersion guard fails (409)
         if the agent started it meanwhile."""
         conditions = set_condition(task.conditions, CONDITION_SCHEDULED, False, reason, message, now)
-        await self.kube.patch_task_status(
+        await self.kube.write_task_status(
             task.namespace,
             task.name,
             {
@@ -345,7 +344,7 @@ class RuntimeLoop:
         message = f"assigned to pod {pod} (attempt {attempt})"
         conditions = set_condition(task.conditions, CONDITION_SCHEDULED, True, "Assigned", message, now)
         try:
-            await self.kube.patch_task_status(
+            await self.kube.write_task_status(
                 task.namespace,
                 task.name,
                 {

@@ -44,7 +44,7 @@ async def admit_task(
     now = dt.datetime.now(dt.UTC)
     pod = idle.take(namespace, decision.runtime, name, decision.model)
     try:
-        await kube.patch_task_status(namespace, name, admission_status(decision, now, pod), meta.get("resourceVersion"))
+        await kube.write_task_status(namespace, name, admission_status(decision, now, pod), meta.get("resourceVersion"))
     except Exception as error:
         if pod:
             idle.give_back(namespace, decision.runtime, name)

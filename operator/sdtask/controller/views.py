@@ -34,6 +34,7 @@ class TaskView:
     completion_time: dt.datetime | None
     conditions: list[dict[str, Any]] | None = None  # to patch them without reading the task again
     callback_state: str = ""  # status.callback.state: Pending until a delivery ended (see controller/recovery.py)
+    start_time: dt.datetime | None = None  # status.startTime of the current attempt
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def task_view(body: Mapping[str, Any]) -> TaskView:
         completion_time=parse_time(status.get("completionTime")),
         conditions=[dict(c) for c in status.get("conditions") or []],
         callback_state=str((status.get("callback") or {}).get("state") or ""),
+        start_time=parse_time(status.get("startTime")),
     )
 
 

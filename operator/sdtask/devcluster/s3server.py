@@ -1,4 +1,5 @@
-"""A real S3-protocol server (moto's) on loopback, as its own process so agents in other processes reach it too."""
+"""A real S3-protocol server (moto's, see s3app.py) on loopback, as its own process so agents in other processes reach
+it too."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class LocalS3Server:
         self.port = port or free_port()
         self.process = ManagedProcess(
             "s3 (moto)",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "sdtask.devcluster.s3app", "--port", str(self.port)],
             workdir / "logs" / "s3.log",
         )
         self.endpoint = S3Endpoint(url=f"http://127.0.0.1:{self.port}")

@@ -217,6 +217,8 @@ async def task_event(
             await admit_task(
                 memo.kube, dict(body), list(runtimes_by_namespace.get(namespace or "", [])), memo.callbacks, memo
             )
+    elif view.runtime and (state := memo.runtimes.get((view.namespace, view.runtime))):
+        state.seen(view.name)  # the echo of an arrival's write, if it was one
     if view.phase not in FINISHED_PHASES or type == "DELETED":
         memo.wake(namespace, view.runtime)
 

@@ -8,6 +8,7 @@ results through the Kubernetes client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -82,6 +83,13 @@ class RuntimeState:
     def give_back(self, task: str) -> None:
         """The arrival's write failed: it holds no pod."""
         self.claims.pop(task, None)
+
+    def seen(self, task: str) -> None:
+        """An event showed the task after its arrival write: from now on its absence from the index means it ended
+        (a fast task may end before any pass sees it Scheduled), and its claim settles as any other."""
+        claim = self.claims.get(task)
+        if claim is not None and claim.arriving:
+            self.claims[task] = dataclasses.replace(claim, arriving=False)
 
 
 INITIAL_REPLICAS_MANAGER = f"{OPERATOR_NAME}-initial-replicas"

@@ -70,6 +70,7 @@ class RuntimeState:
     # decisions.arrival_pod): published at the end of a pass that left nothing queued, emptied when a pass starts
     # (a pass in progress decides itself) and as arrivals take them.
     idle: list[IdleSlot] = field(default_factory=list)
+    writes: set[asyncio.Task[None]] = field(default_factory=set)  # dispatch writes in flight (see _dispatch)
 
     def take_idle(self, task: str, model: str | None, now: dt.datetime) -> str | None:
         """A pod for a task just admitted, claimed at once (before its write: a pass meanwhile counts it)."""
@@ -108,8 +109,9 @@ class RuntimeLoop:
         tasks: list[TaskView],
         pods: list[PodView],
         deployment_generation: int | None,
-    ) -> None:
-        """`tasks` are the runtime's unfinished tasks (the index holds no finished ones)."""
+    ) -> int:
+        """`tasks` are the runtime's unfinished tasks (the index holds no finished ones). Returns how many tasks this
+        pass gave to pods."""
         self.state.idle = []  # this pass decides; arrivals meanwhile wait in the queue
         now = dt.datetime.now(dt.UTC)
         spec = runtime.get("spec") or {}
@@ -154,6 +156,7 @@ class RuntimeLoop:
             ready=sum(1 for p in live if p.ready),
             queued_by_model=queued_by_model(queued),
         )
+        return sum(assigned.values())
 
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
     def _forget_settled_claims(self, tasks: list[TaskView], now: dt.datetime) -> None:
@@ -312,18 +315,24 @@ class RuntimeLoop:
             starvation_limit=dt.timedelta(seconds=self.settings.starvation_limit_seconds),
             min_switch_tasks=settings.min_switch_tasks,
         )
-        # Pods concurrently: each assignment is a request, and a burst on many pods should not wait in line. One
-        # pod's tasks in plan order, one after the other: an idle agent starts the first task it sees, so a
+        # The writes go on in the background, claimed first: the pass ends at once, and the next one (a pod that
+        # freed meanwhile) needn't wait for them, as each takes a round trip and more under load. Pods concurrently;
+        # one pod's tasks in plan order, one after the other: an idle agent starts the first task it sees, so a
         # lower-priority task dispatched beside a higher one must not reach it first.
         by_pod: dict[str, list[TaskView]] = {}
         for assignment in plan:
-            by_pod.setdefault(assignment.pod.name, []).append(views[assignment.task.name])
-        counts = await asyncio.gather(*(self._assign_in_order(pod, mine, now) for pod, mine in by_pod.items()))
-        return dict(zip(by_pod, counts, strict=True))
+            task = views[assignment.task.name]
+            by_pod.setdefault(assignment.pod.name, []).append(task)
+            self.state.claims[task.name] = Claim(assignment.pod.name, task.model, now)
+        for pod, mine in by_pod.items():
+            writing = asyncio.create_task(self._assign_in_order(pod, mine, now))
+            self.state.writes.add(writing)
+            writing.add_done_callback(self.state.writes.discard)
+        return {pod: len(mine) for pod, mine in by_pod.items()}
 
-    async def _assign_in_order(self, pod: str, tasks: list[TaskView], now: dt.datetime) -> int:
-        """How many were assigned (a task that changed meanwhile is not)."""
-        return sum([await self._assign(task, pod, now) for task in tasks])
+    async def _assign_in_order(self, pod: str, tasks: list[TaskView], now: dt.datetime) -> None:
+        for task in tasks:
+            await self._assign(task, pod, now)
 
     async def _take_back_for_priority(
         self,
@@ -345,9 +354,10 @@ class RuntimeLoop:
                 if not (is_conflict(error) or is_not_found(error)):
                     raise
 
-    async def _assign(self, task: TaskView, pod: str, now: dt.datetime) -> bool:
+    async def _assign(self, task: TaskView, pod: str, now: dt.datetime) -> None:
         """One request: the status, guarded by the resourceVersion the index saw (a task that changed meanwhile is
-        left for the next pass). The pod's agent watches the tasks whose status.pod names it."""
+        left for the next pass, as one whose write failed). The pod's agent watches the tasks whose status.pod names
+        it. The task was claimed for the pod before (see _dispatch); a write that fails takes the claim back."""
         attempt = task.attempts + 1
         message = f"assigned to pod {pod} (attempt {attempt})"
         conditions = set_condition(task.conditions, CONDITION_SCHEDULED, True, "Assigned", message, now)
@@ -366,16 +376,16 @@ class RuntimeLoop:
                 },
                 task.resource_version,
             )
-            self.state.claims[task.name] = Claim(pod, task.model, now)
         except Exception as error:
-            if is_conflict(error) or is_not_found(error):
-                return False
-            raise
+            self.state.claims.pop(task.name, None)
+            self.state.wake.set()  # the next pass decides again
+            if not (is_conflict(error) or is_not_found(error)):
+                log.warning("dispatch of task %s to pod %s failed: %s", task.name, pod, error)
+            return
         waited = (now - task.created).total_seconds()
         metrics.task_dispatched(task.namespace, task.runtime, waited)
         with log_context(task=task.name):  # the daemon's context already names the namespace and runtime
             log.info("task %s %s after %.1fs in the queue", task.name, message, waited)
-        return True
 
     # --- status -------------------------------------------------------------------------------------------------------
     async def _report(

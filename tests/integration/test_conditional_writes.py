@@ -7,8 +7,8 @@ The operator's index may show a task late: Running on a pod that has vanished, w
 and send a second, opposite callback. The check and the write are one (the write carries the resourceVersion of the
 read that passed the check), so a change between the two is never overwritten either.
 
-A requeue removes the task's pod label only from the version it wrote: a quick retry may be dispatched again (to
-the same pod) in between, and removing the label then would strand that dispatch.
+A dispatch applies only to the version the index showed: a task changed since (taken back, deleted, edited) is left
+for the next pass, and the pod it was claimed for is free again at once.
 
 Fixtures (tests/conftest.py): `kube_api` (admin ApiClient, CRDs installed) and `namespace` (a fresh namespace).
 """
@@ -29,6 +29,7 @@ from sdtask.clients.kube import Kube
 from sdtask.completion import CallbackPolicy
 from sdtask.config import OperatorSettings
 from sdtask.constants import Phase
+from sdtask.controller.decisions import Claim
 from sdtask.controller.runtimes import RuntimeLoop, RuntimeState
 from sdtask.controller.views import task_view
 
@@ -100,3 +101,21 @@ def test_a_success_written_between_the_check_and_the_requeue_stays(kube_api: cli
     _requeue_lost(SucceedsRightAfterTheRead(kube_api), task_view(body))
     status = _status(kube_api, namespace, "raced")
     assert (status["phase"], status["reason"]) == ("Succeeded", "Completed")
+
+
+def test_a_dispatch_of_a_task_changed_since_the_index_saw_it_writes_nothing_and_frees_the_pod(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    queued = {"phase": "Pending", "attempts": 0, "runtime": "sdruntime"}
+    stale = task_view(_task(kube_api, namespace, "moved", queued))
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "sdtasks", "moved", {"status": {"message": "changed meanwhile"}}
+    )
+    state = RuntimeState()
+    loop = RuntimeLoop(Kube(kube_api), OperatorSettings(), state, CallbackPolicy())
+    now = dt.datetime.now(dt.UTC)
+    state.claims["moved"] = Claim("pod-a", None, now)  # as the pass claims it before the background write
+    asyncio.run(loop._assign(stale, "pod-a", now))
+    status = _status(kube_api, namespace, "moved")
+    assert (status["phase"], status.get("pod") or "") == ("Pending", "")
+    assert "moved" not in state.claims and state.wake.is_set()  # the next pass may give pod-a another task

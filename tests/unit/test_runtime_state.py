@@ -18,6 +18,14 @@ def test_an_arrival_takes_an_idle_pod_once_and_a_failed_write_gives_it_back() ->
     assert set(state.claims) == {"t1"}
 
 
+def test_once_an_arrival_waits_in_the_queue_no_later_one_skips_it() -> None:
+    # Dynamic runtime: "b" finds no pod with its model and queues; "a", arriving after it, must not take the idle
+    # pod the next pass may switch for "b".
+    state = RuntimeState(idle=[IdleSlot("p", "a.safetensors")])
+    assert state.take_idle("wants-b", "b.safetensors", NOW) is None
+    assert state.take_idle("wants-a", "a.safetensors", NOW) is None
+
+
 def test_a_fast_task_that_ended_before_any_pass_saw_it_frees_its_pod() -> None:
     # A task of 0 s ends before a pass sees it Scheduled: the index never shows it. Once an event showed it after
     # its arrival write, its absence means it ended, not that the index is behind: its pod is free again.

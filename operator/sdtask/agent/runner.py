@@ -280,7 +280,14 @@ class Agent:
                         if self.stopping.is_set():
                             return
             except ApiException as error:
-                if error.status != 410:  # 410: our resourceVersion expired; list again
+                if error.status == 400:  # the CRD has no selectable status.pod: older than this agent
+                    log.error(
+                        "the API server refuses to select tasks by status.pod (%s): the SDTask CRD predates this "
+                        "agent; apply the chart's crds/ (Kubernetes 1.31 or later); retrying",
+                        error.reason,
+                    )
+                    self.stopping.wait(10)
+                elif error.status != 410:  # 410: our resourceVersion expired; list again
                     log.warning("watching tasks failed: %s; retrying", error.reason)
                     self.stopping.wait(2)
             except Exception as error:

@@ -76,6 +76,8 @@ class RuntimeState:
         """A pod for a task just admitted, claimed at once (before its write: a pass meanwhile counts it)."""
         slot = arrival_pod(self.idle, model)
         if slot is None:
+            # It waits in the queue now: no later arrival may pass it on a pod the next pass might give it.
+            self.idle = []
             return None
         self.idle.remove(slot)
         self.claims[task] = Claim(slot.pod, model or slot.model, now, arriving=True)

@@ -77,6 +77,15 @@ def loaded_model(cluster: Cluster, runtime: str) -> str:
     return f"{stats['loaded_model']}|loads={stats['model_loads']}|interrupts={stats['interrupts']}"
 
 
+def interrupts(cluster: Cluster) -> int:
+    """How many times the runtime's Web UI has been interrupted so far."""
+    return int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+
+
+def wait_interrupted(cluster: Cluster, before: int) -> None:
+    wait_for(lambda: interrupts(cluster) == before + 1, 30, "the Web UI to be interrupted")
+
+
 def test_seed_image_to_image_task_succeeds_end_to_end(
     cluster: Cluster, files: Files, callbacks: CallbackReceiver
 ) -> None:
@@ -330,16 +339,14 @@ def test_a_dynamic_runtime_fails_a_missing_checkpoint_and_keeps_the_loaded_one(c
 
 
 def test_a_web_ui_timeout_interrupts_and_fails_the_attempt(cluster: Cluster) -> None:
-    before = loaded_model(cluster, "sdruntime")
+    before = interrupts(cluster)
     # 64 images at 50 ms each take over 3 s; the task allows 1 s.
     cluster.submit(text_task("too-slow", batch_size=8, n_iter=8), timeoutSeconds=1, maxRetries=0)
     status = cluster.wait_finished("too-slow")["status"]
     assert status["phase"] == "Failed"
     assert status["reason"] == "Timeout"
     assert "interrupted" in status["message"]
-    interrupts_before = int(before.rsplit("interrupts=", 1)[1])
-    after = loaded_model(cluster, "sdruntime")
-    assert int(after.rsplit("interrupts=", 1)[1]) == interrupts_before + 1
+    assert interrupts(cluster) == before + 1
     # The runtime is still healthy: the next task runs.
     cluster.submit(text_task("after-timeout"))
     assert cluster.wait_finished("after-timeout")["status"]["phase"] == "Succeeded"
@@ -521,15 +528,11 @@ def wait_generating(cluster: Cluster, name: str) -> None:
 def test_deleting_a_running_task_cancels_its_generation(cluster: Cluster) -> None:
     cluster.submit(text_task("cancel-me", batch_size=8, n_iter=8))  # 3.2 s of generation
     wait_generating(cluster, "cancel-me")
-    interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+    before = interrupts(cluster)
 
     cluster.custom.delete_namespaced_custom_object("sdtask.io", "v1alpha1", cluster.namespace, "sdtasks", "cancel-me")
 
-    wait_for(
-        lambda: int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1]) == interrupts + 1,
-        30,
-        "the Web UI to be interrupted",
-    )
+    wait_interrupted(cluster, before)
     cluster.submit(text_task("after-cancel"))  # the pod is free again at once
     assert cluster.wait_finished("after-cancel")["status"]["phase"] == "Succeeded"
     assert cluster.s3_keys("t2i/cancel-me/") == []  # nothing of the cancelled task was uploaded
@@ -542,16 +545,12 @@ def test_a_task_ended_elsewhere_while_it_generates_stops_and_is_never_overwritte
     at once, uploads nothing, and never writes its success over the failure; the pod takes the next task."""
     cluster.submit(text_task("ended-elsewhere", batch_size=8, n_iter=8))  # 3.2 s of generation
     wait_generating(cluster, "ended-elsewhere")
-    interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+    before = interrupts(cluster)
     ended = {"phase": "Failed", "reason": "DeadlineExceeded", "message": "activeDeadlineSeconds passed"}
     cluster.custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, cluster.namespace, "sdtasks", "ended-elsewhere", {"status": ended}
     )
-    wait_for(
-        lambda: int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1]) == interrupts + 1,
-        30,
-        "the Web UI to be interrupted",
-    )
+    wait_interrupted(cluster, before)
     cluster.submit(text_task("after-ended"))
     assert cluster.wait_finished("after-ended")["status"]["phase"] == "Succeeded"
     status = cluster.status("ended-elsewhere")
@@ -565,17 +564,13 @@ def test_a_task_requeued_elsewhere_while_it_generates_stops_and_stores_nothing(c
     takes the next task."""
     cluster.submit(text_task("requeued-elsewhere", batch_size=8, n_iter=8))  # 3.2 s of generation
     wait_generating(cluster, "requeued-elsewhere")
-    interrupts = int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1])
+    before = interrupts(cluster)
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     requeued = {"phase": "Pending", "pod": "", "reason": "PodLost", "message": "pod went away", "notBefore": later}
     cluster.custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, cluster.namespace, "sdtasks", "requeued-elsewhere", {"status": requeued}
     )
-    wait_for(
-        lambda: int(loaded_model(cluster, "sdruntime").rsplit("interrupts=", 1)[1]) == interrupts + 1,
-        30,
-        "the Web UI to be interrupted",
-    )
+    wait_interrupted(cluster, before)
     cluster.submit(text_task("after-requeued"))
     assert cluster.wait_finished("after-requeued")["status"]["phase"] == "Succeeded"
     assert cluster.status("requeued-elsewhere")["phase"] == "Pending"  # never written over by this pod's agent

@@ -10,7 +10,7 @@ import base64
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kubernetes
@@ -55,6 +55,20 @@ def is_not_found(error: BaseException) -> bool:
     return isinstance(error, ApiException) and error.status == 404
 
 
+def _status_patch(status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    return body
+
+
+def _unread(call: Callable[..., Any], *args: Any) -> None:
+    """Make the request without decoding the answer (the connection goes back to the pool); errors still raise."""
+    response = call(*args, _preload_content=False)
+    response.drain_conn()
+    response.release_conn()
+
+
 class Kube:
     def __init__(self, client: ApiClient, field_manager: str = MANAGER, instance: str = "") -> None:
         self.client = client
@@ -78,11 +92,14 @@ class Kube:
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
     ) -> dict[str, Any]:
         """Merge-patch the status; with a resourceVersion the patch fails with 409 if the task changed meanwhile."""
-        body: dict[str, Any] = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
         result: dict[str, Any] = await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, TASK_PLURAL, name, body
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            TASK_PLURAL,
+            name,
+            _status_patch(status, resource_version),
         )
         return result
 
@@ -91,18 +108,9 @@ class Kube:
     ) -> None:
         """`patch_task_status` for a caller that needs no answer (the watch brings it): the object the API server
         returns is not decoded, which is most of what a write costs the operator's CPU besides the request."""
-        body: dict[str, Any] = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-
-        def write() -> None:
-            response = self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, TASK_PLURAL, name, body, _preload_content=False
-            )
-            response.drain_conn()
-            response.release_conn()
-
-        await asyncio.to_thread(write)
+        body = _status_patch(status, resource_version)
+        patch = self.custom.patch_namespaced_custom_object_status
+        await asyncio.to_thread(_unread, patch, GROUP, VERSION, namespace, TASK_PLURAL, name, body)
 
     async def delete_task(self, namespace: str, name: str, uid: str = "") -> None:
         """With a uid, only that task: a new one created under the same name meanwhile stays (409)."""
@@ -249,11 +257,6 @@ class Kube:
             "reportingInstance": self.instance or component,
         }
         with contextlib.suppress(Exception):  # see docstring
-            await asyncio.to_thread(self._create_event, meta["namespace"], event)
-
-    def _create_event(self, namespace: str, event: dict[str, Any]) -> None:
-        # The answer is not read into a V1Event: nothing uses it, and the client's model building costs more CPU
-        # than the request itself (an Event per finished task).
-        response = self.core.create_namespaced_event(namespace, event, _preload_content=False)
-        response.drain_conn()
-        response.release_conn()
+            # The answer is not read into a V1Event: nothing uses it, and the client's model building costs more CPU
+            # than the request itself (an Event per finished task).
+            await asyncio.to_thread(_unread, self.core.create_namespaced_event, meta["namespace"], event)

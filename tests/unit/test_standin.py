@@ -7,13 +7,16 @@ import hashlib
 import json
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from sdtask.devcluster.waiting import wait_for
 from sdtask.standin import StandinWebUI
+from sdtask.standin.fifolock import FIFOLock
 from tests.standin_support import (
     Start,
     b64_png,
@@ -276,3 +279,29 @@ def test_url_and_context_manager(data_dir: Path) -> None:
         assert httpx.get(webui.url + "/internal/ping").json() == {}
     with pytest.raises(RuntimeError):
         _ = webui.url
+
+
+def test_the_stand_in_queue_lock_serves_waiting_calls_in_the_order_they_came() -> None:
+    """modules/fifo_lock.py: calls queued behind a running one run first come, first served."""
+    lock = FIFOLock()
+    order: list[int] = []
+    lock.acquire()
+    threads = []
+    for index in range(5):
+        thread = threading.Thread(target=_take, args=(lock, order, index))
+        thread.start()
+        wait_for(partial(_waiting, lock, index + 1), 5, f"call {index} to wait")
+        threads.append(thread)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def _waiting(lock: FIFOLock, count: int) -> bool:
+    return lock.waited == count
+
+
+def _take(lock: FIFOLock, order: list[int], index: int) -> None:
+    with lock:
+        order.append(index)

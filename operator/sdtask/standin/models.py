@@ -17,6 +17,7 @@ from typing import Any
 from sdtask.standin.checkpoints import CheckpointInfo, CheckpointList
 from sdtask.standin.errors import webui_error
 from sdtask.standin.fields import parse_json_object
+from sdtask.standin.fifolock import FIFOLock
 from sdtask.standin.options import DEFAULT_OPTIONS
 from sdtask.standin.weights import SafetensorError, load_checkpoint
 
@@ -33,7 +34,7 @@ class CheckpointsAndOptions:
     no_download_sd_model: bool
     no_hashing: bool
     load_delay: float
-    _queue_lock: threading.Lock
+    _queue_lock: FIFOLock
     _state_lock: threading.Lock
     _stopping: threading.Event
     _checkpoints: CheckpointList
@@ -189,4 +190,3 @@ class CheckpointsAndOptions:
             if needed:
                 self._move_to_device()
         return {}
-

@@ -23,6 +23,7 @@ from sdtask.standin.auth import Response, parse_api_auth, refuse_unauthorised
 from sdtask.standin.checkpoints import CheckpointInfo, CheckpointList
 from sdtask.standin.errors import ApiError, Payload, invalid_image_error, validation_error, webui_error
 from sdtask.standin.fields import parse_json_object
+from sdtask.standin.fifolock import FIFOLock
 from sdtask.standin.httpserver import HTTPServer
 from sdtask.standin.images import DecodedImage, InvalidImageError, decode_image_payload
 from sdtask.standin.models import CheckpointsAndOptions
@@ -78,9 +79,9 @@ class StandinWebUI(CheckpointsAndOptions):
         self.no_download_sd_model, self.no_hashing = no_download_sd_model, no_hashing
         self.load_at_start = load_at_start
         self.load_delay, self.image_delay = max(0.0, load_delay), max(0.0, image_delay)
-        # The queue lock serialises generations, model loads and refreshes, like the real server's; the state lock
-        # guards the fields below and is never held while waiting.
-        self._queue_lock = threading.Lock()
+        # The queue lock serialises generations, model loads and refreshes in arrival order, like the real server's;
+        # the state lock guards the fields below and is never held while waiting.
+        self._queue_lock = FIFOLock()
         self._state_lock = threading.Lock()
         self._interrupt = threading.Event()
         self._stopping = threading.Event()
@@ -377,6 +378,8 @@ class StandinWebUI(CheckpointsAndOptions):
                 "requests": dict(self._requests),
                 "model_loads": self._model_loads,
                 "interrupts": self._interrupts,
+                # Calls that found the queue lock taken and waited their turn (a client queueing ahead).
+                "queued_calls": self._queue_lock.waited,
                 "loaded_model": self._model.title if self._model else None,
                 "model_on_device": self._model_on_device,
             }

@@ -114,6 +114,10 @@ class AgentSettings:
     # At most one status.progress write per task this often (SDTASK_PROGRESS_INTERVAL_SECONDS).
     progress_interval_seconds: float = 5.0
     metrics_port: int = 0  # the agent's own /metrics (the pod spec sets it and declares the port); 0 = off
+    # Send the next task's generation while the current one runs, to wait in the Web UI's own queue: the GPU goes
+    # from one to the next without a round trip (agent/queueing.py). SDTASK_QUEUE_NEXT_GENERATION=false turns it off
+    # for a Web UI behind something that doesn't queue calls (a proxy that refuses a second request, say).
+    queue_next_generation: bool = True
 
     @classmethod
     def from_env(cls) -> AgentSettings:
@@ -153,6 +157,7 @@ class AgentSettings:
             upload_retry_seconds=_env_float("SDTASK_UPLOAD_RETRY_SECONDS", cls.upload_retry_seconds),
             progress_interval_seconds=_env_float("SDTASK_PROGRESS_INTERVAL_SECONDS", cls.progress_interval_seconds),
             metrics_port=int(_env_float("SDTASK_AGENT_METRICS_PORT", cls.metrics_port)),
+            queue_next_generation=_env_bool("SDTASK_QUEUE_NEXT_GENERATION", cls.queue_next_generation),
         )
 
     def s3_link_prefixes(self) -> tuple[str, ...]:

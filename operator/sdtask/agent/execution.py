@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from sdtask.agent import metrics as agent_metrics
 from sdtask.agent.failures import AttemptFailed, CancelledTask
 from sdtask.agent.outputs import TaskOutputs
 from sdtask.agent.progress import ProgressReporter
+from sdtask.agent.queueing import QueuedCall, WebUIQueue
 from sdtask.agent.starting import AttemptStart, StartRefused
 from sdtask.agent.switching import ModelSwitcher
 from sdtask.api.task import CONDITION_RUNNING
@@ -87,6 +89,7 @@ class TaskExecution:
         self.settings = settings
         self.kube = kube
         self.webui = webui
+        self.queue = WebUIQueue(webui)
         self.s3 = s3
         self.fetcher = fetcher
         self.models = ModelSwitcher(settings, kube, webui, s3)
@@ -105,6 +108,8 @@ class TaskExecution:
         self.outbox = CallbackOutbox(kube, self.callbacks, COMPONENT)
         self.generating = False
         self.finishing = False
+        # Told of each call the current task has the Web UI run (the runner then sends the next one ahead).
+        self.on_call: Callable[[QueuedCall], None] | None = None
 
     async def cancel(self, uid: str) -> None:
         """The task was deleted or ended elsewhere: stop its generation now, so the GPU is free for the next task.
@@ -114,18 +119,21 @@ class TaskExecution:
         if uid and uid == self.current and not self.finishing:
             self.cancelled = uid
             if self.generating:
-                await self.webui.interrupt()
+                await self.queue.interrupt()
 
     async def execute(
         self,
         task: dict[str, Any],
         webui_free: asyncio.Event | None = None,
         prepared: asyncio.Future[PreparedInput] | None = None,
+        ahead: QueuedCall | None = None,
     ) -> Phase | None:
         """Run one task to its end; None when it was cancelled (deleted) on the way.
 
         `webui_free` is set as soon as the Web UI is done with this task (its outputs are then stored and reported):
         the runner starts the next task's generation meanwhile. `prepared`: this task's `prepare`, started ahead.
+        `ahead`: this task's call, sent to wait in the Web UI's queue while the task before it generated (see
+        agent/queueing.py); an attempt that ends without using it discards it.
         """
         uid = task["metadata"].get("uid", "")
         self.current, self.cancelled = uid, ""
@@ -136,7 +144,7 @@ class TaskExecution:
         try:
             with log_context(namespace=meta.get("namespace"), task=meta.get("name"), runtime=self.settings.runtime):
                 log.info("task %s started", meta.get("name"))
-                phase = await self._execute(task, prepared)
+                phase = await self._execute(task, prepared, ahead)
                 ended = phase.value if phase else "not written (the task left Running)"
                 log.info("task %s ended: %s", meta.get("name"), ended)
                 return phase
@@ -151,6 +159,8 @@ class TaskExecution:
                 webui_free = None
             raise
         finally:
+            if ahead is not None:
+                self.queue.discard(ahead)  # nothing if it was answered
             self._release(uid, webui_free)
 
     def _release(self, uid: str, webui_free: asyncio.Event | None) -> None:
@@ -166,7 +176,10 @@ class TaskExecution:
             raise CancelledTask()
 
     async def _execute(
-        self, task: dict[str, Any], prepared: asyncio.Future[PreparedInput] | None = None
+        self,
+        task: dict[str, Any],
+        prepared: asyncio.Future[PreparedInput] | None = None,
+        ahead: QueuedCall | None = None,
     ) -> Phase | None:
         started = dt.datetime.now(dt.UTC)
         retaken = (task.get("status") or {}).get("phase") == Phase.RUNNING.value
@@ -199,7 +212,7 @@ class TaskExecution:
         try:
             if retaken:
                 await asyncio.wait({start.claim})
-            return await self._run(task, start, prefix, task_id, started, prepared)
+            return await self._run(task, start, prefix, task_id, started, prepared, ahead)
         except (CancelledTask, asyncio.CancelledError):
             raise
         except Exception as error:  # a bug or hostile input must end the attempt, never leave the pod busy for good
@@ -224,12 +237,13 @@ class TaskExecution:
         task_id: str,
         started: dt.datetime,
         prepared: asyncio.Future[PreparedInput] | None = None,
+        ahead: QueuedCall | None = None,
     ) -> Phase | None:
         uid, free = task["metadata"].get("uid", ""), self._free
         generation: Generation | None = None
         failure: AttemptFailed | None = None
         try:
-            generation = await self._generate(task, started, start, prepared)
+            generation = await self._generate(task, started, start, prepared, ahead)
         except StartRefused:
             pass  # the write that failed says what to do, below
         except AttemptFailed as error:
@@ -341,17 +355,25 @@ class TaskExecution:
         started: dt.datetime,
         start: AttemptStart,
         prepared: asyncio.Future[PreparedInput] | None = None,
+        ahead: QueuedCall | None = None,
     ) -> Generation:
         """The model it ran on, the Web UI's answer, its images (base64, the grid left out) and the inlined inputs
         (base64 -> link: kept out of the record). StartRefused once the Running write or the claim failed: the
-        Web UI is then not asked to generate (a model switch already begun may end: the model report stays true)."""
+        Web UI is then not asked to generate (a model switch already begun may end: the model report stays true).
+
+        With `ahead` (the call already queued in the Web UI, on the model the task before it ran on) the model is
+        not checked again; a call that waited while an interrupt went out is not trusted and is made again."""
         start.check()
         ready = await self._prepared(task, started, prepared)
         call = ready.call
         timeout = attempt_timeout(task, self.settings.request_timeout_seconds, started)
         payload = ready.inlined.content
         start.check()
-        model = await self.models.ensure(ready.wanted, ready.target)
+        if ahead is not None and ahead.tainted:
+            log.info("the call queued ahead may have been hit by an interrupt meant for the task before: sent again")
+            self.queue.discard(ahead)
+            ahead = None
+        model = ahead.model if ahead is not None else await self.models.ensure(ready.wanted, ready.target)
         timeout = max(1.0, timeout - (dt.datetime.now(dt.UTC) - started).total_seconds())
         self._check_not_cancelled()  # deleted while links or the model loaded: don't start the generation
         start.check()
@@ -366,13 +388,16 @@ class TaskExecution:
         reading = self.models.read_beside()
         try:
             async with (
-                start.interrupting(self.webui.interrupt),
+                start.interrupting(self.queue.interrupt),
                 ProgressReporter(self.webui.progress, write_progress, interval=self.settings.progress_interval_seconds),
             ):
-                response = await self.webui.generate(call.endpoint, payload, timeout)
+                queued = ahead if ahead is not None else await self.queue.send(call.endpoint, payload, timeout, model)
+                if self.on_call is not None:
+                    self.on_call(queued)
+                response = await self.queue.answer(queued, timeout)
             returned = True
         except WebUITimeout as error:
-            interrupted = await self.webui.interrupt()
+            interrupted = await self.queue.interrupt()
             note = "; generation interrupted" if interrupted else "; interrupt failed"
             raise AttemptFailed("Timeout", f"{error}{note}") from None
         except WebUIUnavailable as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import heapq
 import logging
 import signal
@@ -21,7 +22,9 @@ from kubernetes.client.exceptions import ApiException
 
 from sdtask.addresses import AddressPolicy
 from sdtask.agent import metrics as agent_metrics
-from sdtask.agent.execution import PreparedInput, TaskExecution
+from sdtask.agent.execution import PreparedInput, TaskExecution, attempt_timeout
+from sdtask.agent.queueing import QueuedCall
+from sdtask.checkpoints import same_checkpoint
 from sdtask.clients.fetcher import LinkFetcher
 from sdtask.clients.kube import Kube, load_api_client
 from sdtask.clients.s3 import S3Settings, make_s3_client
@@ -84,6 +87,12 @@ class Agent:
         # The next task's preparation (links, model look-up), started while the current one holds the Web UI:
         # (task name, the dispatch it is valid for, the preparation). At most one, so memory stays bounded.
         self.preparing: tuple[str, tuple[str, int], asyncio.Task[PreparedInput]] | None = None
+        # The next task's call, sent to wait in the Web UI's queue behind the current one (agent/queueing.py), and the
+        # task sending it: (task name, the dispatch it is valid for, the call).
+        self.ahead: tuple[str, tuple[str, int], QueuedCall] | None = None
+        self.sending_ahead: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # a preparation started
+        self.execution.on_call = self._call_sent
         self.generating = False  # a task holds the Web UI
         self.finishing: set[asyncio.Task[None]] = set()  # tasks generated, their outputs being stored and reported
         # The newest object the watch showed per queued task: the agent starts from it instead of reading the task
@@ -113,6 +122,7 @@ class Agent:
                 name = await self._next(stop)
                 if name:
                     await self._run_one(name)
+            self._drop_ahead()  # SIGTERM: the next task is not run here
             if self.finishing:  # SIGTERM: the tasks already generated are stored and reported first
                 await asyncio.wait(self.finishing)
         finally:
@@ -134,12 +144,13 @@ class Agent:
             self._drop_prepared(name)
             return
         prepared = self._take_prepared(name, task)
+        ahead = self._take_ahead(name, task)
         while len(self.finishing) >= MAX_FINISHING:
             await asyncio.wait(self.finishing, return_when=asyncio.FIRST_COMPLETED)
         self._remember(task)
         self._set_busy(True)
         free = asyncio.Event()
-        job = asyncio.create_task(self._execute(name, task, free, prepared))
+        job = asyncio.create_task(self._execute(name, task, free, prepared, ahead))
         self.finishing.add(job)
         job.add_done_callback(self._finished)
         waiter = asyncio.ensure_future(free.wait())
@@ -161,6 +172,7 @@ class Agent:
         if name is None or task is None or not is_mine(task, self.settings.pod_name) or self._seen(task):
             return
         self.preparing = (name, attempt_key(task), asyncio.create_task(self.execution.prepare(task)))
+        self._changed.set()
 
     def _take_prepared(self, name: str, task: dict[str, Any]) -> asyncio.Task[PreparedInput] | None:
         """This task's preparation, if one was started for this very dispatch."""
@@ -174,10 +186,84 @@ class Agent:
         return preparation
 
     def _drop_prepared(self, name: str) -> None:
-        """The task is not run here (taken back, deleted, already done): its preparation is dropped."""
+        """The task is not run here (taken back, deleted, already done): its preparation is dropped, and its call
+        queued ahead too."""
         if self.preparing is not None and self.preparing[0] == name:
             self.preparing[2].cancel()
             self.preparing = None
+        if self.ahead is not None and self.ahead[0] == name:
+            self._drop_ahead()
+
+    # --- the next task's call queued in the Web UI (agent/queueing.py) ----------------------------------------------
+    def _call_sent(self, call: QueuedCall) -> None:
+        """The current task's call is out: the next task's may now go to wait behind it."""
+        if self.settings.queue_next_generation and self.ahead is None and self.sending_ahead is None:
+            self.sending_ahead = asyncio.create_task(self._send_ahead(call))
+            self.sending_ahead.add_done_callback(self._sent_ahead)
+
+    def _sent_ahead(self, sender: asyncio.Task[None]) -> None:
+        if self.sending_ahead is sender:
+            self.sending_ahead = None
+        if not sender.cancelled() and sender.exception() is not None:
+            log.warning("queueing the next generation failed: %s", sender.exception())
+
+    async def _send_ahead(self, head: QueuedCall) -> None:
+        """Send the next queued task's call once it is prepared and `head` is known to be at the server: only a
+        task dispatched to this pod and not started, whose model is the one `head` runs on."""
+        queue = self.execution.queue
+        while not head.done():
+            preparing = self.preparing
+            if preparing is None:  # wait for a task to arrive and its preparation to start
+                changed = asyncio.ensure_future(self._changed.wait())
+                await asyncio.wait({changed, head.answer}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                self._changed.clear()
+                continue
+            name, key, preparation = preparing
+            await asyncio.wait({preparation, head.answer}, return_when=asyncio.FIRST_COMPLETED)
+            if head.done() or self.preparing is not preparing:
+                continue
+            if preparation.cancelled() or preparation.exception() is not None:
+                return  # its failure is reported when the task runs, as without queueing
+            ready = preparation.result()
+            if not await queue.can_queue_behind(head):
+                return
+            task = self.latest.get(name)
+            if (
+                self.preparing is not preparing
+                or self.ready.peek() != name
+                or task is None
+                or not is_mine(task, self.settings.pod_name)
+                or self._seen(task)
+                or (task.get("status") or {}).get("phase") != Phase.SCHEDULED.value
+                or attempt_key(task) != key
+                or (self.settings.dynamic_model and ready.wanted and not same_checkpoint(head.model, ready.wanted))
+            ):
+                return  # changed meanwhile, taken again after a restart, or it needs a model switch first
+            own = attempt_timeout(task, self.settings.request_timeout_seconds, dt.datetime.now(dt.UTC))
+            call = queue.send_ahead(ready.call.endpoint, ready.inlined.content, own + head.timeout, head.model)
+            self.ahead = (name, key, call)
+            log.info("task %s queued in the Web UI behind the running generation", name)
+            return
+
+    def _take_ahead(self, name: str, task: dict[str, Any]) -> QueuedCall | None:
+        """This task's call queued ahead, if one was sent for this very dispatch; any other is discarded."""
+        if self.sending_ahead is not None:
+            self.sending_ahead.cancel()
+            self.sending_ahead = None
+        if self.ahead is not None and self.ahead[0] == name and self.ahead[1] == attempt_key(task):
+            call, self.ahead = self.ahead[2], None
+            return call
+        self._drop_ahead()  # another task's (a higher-priority one came first) or an older dispatch's
+        return None
+
+    def _drop_ahead(self) -> None:
+        if self.sending_ahead is not None:
+            self.sending_ahead.cancel()
+            self.sending_ahead = None
+        if self.ahead is not None:
+            self.execution.queue.discard(self.ahead[2])
+            self.ahead = None
 
     def _finished(self, job: asyncio.Task[None]) -> None:
         self.finishing.discard(job)
@@ -190,11 +276,12 @@ class Agent:
         task: dict[str, Any],
         free: asyncio.Event,
         prepared: asyncio.Task[PreparedInput] | None = None,
+        ahead: QueuedCall | None = None,
     ) -> None:
         key = attempt_key(task)
         try:
             try:
-                phase = await self.execution.execute(task, free, prepared)
+                phase = await self.execution.execute(task, free, prepared, ahead)
             except ApiException as error:
                 if error.status != 409:
                     raise

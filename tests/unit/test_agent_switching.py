@@ -1,6 +1,7 @@
-"""The model check between two generations, against the stand-in Web UI: what was read beside the last generation
-stands for the next check while it is fresh (no round trip while the GPU waits), never once it is stale or after a
-failed generation, so a static runtime still refuses a Web UI that serves another model."""
+"""The model check between two generations, against the stand-in Web UI: what was read when the last generation
+returned stands for the next check while it is fresh (no round trip while the GPU waits), never once it is stale or
+after a failed generation, so a static runtime still refuses a Web UI that serves another model; and no read is made
+when the next task's call already waits in the Web UI's queue (it runs on that model unchecked)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,18 @@ def switcher(webui: WebUIClient, checkpoint: str) -> ModelSwitcher:
     return ModelSwitcher(settings, cast(Any, None), webui, cast(Any, None))  # no switch, no report: no Kube, no S3
 
 
-async def generate_beside(models: ModelSwitcher, webui: WebUIClient, *, succeeded: bool = True) -> None:
-    reading = models.read_beside()
+async def generate_then_read(
+    models: ModelSwitcher, webui: WebUIClient, client: httpx.Client, *, succeeded: bool = True
+) -> None:
+    """A generation, then (if it succeeded) the read its end starts, until the Web UI has answered it."""
+    before = options_reads(client)
     await webui.generate("txt2img", PAYLOAD, 30)
-    await asyncio.wait({reading[0]})
-    models.generation_ended(reading, succeeded)
+    models.generation_ended(succeeded, next_queued=False)
+    for _ in range(500):
+        if not succeeded or options_reads(client) > before:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no model read after the generation")
 
 
 def test_right_after_a_generation_the_check_asks_the_web_ui_nothing(start: Start) -> None:
@@ -43,7 +51,7 @@ def test_right_after_a_generation_the_check_asks_the_web_ui_nothing(start: Start
     async def scenario() -> tuple[str | None, int, int]:
         async with WebUIClient(str(client.base_url)) as webui:
             models = switcher(webui, alpha)
-            await generate_beside(models, webui)
+            await generate_then_read(models, webui, client)
             before = options_reads(client)
             checked = await models.ensure(None)
             after_first = options_reads(client)
@@ -67,7 +75,7 @@ def test_a_stale_read_is_not_trusted_and_another_model_is_refused(
     async def scenario() -> None:
         async with WebUIClient(str(client.base_url)) as webui:
             models = switcher(webui, alpha)
-            await generate_beside(models, webui)
+            await generate_then_read(models, webui, client)
             client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta})
             await models.ensure(None)
 
@@ -83,7 +91,26 @@ def test_after_a_failed_generation_nothing_is_assumed(start: Start) -> None:
     async def scenario() -> None:
         async with WebUIClient(str(client.base_url)) as webui:
             models = switcher(webui, alpha)
-            await generate_beside(models, webui, succeeded=False)
+            await generate_then_read(models, webui, client, succeeded=False)
+            client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta})
+            await models.ensure(None)
+
+    with pytest.raises(AttemptFailed) as refused:
+        asyncio.run(scenario())
+    assert refused.value.reason == "ModelNotLoaded"
+
+
+def test_no_read_is_made_when_the_next_call_already_waits_in_the_web_ui_queue(start: Start) -> None:
+    """That call runs on the model unchecked; a task that comes later asks the Web UI itself, so a switch made by
+    someone else meanwhile is seen and refused."""
+    client = start()
+    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
+
+    async def scenario() -> None:
+        async with WebUIClient(str(client.base_url)) as webui:
+            models = switcher(webui, alpha)
+            await webui.generate("txt2img", PAYLOAD, 30)
+            models.generation_ended(True, next_queued=True)
             client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta})
             await models.ensure(None)
 

@@ -384,8 +384,6 @@ class TaskExecution:
             await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
 
         self.generating, returned = True, False
-        # The next task's model check reads what this generation leaves loaded, asked for meanwhile.
-        reading = self.models.read_beside()
         try:
             async with (
                 start.interrupting(self.queue.interrupt),
@@ -406,7 +404,7 @@ class TaskExecution:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
         finally:
             self.generating = False
-            self.models.generation_ended(reading, returned)
+            self.models.generation_ended(returned, next_queued=self.queue.head() is not None)
         images = result_images(response, videos=makes_videos(payload))
         if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")

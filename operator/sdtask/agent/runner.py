@@ -243,7 +243,7 @@ class Agent:
             own = attempt_timeout(task, self.settings.request_timeout_seconds, dt.datetime.now(dt.UTC))
             call = queue.send_ahead(ready.call.endpoint, ready.inlined.content, own + head.timeout, head.model)
             self.ahead = (name, key, call)
-            log.info("task %s queued in the Web UI behind the running generation", name)
+            log.debug("task %s queued in the Web UI behind the running generation", name)
             return
 
     def _take_ahead(self, name: str, task: dict[str, Any]) -> QueuedCall | None:

@@ -19,11 +19,11 @@ from sdtask.modelreport import model_lease
 
 log = logging.getLogger(__name__)
 
-# How old the model read beside a generation may be to stand for the next task's check (instead of asking between two
-# generations, a round trip the GPU waits for: 12 ms p50 on the loaded 2-core bench machine). Only this agent switches
+# How old the model read after a generation may be to stand for the next task's check (instead of asking when the next
+# task comes, a round trip the GPU waits for: 12 ms p50 on the loaded 2-core bench machine). Only this agent switches
 # models (the checkpoint is taken out of override_settings), so what may change it meanwhile is a Web UI restart (far
 # slower than this), or someone else switching through the runtime's Service: that window is bounded by this age,
-# against a few milliseconds when asking just before. Long generations (where the round trip doesn't matter) ask again.
+# against a few milliseconds when asking just before.
 KNOWN_FOR_SECONDS = 1.0
 
 
@@ -41,23 +41,17 @@ class ModelSwitcher:
         self.kube = kube
         self.webui = webui
         self.s3 = s3
-        # The loaded checkpoint as read while our last generation ran, and when it was asked for: the next task's
+        # The loaded checkpoint as read right after our last generation, and when it was asked for: the next task's
         # check uses it while it is fresh (KNOWN_FOR_SECONDS).
         self._known: tuple[asyncio.Future[str | None], float] | None = None
 
-    def read_beside(self) -> tuple[asyncio.Future[str | None], float]:
-        """Start reading the loaded checkpoint beside a generation (the Web UI answers /options while it generates;
-        the read takes no queue lock). Hand it to `generation_ended`."""
-        return asyncio.ensure_future(self.webui.loaded_checkpoint()), time.monotonic()
-
-    def generation_ended(self, reading: tuple[asyncio.Future[str | None], float], succeeded: bool) -> None:
-        """A generation returned (the Web UI was alive and ours): its read may stand for the next check. After a
-        failed one, nothing is assumed."""
+    def generation_ended(self, succeeded: bool, next_queued: bool) -> None:
+        """A generation returned. Unless the next task's call already waits in the Web UI's queue (it runs on this
+        model, unchecked: agent/queueing.py), the loaded checkpoint is read now, in the background (/options takes no
+        queue lock), for the next task's check. After a failed generation, nothing is assumed."""
         self.forget()
-        if succeeded:
-            self._known = reading
-        else:
-            _drop(reading[0])
+        if succeeded and not next_queued:
+            self._known = asyncio.ensure_future(self.webui.loaded_checkpoint()), time.monotonic()
 
     def forget(self) -> None:
         if self._known is not None:
@@ -65,7 +59,7 @@ class ModelSwitcher:
             self._known = None
 
     async def loaded(self) -> str | None:
-        """The checkpoint loaded now: the one read during the last generation if that read is fresh, else asked for."""
+        """The checkpoint loaded now: the one read after the last generation if that read is fresh, else asked for."""
         known, self._known = self._known, None
         if known is not None and time.monotonic() - known[1] <= KNOWN_FOR_SECONDS:
             reading = known[0]

@@ -3,7 +3,8 @@ of moto's general server that the benchmark's profile of it showed (a fifth of i
 
 - its dispatcher works out, per request, which of its hundred services a request is for (listing its module folders
   on disk each time); this server serves S3 only (and moto's own /moto-api);
-- werkzeug writes an access-log line per request.
+- werkzeug writes an access-log line per request;
+- werkzeug closes each connection after its response (S3 keeps them alive).
 
     python -m sdtask.devcluster.s3app --port N
 """
@@ -11,6 +12,7 @@ of moto's general server that the benchmark's profile of it showed (a fifth of i
 from __future__ import annotations
 
 import argparse
+import io
 import signal
 import sys
 from typing import Any
@@ -18,6 +20,9 @@ from typing import Any
 from flask import Flask
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import run_simple
+
+# Bodies read whole before moto runs: the tests' images and checkpoints are far smaller.
+MAX_BUFFERED_BODY = 64 * 1024 * 1024
 
 
 class S3Dispatcher(DomainDispatcherApplication):
@@ -32,6 +37,42 @@ class S3Dispatcher(DomainDispatcherApplication):
 
 
 class QuietRequestHandler(MotoRequestHandler):
+    """No access log, and connections kept alive as S3 keeps them.
+
+    werkzeug closes every connection after its response (`Connection: close`), because http.server cannot drain a
+    request body the application left unread before reading the next request line; so every request of a client
+    paid a new TCP connection on both sides (a tenth of an agent's CPU in its profile). Here the body is read whole
+    before the application runs, so nothing is ever left unread; a chunked body or one over MAX_BUFFERED_BODY still
+    gets werkzeug's own handling and a closed connection.
+    """
+
+    keep_alive = False
+
+    def run_wsgi(self) -> None:
+        length = self.headers.get("Content-Length") or "0"
+        self.keep_alive = (
+            length.isdigit()
+            and int(length) <= MAX_BUFFERED_BODY
+            and "chunked" not in self.headers.get("Transfer-Encoding", "").lower()
+        )
+        if not self.keep_alive:
+            super().run_wsgi()
+            return
+        # botocore sends `Expect: 100-continue` with every PUT; http.server has answered it already (parse_request),
+        # so the body is on its way. werkzeug would answer it a second time.
+        del self.headers["Expect"]
+        connection = self.rfile
+        self.rfile = io.BytesIO(connection.read(int(length)))  # all werkzeug does with it is read
+        try:
+            super().run_wsgi()
+        finally:
+            self.rfile = connection
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if self.keep_alive and keyword.lower() == "connection" and value.lower() == "close":
+            return
+        super().send_header(keyword, value)
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """No access log: a line per request is CPU the benchmark would count."""
 

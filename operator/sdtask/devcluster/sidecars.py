@@ -187,6 +187,28 @@ class SidecarSimulator:
             ],
             pod_dir / "webui.log",
         ).start()
+        try:
+            return self._start_agent(core, serialized, agent_spec, webui_spec, webui, port, pod_dir, models)
+        except BaseException:
+            # The pod went while it started (its readiness write finds it deleted, say): nothing of it may outlive
+            # this, as no SimulatedPod will be there to stop it.
+            webui.kill()
+            raise
+
+    def _start_agent(
+        self,
+        core: CoreV1Api,
+        serialized: dict[str, Any],
+        agent_spec: dict[str, Any],
+        webui_spec: dict[str, Any],
+        webui: ManagedProcess,
+        port: int,
+        pod_dir: Path,
+        models: Path,
+    ) -> SimulatedPod:
+        """Once the pod's Web UI runs: wait for its readiness probe, then start the agent."""
+        meta = serialized["metadata"]
+        namespace, name, runtime = meta["namespace"], meta["name"], meta["labels"][LABEL_RUNTIME]
         # The kubelet probes the pod's IP, not the container's loopback: POD_IP plays it (all of 127/8 is loopback
         # here), so a Web UI started without --listen (bound to 127.0.0.1 only) never becomes Ready.
         readiness = webui_spec.get("readinessProbe") or {}

@@ -8,6 +8,7 @@ from sdtask.api.task import ACTIVE_PHASES, FINISHED_PHASES, Phase
 __all__ = ["ACTIVE_PHASES", "API_VERSION", "FINISHED_PHASES", "GROUP", "VERSION", "Phase"]
 
 TASK_PLURAL = "sdtasks"
+TASK_KIND = "SDTask"
 RUNTIME_PLURAL = "sdruntimes"
 
 LABEL_RUNTIME = "sdtask.io/runtime"  # on runtime pods, Deployments and model Leases

@@ -1,12 +1,13 @@
 import asyncio
 import copy
 
+import kopf
 import kubernetes.client
 
 from sdtask.clients.kube import Kube
 from sdtask.completion import CallbackPolicy
 from sdtask.config import OperatorSettings
-from sdtask.controller.main import OperatorMemo
+from sdtask.controller.main import OperatorMemo, RuntimesOnlyDiffBase
 
 
 def memo() -> OperatorMemo:
@@ -42,3 +43,12 @@ def test_a_runtime_keeps_one_state_and_waking_it_sets_its_event() -> None:
     shared.wake(None, "rt")  # a cluster-scoped or unlabelled object wakes nothing
     shared.wake("ns", "")
     assert set(shared.runtimes) == {("ns", "rt")}
+
+
+def test_kopf_builds_no_diff_base_for_tasks_but_still_does_for_runtimes() -> None:
+    """kopf's change detection copies every object on every event; SDTasks have no change-detecting handlers."""
+    storage = RuntimesOnlyDiffBase(prefix="sdtask.io")
+    task = kopf.Body({"kind": "SDTask", "metadata": {"name": "t"}, "spec": {"task": {"content": {"prompt": "x"}}}})
+    runtime = kopf.Body({"kind": "SDRuntime", "metadata": {"name": "r"}, "spec": {"checkpoint": "m"}})
+    assert storage.build(body=task) == {} and storage.fetch(body=task) == {}
+    assert storage.build(body=runtime)["spec"] == {"checkpoint": "m"}

@@ -54,6 +54,21 @@ def test_client_configuration(s3_endpoint: str) -> None:
     assert aws_config.s3 is None
 
 
+def test_an_upload_sends_its_body_at_once_without_waiting_for_100_continue(client: S3Client) -> None:
+    sent: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append({name.lower(): str(value) for name, value in request.headers.items()})
+
+    client.meta.events.register("before-send.s3", capture)
+    try:
+        asyncio.run(put_object(client, BUCKET, "output/t0/image-1.png", b"\x89PNG-small", "image/png"))
+    finally:
+        client.meta.events.unregister("before-send.s3", capture)
+    assert sent and "expect" not in sent[-1]
+    assert client.get_object(Bucket=BUCKET, Key="output/t0/image-1.png")["Body"].read() == b"\x89PNG-small"
+
+
 def test_put_object_sets_content_type_and_overwrites(client: S3Client) -> None:
     key = "output/t1/image-1.gif"
     asyncio.run(put_object(client, BUCKET, key, b"GIF89a-first", "image/gif"))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
+from botocore.handlers import add_expect_header
 
 from sdtask.api.runtime import DEFAULT_REGION
 
@@ -98,7 +99,7 @@ def make_s3_client(settings: S3Settings) -> S3Client:
     )
     # A private session: the default one is shared and not safe to create clients from in several threads.
     session = boto3.session.Session()
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=settings.endpoint_url,
         region_name=settings.region,
@@ -106,6 +107,11 @@ def make_s3_client(settings: S3Settings) -> S3Client:
         aws_secret_access_key=settings.secret_access_key,
         config=config,
     )
+    # botocore sends every PUT with `Expect: 100-continue` and holds the body back until S3 says go on: a round trip
+    # per upload, on a task's way to Succeeded, that only saves resending a body S3 refuses. Ours are images and
+    # small records, and a refusal is rare (it fails the upload either way).
+    client.meta.events.unregister("before-call.s3", add_expect_header)
+    return client
 
 
 async def put_object(client: S3Client, bucket: str, key: str, data: bytes, content_type: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sdtask.agent import switching
 from sdtask.agent.failures import AttemptFailed
 from sdtask.agent.switching import ModelSwitcher
-from sdtask.clients.webui import WebUIClient
+from sdtask.clients.webui import WebUIClient, answered_checkpoint
 from sdtask.config import AgentSettings
 from tests.standin_support import Start, titles
 
@@ -117,3 +117,57 @@ def test_no_read_is_made_when_the_next_call_already_waits_in_the_web_ui_queue(st
     with pytest.raises(AttemptFailed) as refused:
         asyncio.run(scenario())
     assert refused.value.reason == "ModelNotLoaded"
+
+
+def test_an_answer_on_the_checkpoint_last_read_stands_for_a_read(start: Start) -> None:
+    """Every generation's answer names the model it ran on (info: sd_model_name, sd_model_hash): when that is the
+    checkpoint last read, the next check needs no round trip at all."""
+    client = start()
+    alpha = titles(client)["alpha"]
+
+    async def scenario() -> tuple[str | None, str | None, int]:
+        async with WebUIClient(str(client.base_url)) as webui:
+            models = switcher(webui, alpha)
+            await models.ensure(None)  # the first check reads the Web UI
+            response = await webui.generate("txt2img", PAYLOAD, 30)
+            ran_on = answered_checkpoint(response)
+            before = options_reads(client)
+            models.generation_ended(True, next_queued=False, ran_on=ran_on)
+            checked = await models.ensure(None)
+            return ran_on, checked, options_reads(client) - before
+
+    ran_on, checked, reads = asyncio.run(scenario())
+    assert ran_on is not None and ran_on.startswith("alpha [")
+    assert (checked, reads) == (alpha, 0)
+
+
+def test_an_answer_on_another_checkpoint_is_checked_against_the_web_ui(start: Start) -> None:
+    client = start()
+    alpha, beta = titles(client)["alpha"], titles(client)["beta"]
+
+    async def scenario() -> None:
+        async with WebUIClient(str(client.base_url)) as webui:
+            models = switcher(webui, alpha)
+            await models.ensure(None)
+            await webui.generate("txt2img", PAYLOAD, 30)
+            client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta})
+            models.generation_ended(True, next_queued=False, ran_on="beta")  # not what was last read: read again
+            await models.ensure(None)
+
+    with pytest.raises(AttemptFailed) as refused:
+        asyncio.run(scenario())
+    assert refused.value.reason == "ModelNotLoaded"
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        ('{"sd_model_name": "v1-5", "sd_model_hash": "6ce0161689"}', "v1-5 [6ce0161689]"),
+        ('{"sd_model_name": "v1-5", "sd_model_hash": null}', "v1-5"),  # --no-hashing
+        ('{"prompt": "x"}', None),
+        ("not json", None),
+        (None, None),
+    ],
+)
+def test_the_checkpoint_an_answer_ran_on(info: str | None, expected: str | None) -> None:
+    assert answered_checkpoint({"images": [], "info": info}) == expected

@@ -35,6 +35,7 @@ from sdtask.clients.webui import (
     WebUIError,
     WebUITimeout,
     WebUIUnavailable,
+    answered_checkpoint,
 )
 from sdtask.completion import (
     CallbackPolicy,
@@ -383,7 +384,7 @@ class TaskExecution:
             await start.running  # no progress before Running is written (a failed start skips the write)
             await self.kube.patch_task_status(meta["namespace"], meta["name"], patch)
 
-        self.generating, returned = True, False
+        self.generating, returned, ran_on = True, False, None
         try:
             async with (
                 start.interrupting(self.queue.interrupt),
@@ -393,7 +394,7 @@ class TaskExecution:
                 if self.on_call is not None:
                     self.on_call(queued)
                 response = await self.queue.answer(queued, timeout)
-            returned = True
+            returned, ran_on = True, answered_checkpoint(response)
         except WebUITimeout as error:
             interrupted = await self.queue.interrupt()
             note = "; generation interrupted" if interrupted else "; interrupt failed"
@@ -404,7 +405,7 @@ class TaskExecution:
             raise AttemptFailed("WebUIError", str(error), webui_error=error.body) from None
         finally:
             self.generating = False
-            self.models.generation_ended(returned, next_queued=self.queue.head() is not None)
+            self.models.generation_ended(returned, next_queued=self.queue.head() is not None, ran_on=ran_on)
         images = result_images(response, videos=makes_videos(payload))
         if not images:
             raise AttemptFailed("NoImages", f"the Web UI returned no images for {call.endpoint}")

@@ -303,7 +303,7 @@ class Agent:
                 if prepared is not None and attempt_key(task) != key:
                     prepared = None  # prepared for the older dispatch: its links may differ
                 phase = await self.execution.execute(task, free, prepared)
-            log.info("task %s: %s", name, phase or "cancelled")
+            log.debug("task %s: %s", name, phase or "cancelled")  # execution logged its end already
         except ApiException as error:
             if error.status != 404:
                 log.exception("task %s: API error", name)

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 KNOWN_FOR_SECONDS = 1.0
 
 
+def _same_hash(a: str, b: str) -> bool:
+    """No conflicting hashes: "x [6ce0161689]" and "x.safetensors [6ce0161689]" agree, a name without one too."""
+    first, second = split_hash(a)[1], split_hash(b)[1]
+    return not first or not second or first.startswith(second) or second.startswith(first)
+
+
 def _drop(future: asyncio.Future[str | None]) -> None:
     if future.done():
         if not future.cancelled():
@@ -44,14 +50,28 @@ class ModelSwitcher:
         # The loaded checkpoint as read right after our last generation, and when it was asked for: the next task's
         # check uses it while it is fresh (KNOWN_FOR_SECONDS).
         self._known: tuple[asyncio.Future[str | None], float] | None = None
+        self._last_read: str | None = None  # the title the Web UI last gave for its loaded checkpoint
 
-    def generation_ended(self, succeeded: bool, next_queued: bool) -> None:
-        """A generation returned. Unless the next task's call already waits in the Web UI's queue (it runs on this
-        model, unchecked: agent/queueing.py), the loaded checkpoint is read now, in the background (/options takes no
-        queue lock), for the next task's check. After a failed generation, nothing is assumed."""
+    def generation_ended(self, succeeded: bool, next_queued: bool, ran_on: str | None = None) -> None:
+        """A generation returned, on `ran_on` as its answer says (its info's model name and hash). When that is the
+        checkpoint last read, the answer stands for a fresh read. Else, unless the next task's call already waits in
+        the Web UI's queue (it runs on this model, unchecked: agent/queueing.py), the loaded checkpoint is read now,
+        in the background (/options takes no queue lock), for the next task's check. After a failed generation,
+        nothing is assumed."""
         self.forget()
-        if succeeded and not next_queued:
-            self._known = asyncio.ensure_future(self.webui.loaded_checkpoint()), time.monotonic()
+        if not succeeded:
+            return
+        last, now = self._last_read, time.monotonic()
+        if ran_on and last and same_checkpoint(ran_on, last) and _same_hash(ran_on, last):
+            confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            confirmed.set_result(last)
+            self._known = confirmed, now
+        elif not next_queued:
+            self._known = asyncio.ensure_future(self._read()), now
+
+    async def _read(self) -> str | None:
+        self._last_read = await self.webui.loaded_checkpoint()
+        return self._last_read
 
     def forget(self) -> None:
         if self._known is not None:
@@ -68,7 +88,7 @@ class ModelSwitcher:
                 return reading.result()
         elif known is not None:
             _drop(known[0])
-        return await self.webui.loaded_checkpoint()
+        return await self._read()
 
     async def ensure(self, wanted: str | None, target: Checkpoint | None = None) -> str | None:
         """The checkpoint the generation will run on. Static runtimes never switch, and never generate on anything but
@@ -88,7 +108,7 @@ class ModelSwitcher:
             if loaded and split_hash(loaded)[0] == target.name:
                 return loaded  # named by hash or sha256: already the loaded one
             await self.webui.switch_checkpoint(target.title)
-            now_loaded = await self.webui.loaded_checkpoint()
+            now_loaded = await self._read()
         except WebUIUnavailable as error:
             raise AttemptFailed("WebUIUnavailable", str(error), retryable=True) from None
         except WebUIException as error:

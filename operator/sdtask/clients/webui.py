@@ -307,6 +307,20 @@ class WebUIClient(AsyncClosable):
             raise WebUIError(response.status_code, f"{path} returned a body that is not JSON") from None
 
 
+def answered_checkpoint(response: dict[str, Any]) -> str | None:
+    """The checkpoint a generation ran on, as its answer says: `info` (a JSON string, modules/processing.py
+    Processed.js) holds `sd_model_name` (the file name without its extension) and `sd_model_hash` (its short hash,
+    null with --no-hashing). "name [hash]", "name", or None for an answer without them (extras, a stranger server)."""
+    try:
+        info = json.loads(response.get("info") or "")
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("sd_model_name"), str) or not info["sd_model_name"]:
+        return None
+    digest = info.get("sd_model_hash")
+    return f"{info['sd_model_name']} [{digest}]" if isinstance(digest, str) and digest else str(info["sd_model_name"])
+
+
 def endpoint_label(path: str) -> str:
     """/sdapi/v1/txt2img -> txt2img: the API's fixed set of paths, never free text."""
     return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "-"

@@ -11,6 +11,7 @@ from sdtask.api.runtime import (
     DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES,
     DEFAULT_MODELS_MOUNT_PATH,
     DEFAULT_PORT,
+    DEFAULT_QUEUE_NEXT_GENERATION,
     DEFAULT_REGION,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
 )
@@ -115,9 +116,8 @@ class AgentSettings:
     progress_interval_seconds: float = 5.0
     metrics_port: int = 0  # the agent's own /metrics (the pod spec sets it and declares the port); 0 = off
     # Send the next task's generation while the current one runs, to wait in the Web UI's own queue: the GPU goes
-    # from one to the next without a round trip (agent/queueing.py). SDTASK_QUEUE_NEXT_GENERATION=false turns it off
-    # for a Web UI behind something that doesn't queue calls (a proxy that refuses a second request, say).
-    queue_next_generation: bool = True
+    # from one to the next without a round trip (agent/queueing.py). The runtime's agent.queueNextGeneration.
+    queue_next_generation: bool = DEFAULT_QUEUE_NEXT_GENERATION
 
     @classmethod
     def from_env(cls) -> AgentSettings:

@@ -18,6 +18,7 @@ from sdtask.api.runtime import (
     DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES,
     DEFAULT_MODELS_MOUNT_PATH,
     DEFAULT_PORT,
+    DEFAULT_QUEUE_NEXT_GENERATION,
     DEFAULT_REGION,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
 )
@@ -131,6 +132,7 @@ def agent_env(runtime: dict[str, Any], settings: OperatorSettings | None = None)
         _env("SDTASK_MAX_LINKS", agent.get("maxLinks", DEFAULT_MAX_LINKS)),
         _env("SDTASK_MAX_TOTAL_DOWNLOAD_BYTES", agent.get("maxTotalDownloadBytes", DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES)),
         _env("SDTASK_ALLOWED_S3_PREFIXES", ",".join(agent.get("allowedS3Prefixes") or [])),
+        _env("SDTASK_QUEUE_NEXT_GENERATION", bool(agent.get("queueNextGeneration", DEFAULT_QUEUE_NEXT_GENERATION))),
         _env("SDTASK_ALLOW_PRIVATE_CALLBACKS", operator.allow_private_callbacks),
         _env("SDTASK_ALLOWED_CALLBACK_HOSTS", ",".join(sorted(operator.allowed_callback_hosts))),
         _env("SDTASK_STATE_DIR", STATE_DIR),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,8 +26,12 @@ class FifoWebUI:
         self.began: list[str] = []
         self.interrupted: list[str | None] = []
         self.progress_reads = 0
+        self.timed: dict[str, float] = {}  # the generation time each call would report (from when it began)
 
-    async def generate(self, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def generate(
+        self, endpoint: str, payload: dict[str, Any], timeout: float, began: Callable[[], float] | None = None
+    ) -> dict[str, Any]:
+        sent = time.monotonic()
         async with asyncio.timeout(timeout):
             async with self.lock:
                 name = str(payload["prompt"])
@@ -37,6 +43,7 @@ class FifoWebUI:
                     cut = self.stop.is_set()
                 finally:
                     self.running = None
+        self.timed[name] = time.monotonic() - max(sent, began() if began is not None else sent)
         return {"prompt": name, "images": [] if cut else [name]}
 
     async def progress(self) -> dict[str, Any]:
@@ -147,3 +154,19 @@ def test_an_answer_waited_for_too_long_is_a_timeout_and_taints_the_call_behind()
         return behind.tainted
 
     assert run(scenario)
+
+
+def test_a_queued_call_reports_its_generation_time_from_when_it_began_not_from_when_it_was_sent() -> None:
+    async def scenario() -> dict[str, float]:
+        webui = FifoWebUI()
+        queue = WebUIQueue(webui)
+        head = await queue.send("txt2img", {"prompt": "head", "seconds": 0.4}, 5, None)
+        assert await queue.can_queue_behind(head)
+        behind = queue.send_ahead("txt2img", {"prompt": "behind", "seconds": 0.05}, 5, None)
+        await queue.answer(head, 5)
+        await queue.answer(behind, 5)
+        return webui.timed
+
+    timed = run(scenario)
+    assert timed["head"] >= 0.4
+    assert timed["behind"] < 0.3  # its own 0.05 s, not the 0.4 s it waited behind the head

@@ -1,7 +1,9 @@
 import os
 from typing import Any
 
-from sdtask.config import OperatorSettings
+import pytest
+
+from sdtask.config import AgentSettings, OperatorSettings
 from sdtask.deployment import (
     AGENT_RULES,
     build_agent_access,
@@ -189,6 +191,17 @@ def test_agents_get_the_operators_callback_policy_and_the_link_limits() -> None:
     assert env["SDTASK_ALLOW_PRIVATE_CALLBACKS"] == "false"
     assert env["SDTASK_ALLOWED_CALLBACK_HOSTS"] == "hooks.internal"
     assert (env["SDTASK_MAX_LINKS"], env["SDTASK_ALLOWED_S3_PREFIXES"]) == ("3", "s3://in/x/")
+
+
+def test_agents_queue_the_next_generation_in_the_web_ui_unless_the_runtime_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for agent, expected in (({}, True), ({"queueNextGeneration": False}, False)):
+        agent_env = containers(build_deployment(runtime(agent=agent), 1, OperatorSettings()))["agent"]["env"]
+        for item in agent_env:
+            if "value" in item:
+                monkeypatch.setenv(item["name"], item["value"])
+        assert AgentSettings.from_env().queue_next_generation is expected
 
 
 # --- the operator-agent contract: what the pod spec sets is what the agent reads ----------------------------------

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +41,9 @@ BEGUN_POLL_MAX_SECONDS = 0.5
 class GenerationAPI(Protocol):
     """What the queue uses of the Web UI client (clients/webui.py WebUIClient)."""
 
-    async def generate(self, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+    async def generate(
+        self, endpoint: str, payload: dict[str, Any], timeout: float, began: Callable[[], float] | None = None
+    ) -> dict[str, Any]: ...
 
     async def progress(self) -> dict[str, Any]: ...
 
@@ -55,14 +58,19 @@ class QueuedCall:
     timeout: float  # of the whole call, the wait in the queue included
     model: str | None  # the checkpoint it runs on (a call is queued only behind one on the same model)
     ahead: bool  # sent while another call of ours was unanswered
-    answer: asyncio.Task[dict[str, Any]]
+    answer: asyncio.Task[dict[str, Any]] = field(init=False)
     sent: float = field(default_factory=time.monotonic)
+    running_since: float | None = None  # when it became the head: the Web UI runs it from about then
     begun: bool = False  # known to have reached the server's lock (a call sent later runs after it)
     tainted: bool = False
     discarded: bool = False
 
     def done(self) -> bool:
         return self.answer.done()
+
+    def began(self) -> float:
+        """When the Web UI began running it, as far as we know (for the generation time)."""
+        return self.running_since if self.running_since is not None else time.monotonic()
 
 
 class WebUIQueue:
@@ -97,11 +105,12 @@ class WebUIQueue:
     def _send(
         self, endpoint: str, payload: dict[str, Any], timeout: float, model: str | None, ahead: bool
     ) -> QueuedCall:
-        answer = asyncio.ensure_future(self.webui.generate(endpoint, payload, timeout))
         # Sent ahead, it reaches the lock after the head and before anything sent later.
-        call = QueuedCall(endpoint, timeout, model, ahead, answer, begun=ahead)
+        call = QueuedCall(endpoint, timeout, model, ahead, begun=ahead)
+        call.running_since = None if self._calls else call.sent
+        call.answer = asyncio.ensure_future(self.webui.generate(endpoint, payload, timeout, began=call.began))
         self._calls.append(call)
-        answer.add_done_callback(lambda _: self._settle(call))
+        call.answer.add_done_callback(lambda _: self._settle(call))
         return call
 
     def _settle(self, call: QueuedCall) -> None:
@@ -113,6 +122,8 @@ class WebUIQueue:
                     behind.tainted = True
         with contextlib.suppress(ValueError):
             self._calls.remove(call)
+        if self._calls and self._calls[0].running_since is None:
+            self._calls[0].running_since = time.monotonic()
         if call.discarded and not call.answer.cancelled():
             call.answer.exception()  # retrieved: nobody waits for a discarded call's answer
         self._answered.set()

@@ -38,6 +38,7 @@ DEFAULT_MODELS_MOUNT_PATH = "/models"
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 600
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_LINKS = 16
+DEFAULT_QUEUE_NEXT_GENERATION = True
 DEFAULT_MAX_TOTAL_DOWNLOAD_BYTES = 100 * 1024 * 1024
 DEFAULT_REGION = "us-east-1"
 DEFAULT_GPUS_PER_POD = 1
@@ -227,6 +228,14 @@ class AgentSpec(SpecModel):
             "runtime's own output bucket and models.s3Prefix."
         ),
         json_schema_extra={"items": {"pattern": S3_URI_PATTERN}},
+    )
+    queue_next_generation: bool = Field(
+        default=DEFAULT_QUEUE_NEXT_GENERATION,
+        description=(
+            "Send the next task's generation while the current one runs, to wait in the Web UI's own queue, so the GPU "
+            "goes from one to the next without a round trip; off for a Web UI behind a proxy that refuses a second "
+            "request at a time."
+        ),
     )
     resources: dict[str, Any] | None = Field(
         default=None, description="Kubernetes ResourceRequirements of the agent container."

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -248,14 +249,18 @@ class WebUIClient(AsyncClosable):
             SWITCH.labels(result).observe(time.monotonic() - started)
             SWITCHES.labels(result).inc()
 
-    async def generate(self, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """POST /sdapi/v1/<endpoint> (txt2img, img2img, extra-single-image, extra-batch-images)."""
+    async def generate(
+        self, endpoint: str, payload: dict[str, Any], timeout: float, began: Callable[[], float] | None = None
+    ) -> dict[str, Any]:
+        """POST /sdapi/v1/<endpoint> (txt2img, img2img, extra-single-image, extra-batch-images). `began` tells when the
+        Web UI began it (a call queued behind another one waited first): the generation time is measured from then."""
         started, outcome = time.monotonic(), "error"
         try:
             result = await self._call("POST", api_path(endpoint), json_body=payload, timeout=timeout)
             outcome = "ok"
         finally:
-            GENERATION.labels(endpoint_label(endpoint), outcome).observe(time.monotonic() - started)
+            since = max(started, began()) if began is not None else started
+            GENERATION.labels(endpoint_label(endpoint), outcome).observe(time.monotonic() - since)
         if not isinstance(result, dict):
             raise WebUIError(200, f"{endpoint} did not return an object")
         return result

@@ -149,9 +149,10 @@ class RuntimeLoop:
             self.state.draining.clear()  # no scale-down (any more): every ready pod takes tasks again
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
         assigned = await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
-        await self._report(runtime, desired, pods, tasks, work, now)
         ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
+        # Published before the status report, whose write an arrival would otherwise wait out in the queue.
         self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")), len(queued))
+        await self._report(runtime, desired, pods, tasks, work, now)
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
             runtime["metadata"]["name"],

@@ -141,7 +141,7 @@ def test_logs_are_json_lines_naming_the_namespace_task_and_runtime(cluster: Clus
     cluster.submit(long_task("logged", batches=1))
     cluster.wait_finished("logged")
     pod = next(p for p in cluster.runtime_pods("obs-rt") if p.status.phase == "Running").metadata.name
-    agent_log = cluster.system.sidecars.pods[(cluster.namespace, pod)].agent.log
+    agent_log = cluster.system.sidecars.simulated(cluster.namespace, pod).agent.log
 
     def lines(path: Any) -> list[dict[str, Any]]:
         text = path.read_text(errors="replace")

@@ -27,6 +27,7 @@ from kubernetes.client import ApiClient, CoreV1Api
 from sdtask.api.runtime import DEFAULT_MODELS_MOUNT_PATH
 from sdtask.constants import AGENT_CONTAINER, LABEL_RUNTIME, WEBUI_CONTAINER
 from sdtask.devcluster.processes import ManagedProcess, StackError, free_port, http_ok
+from sdtask.devcluster.waiting import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,16 @@ class SidecarSimulator:
                 self._stop_pod(pod)
             self.pods.clear()
 
+    def simulated(self, namespace: str, pod: str, timeout: float = 30) -> SimulatedPod:
+        """The pod's local processes, once they run. A pod turns Ready (its probe passed) a moment before its agent
+        starts and it is registered here, so a caller that waited for readiness waits that moment too."""
+        return wait_for(lambda: self.pods.get((namespace, pod)), timeout, f"pod {namespace}/{pod} to be simulated")
+
     def webui_url(self, namespace: str, pod: str) -> str:
-        return self.pods[(namespace, pod)].webui_url
+        return self.simulated(namespace, pod).webui_url
 
     def agent_metrics_url(self, namespace: str, pod: str) -> str:
-        return self.pods[(namespace, pod)].metrics_url
+        return self.simulated(namespace, pod).metrics_url
 
     def crash_agent(self, namespace: str, pod: str) -> None:
         """The agent container dies and the kubelet restarts it; the pod and its Web UI stay."""

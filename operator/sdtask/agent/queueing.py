@@ -57,7 +57,6 @@ class QueuedCall:
     endpoint: str
     timeout: float  # of the whole call, the wait in the queue included
     model: str | None  # the checkpoint it runs on (a call is queued only behind one on the same model)
-    ahead: bool  # sent while another call of ours was unanswered
     answer: asyncio.Task[dict[str, Any]] = field(init=False)
     sent: float = field(default_factory=time.monotonic)
     running_since: float | None = None  # when it became the head: the Web UI runs it from about then
@@ -106,7 +105,7 @@ class WebUIQueue:
         self, endpoint: str, payload: dict[str, Any], timeout: float, model: str | None, ahead: bool
     ) -> QueuedCall:
         # Sent ahead, it reaches the lock after the head and before anything sent later.
-        call = QueuedCall(endpoint, timeout, model, ahead, begun=ahead)
+        call = QueuedCall(endpoint, timeout, model, begun=ahead)
         call.running_since = None if self._calls else call.sent
         call.answer = asyncio.ensure_future(self.webui.generate(endpoint, payload, timeout, began=call.began))
         self._calls.append(call)

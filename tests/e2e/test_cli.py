@@ -91,6 +91,9 @@ def test_run_shows_the_task_running_prints_the_response_and_downloads_the_output
     saved = sorted(p.name for p in (tmp_path / "out" / "cli-one").iterdir())
     assert saved == sorted([f"image-{n}.png" for n in range(1, 33)] + ["cli-one.out"])
     assert (tmp_path / "out" / "cli-one" / "image-1.png").read_bytes().startswith(b"\x89PNG")
+    # The spec is the user's write through the CLI, the status the operator's: `--show-managed-fields` tells them apart.
+    managers = {(e["manager"], e.get("subresource", "")) for e in cluster.task("cli-one")["metadata"]["managedFields"]}
+    assert managers == {("sdtask", ""), ("sdtask-operator", "status")}, managers
 
     code, screen = term.run("get", "cli-one")
     assert code == 0

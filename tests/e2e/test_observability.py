@@ -158,3 +158,13 @@ def test_logs_are_json_lines_naming_the_namespace_task_and_runtime(cluster: Clus
     assert operator_lines and all({"time", "level", "logger", "message"} <= line.keys() for line in operator_lines)
     ours = [line for line in operator_lines if line.get("namespace") == cluster.namespace]
     assert any(line.get("runtime") == "obs-rt" for line in ours), ours[-5:]
+
+
+def test_status_writes_name_the_operator_in_managed_fields(cluster: Cluster) -> None:
+    """`kubectl get sdt -o yaml --show-managed-fields` (and the API server's audit log) tells who wrote the status:
+    the operator and its agents, not the Kubernetes client's generic "OpenAPI-Generator"."""
+    cluster.submit(long_task("managed", batches=1))
+    cluster.wait_finished("managed")
+    entries = cluster.task("managed")["metadata"]["managedFields"]
+    status_writers = {entry["manager"] for entry in entries if entry.get("subresource") == "status"}
+    assert status_writers == {"sdtask-operator"}, entries

@@ -420,7 +420,7 @@ async def run_agent(settings: AgentSettings) -> int:
     settings.validate()
     bind(namespace=settings.namespace, runtime=settings.runtime, pod=settings.pod_name)
     agent_metrics.serve(settings.metrics_port)
-    kube = Kube(load_api_client(), field_manager="sdtask-agent", instance=settings.pod_name)
+    kube = Kube(load_api_client(component="agent"), field_manager="sdtask-agent", instance=settings.pod_name)
     s3 = make_s3_client(S3Settings(endpoint_url=settings.s3_endpoint or None, region=settings.s3_region))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

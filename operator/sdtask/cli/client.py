@@ -16,9 +16,13 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.api.runtime import DEFAULT_REGION
+from sdtask.clients.kube import identify
 from sdtask.clients.s3 import S3Client, S3Settings, make_s3_client
 from sdtask.constants import GROUP, LABEL_RUNTIME, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 from sdtask.naming import parse_s3_uri
+
+# The field manager of the tasks the CLI creates: the user's writes, told apart from the operator's status writes.
+CLI_NAME = "sdtask"
 
 FIELD_MANAGER = "sdtask-cli"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -45,12 +49,12 @@ def connect(kubeconfig: str | None, context: str | None) -> tuple[ApiClient, str
     if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST"):
         kubernetes.config.load_incluster_config()
         namespace = IN_CLUSTER_NAMESPACE.read_text().strip() if IN_CLUSTER_NAMESPACE.exists() else "default"
-        return ApiClient(), namespace
+        return identify(ApiClient(), "cli", CLI_NAME), namespace
     try:
         client = kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
     except (kubernetes.config.ConfigException, FileNotFoundError) as error:
         raise ClusterError(f"no usable kubeconfig ({error}); set KUBECONFIG or pass --kubeconfig") from error
-    return client, _context_namespace(kubeconfig, context) or "default"
+    return identify(client, "cli", CLI_NAME), _context_namespace(kubeconfig, context) or "default"
 
 
 @dataclass

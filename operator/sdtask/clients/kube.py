@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import importlib.metadata
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,14 +27,31 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from sdtask.conditions import now_iso
-from sdtask.constants import GROUP, MANAGER, RUNTIME_PLURAL, TASK_PLURAL, VERSION
+from sdtask.constants import GROUP, MANAGER, OPERATOR_NAME, RUNTIME_PLURAL, TASK_PLURAL, VERSION
 
 # Worker threads for the blocking client; the connection pool matches, so no thread waits for (or discards) a
 # connection. The operator sets its event loop's default executor to this size (see sdtask.controller.main).
 THREADS = 32
 
 
-def load_api_client(kubeconfig: str | None = None) -> ApiClient:
+def user_agent(component: str, product: str = OPERATOR_NAME) -> str:
+    """`<product>/<version> (<component>)`: what the API server's audit log shows of our requests, and the field
+    manager of our writes (the API server takes it from the user agent up to the first "/"). The operator and its
+    agents share one product name: a second manager would add a managedFields entry to every task."""
+    try:
+        version = importlib.metadata.version(OPERATOR_NAME)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown"
+    return f"{product}/{version} ({component})"
+
+
+def identify(client: ApiClient, component: str, product: str = OPERATOR_NAME) -> ApiClient:
+    """Name us in the client's requests (the official client says only "OpenAPI-Generator/<v>/python")."""
+    client.user_agent = user_agent(component, product)
+    return client
+
+
+def load_api_client(kubeconfig: str | None = None, component: str = "operator") -> ApiClient:
     """In a pod: the service account. Elsewhere: the kubeconfig (KUBECONFIG or ~/.kube/config)."""
     configuration = kubernetes.client.Configuration()
     if kubeconfig:
@@ -44,7 +62,7 @@ def load_api_client(kubeconfig: str | None = None) -> ApiClient:
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = THREADS
-    return ApiClient(configuration)
+    return identify(ApiClient(configuration), component)
 
 
 def is_conflict(error: BaseException) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import json
+import platform
 import threading
 import time
 from pathlib import Path
@@ -33,6 +35,27 @@ def ms_stats(values: list[float]) -> dict[str, float]:
 
 def load_average() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def reference_workload_ms(rounds: int = 3) -> float:
+    """A fixed single-core Python workload (JSON round trips of a task-sized object, the stack's everyday work), best
+    of `rounds`: the figures of two machines compare only once this one is known for both (lower is faster)."""
+    task = {"metadata": {"name": "t", "labels": {f"k{i}": "v" * 20 for i in range(20)}}, "status": {"phase": "Running"}}
+    task["spec"] = {"task": {"content": {"prompt": "x" * 400, "steps": 20, "width": 512, "height": 512}}}
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        for _ in range(20_000):
+            json.loads(json.dumps(task))
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1000, 1)
 
 
 def urlopen_text(url: str) -> str:

@@ -38,7 +38,7 @@ from kubernetes.client import CoreV1Api
 
 from bench.cluster import CHECKPOINTS, POOLS, BenchCluster
 from bench.cpu import CpuMeter
-from bench.observe import load_average, ms_stats, rss_mib, wait_rss_settled
+from bench.observe import cpu_model, load_average, ms_stats, reference_workload_ms, rss_mib, wait_rss_settled
 from bench.report import table
 from sdtask.checkpoints import same_checkpoint
 from sdtask.devcluster.sidecars import StandinTiming
@@ -326,6 +326,7 @@ def main() -> int:
         parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     started = time.monotonic()
     load = {"before": load_average()}
+    reference_ms = reference_workload_ms()  # before the stack starts: the machine's own speed
     # A history that outlives the run: the TTL must not delete the burst's tasks while they are measured.
     operator_env = {"SDTASK_FINISHED_TTL_SECONDS": "3600"}
     with DevStack(pools=POOLS) as stack, LocalSystem(stack, operator_env=operator_env) as system:
@@ -381,6 +382,8 @@ def main() -> int:
     load["after"] = load_average()
     results["machine"] = {
         "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "reference_workload_ms": reference_ms,
         "python": platform.python_version(),
         "load_average": load,
         "seconds": round(time.monotonic() - started, 1),
@@ -393,7 +396,9 @@ def main() -> int:
     results["table"] = printed.splitlines()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(printed)
-    print(f"written to {args.output} in {results['machine']['seconds']} s")
+    machine = results["machine"]
+    print(f"{machine['cpus']} x {machine['cpu_model']}, reference workload {reference_ms} ms (lower is faster)")
+    print(f"written to {args.output} in {machine['seconds']} s")
     return 0
 
 

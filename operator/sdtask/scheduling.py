@@ -21,8 +21,7 @@ Two policies (`scheduling.policy` of a runtime):
 from __future__ import annotations
 
 import datetime as dt
-import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -60,8 +59,13 @@ class Assignment:
     pod: IdlePod
 
 
+def queue_position(priority: int, queued_at: dt.datetime, name: str) -> tuple[int, dt.datetime, str]:
+    """The queue's order: priority first, then age, then name (a total order: passes agree on it)."""
+    return -priority, queued_at, name
+
+
 def _order_key(task: QueuedTask) -> tuple[int, dt.datetime, str]:
-    return -task.priority, task.queued_at, task.name
+    return queue_position(task.priority, task.queued_at, task.name)
 
 
 def queue_order(tasks: Iterable[QueuedTask]) -> list[QueuedTask]:
@@ -249,14 +253,11 @@ def queue_positions(tasks: list[QueuedTask]) -> dict[str, int]:
     return {task.name: index for index, task in enumerate(queue_order(tasks), start=1)}
 
 
-def queue_summary(tasks: list[QueuedTask], head_length: int) -> dict[str, object]:
-    """The runtime status's `queue`: the head of the queue and the count per checkpoint. Computed from the list the
-    operator already has, and written only when it changes, so queue positions cost no write per task."""
-    by_model: dict[str, int] = {}
-    for task in tasks:
-        by_model[task.model or ""] = by_model.get(task.model or "", 0) + 1
+def queue_summary(head: list[QueuedTask], by_model: Mapping[str, int]) -> dict[str, object]:
+    """The runtime status's `queue`: the head of the queue (any tasks that hold it, in any order: the head is picked
+    by the caller, from a queue that may hold thousands) and the count per checkpoint. Written only when it changes,
+    so queue positions cost no write per task."""
     return {
-        # The head only: no sort of a queue that may hold thousands.
-        "head": [task.name for task in heapq.nsmallest(head_length, tasks, key=_order_key)],
+        "head": [task.name for task in queue_order(head)],
         "byModel": [{"model": model, "tasks": count} for model, count in sorted(by_model.items())],
     }

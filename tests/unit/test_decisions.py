@@ -1,6 +1,8 @@
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from sdtask.controller.decisions import (
     STATUS_MIN_INTERVAL_SECONDS,
     Claim,
@@ -11,6 +13,7 @@ from sdtask.controller.decisions import (
     comparable_status,
     idle_slots,
     needs_apply,
+    pass_rest,
     pod_work,
     pods_to_drain,
     runtime_conditions,
@@ -19,8 +22,9 @@ from sdtask.controller.decisions import (
     settled_claims,
     status_write_due,
     status_write_early,
+    task_census,
 )
-from sdtask.controller.views import PodView, task_view
+from sdtask.controller.views import PodView, TaskView, task_view
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -167,7 +171,7 @@ def test_the_runtime_status_counts_replicas_and_tasks_lists_pods_by_name_and_hea
         ),
     ]
     work = {"p2": PodWork(1, "r", "m")}
-    status = runtime_status(runtime, 3, pods, tasks, work, NOW)
+    status = runtime_status(runtime, 3, pods, task_census(tasks, {}), work, NOW)
     assert (status["observedGeneration"], status["desiredReplicas"], status["replicas"], status["readyReplicas"]) == (
         7,
         3,
@@ -190,10 +194,44 @@ def test_the_runtime_status_counts_replicas_and_tasks_lists_pods_by_name_and_hea
     assert by_type(status["conditions"])["Ready"] == ("False", "PodsNotReady")
 
 
+def queued_view(name: str, second: int, priority: int = 0, model: str | None = None) -> TaskView:
+    return task_view(
+        {
+            "metadata": {"name": name, "creationTimestamp": (NOW + dt.timedelta(seconds=second)).isoformat()},
+            "spec": {"priority": priority},
+            "status": {"phase": "Pending", "model": model},
+        }
+    )
+
+
+def test_a_claimed_task_is_out_of_the_queue_the_loop_dispatches_from_yet_counted_in_the_runtime_status() -> None:
+    running = task_view({"metadata": {"name": "r"}, "status": {"phase": "Running", "pod": "p", "model": "a"}})
+    ahead = task_view({"metadata": {"name": "s"}, "status": {"phase": "Scheduled", "pod": "p", "model": "b"}})
+    waiting, claimed = queued_view("w", 1, model="a"), queued_view("c", 2, model="c")
+    census = task_census([running, ahead, waiting, claimed], {"c": Claim("p2", "c", NOW)})
+    assert [t.name for t in census.queued] == ["w"]
+    assert [t.name for t in census.claimed] == ["c"]
+    assert [t.name for t in census.active] == ["r", "s"]
+    assert census.models == 3
+    assert census.queued_by_model == {"a": 1}  # what the queue metric (and a KEDA scaler) sees
+    status = runtime_status({"metadata": {"name": "rt", "generation": 1}}, 1, [], census, {}, NOW)
+    assert (status["queued"], status["running"]) == (2, 2)
+    assert status["queue"]["byModel"] == [{"model": "a", "tasks": 1}, {"model": "c", "tasks": 1}]
+
+
+def test_the_head_of_a_long_queue_is_its_first_tasks_in_dispatch_order() -> None:
+    tasks = [queued_view(f"t{i}", i) for i in range(5000)] + [queued_view("urgent", 6000, priority=9)]
+    status = runtime_status({"metadata": {"name": "rt"}}, 0, [], task_census(tasks[::-1], {}), {}, NOW)
+    assert status["queue"]["head"][:4] == ["urgent", "t0", "t1", "t2"]
+    assert status["queued"] == 5001
+
+
 def test_the_status_is_written_on_a_change_and_per_pod_changes_at_most_once_per_interval() -> None:
     runtime = {"metadata": {"name": "rt", "namespace": "ns", "generation": 1}}
-    status = comparable_status(runtime_status(runtime, 1, [pod("p")], [], {}, NOW))
-    later = comparable_status(runtime_status(runtime, 1, [pod("p")], [], {}, NOW + dt.timedelta(minutes=1)))
+    status = comparable_status(runtime_status(runtime, 1, [pod("p")], task_census([], {}), {}, NOW))
+    later = comparable_status(
+        runtime_status(runtime, 1, [pod("p")], task_census([], {}), {}, NOW + dt.timedelta(minutes=1))
+    )
     assert later == status  # the conditions' times don't count as a change
     assert not status_write_due(status, status, 100.0)
     assert status_write_due(status, {}, 0.0)
@@ -206,7 +244,7 @@ def test_the_status_is_written_on_a_change_and_per_pod_changes_at_most_once_per_
 
 def test_the_queue_is_not_even_summarised_while_only_per_task_fields_could_be_written() -> None:
     runtime = {"metadata": {"name": "rt", "namespace": "ns", "generation": 1}, "status": {}}
-    written = comparable_status(runtime_status(runtime, 1, [pod("p")], [], {}, NOW))
+    written = comparable_status(runtime_status(runtime, 1, [pod("p")], task_census([], {}), {}, NOW))
     same = runtime_structure(runtime, 1, [pod("p")], NOW)
     assert not status_write_early(same, written, STATUS_MIN_INTERVAL_SECONDS / 2)
     assert status_write_early(same, written, STATUS_MIN_INTERVAL_SECONDS)  # due again: computed in full
@@ -289,3 +327,11 @@ def test_a_runtime_spec_is_read_through_its_model_with_the_models_defaults() -> 
     )
     fifo = scheduling_settings({"scheduling": {"policy": "fifo", "tasksAhead": 0}})
     assert (fifo.policy, fifo.depth) == (Policy.FIFO, 1)
+
+
+def test_a_pass_that_fed_no_pod_rests_for_its_cost_and_for_the_length_of_the_queue_it_walked() -> None:
+    assert pass_rest(0.004, fed=0, unfinished=10) < 0.001  # a short queue: a pod that frees is fed at once
+    assert pass_rest(0.004, fed=0, unfinished=10_000) == pytest.approx(0.1)  # cheap, yet not once per event
+    assert pass_rest(0.02, fed=0, unfinished=100) == pytest.approx(0.16)  # several times what it took
+    assert pass_rest(1.0, fed=0, unfinished=100) == 0.25  # never longer than a quarter second
+    assert pass_rest(1.0, fed=3, unfinished=10_000) == 0.0  # it fed pods: the next pass may feed more

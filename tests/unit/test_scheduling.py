@@ -250,8 +250,8 @@ def test_queue_positions_follow_dispatch_order() -> None:
     assert queue_positions(tasks) == {"new-high": 1, "old-low": 2, "mid-low": 3}
 
 
-def test_queue_summary_has_the_head_and_a_count_per_model() -> None:
-    tasks = [task(f"t{i}", i, model="a.safetensors" if i % 2 else None) for i in range(5)]
-    summary = queue_summary(tasks, head_length=3)
-    assert summary["head"] == ["t0", "t1", "t2"]
+def test_queue_summary_lists_the_head_in_dispatch_order_and_the_counts_by_model() -> None:
+    head = [task("t2", 2), task("t0", 0), task("late-high", 9, priority=5)]
+    summary = queue_summary(head, {"a.safetensors": 2, "": 3})
+    assert summary["head"] == ["late-high", "t0", "t2"]
     assert summary["byModel"] == [{"model": "", "tasks": 3}, {"model": "a.safetensors", "tasks": 2}]

@@ -5,6 +5,7 @@ gathers the inputs and applies the results."""
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from sdtask.conditions import set_condition
 from sdtask.constants import ACTIVE_PHASES, Phase
 from sdtask.controller.views import EPOCH, PodView, TaskView
 from sdtask.scaling import ScalingPolicy
-from sdtask.scheduling import Policy, QueuedTask, queue_summary
+from sdtask.scheduling import Policy, QueuedTask, queue_position, queue_summary
 
 CLAIM_TTL = dt.timedelta(seconds=30)
 Part = TypeVar("Part", bound=BaseModel)
@@ -84,6 +85,43 @@ class PodWork:
     load: int
     running: str
     model: str | None
+
+
+@dataclass(frozen=True)
+class TaskCensus:
+    """A pass's unfinished tasks by what the loop does with them, from one walk over them (the queue may hold
+    thousands, and a pass used to walk it once per question)."""
+
+    queued: list[TaskView]  # Pending and not claimed by a dispatch in flight: what dispatch and scaling see
+    claimed: list[TaskView]  # Pending, but dispatched by this operator (the index hasn't caught up yet)
+    active: list[TaskView]  # Scheduled or Running
+    models: int  # checkpoints the unfinished tasks ask for (dynamic runtimes scale on it)
+    queued_by_model: dict[str, int]  # of `queued`, "" for "any model"
+    pending_by_model: dict[str, int]  # of `queued` and `claimed` (the runtime status counts every Pending task)
+
+
+def task_census(tasks: list[TaskView], claims: Mapping[str, Claim]) -> TaskCensus:
+    queued: list[TaskView] = []
+    claimed: list[TaskView] = []
+    active: list[TaskView] = []
+    models: set[str] = set()
+    queued_by_model: dict[str, int] = {}
+    for task in tasks:
+        if task.model:
+            models.add(task.model)
+        if task.phase == Phase.PENDING:
+            if task.name in claims:
+                claimed.append(task)
+            else:
+                queued.append(task)
+                model = task.model or ""
+                queued_by_model[model] = queued_by_model.get(model, 0) + 1
+        elif task.phase in ACTIVE_PHASES:
+            active.append(task)
+    pending_by_model = dict(queued_by_model)
+    for task in claimed:
+        pending_by_model[task.model or ""] = pending_by_model.get(task.model or "", 0) + 1
+    return TaskCensus(queued, claimed, active, len(models), queued_by_model, pending_by_model)
 
 
 def pod_work(
@@ -166,13 +204,6 @@ def arrival_pod(idle: list[IdleSlot], model: str | None) -> IdleSlot | None:
 
 def busy_pods(work: Mapping[str, PodWork]) -> set[str]:
     return {pod for pod, held in work.items() if held.load > 0}
-
-
-def queued_by_model(queued: list[TaskView]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for task in queued:
-        counts[task.model or ""] = counts.get(task.model or "", 0) + 1
-    return counts
 
 
 def runtime_conditions(
@@ -274,18 +305,20 @@ def runtime_status(
     runtime: Mapping[str, Any],
     desired: int,
     pods: list[PodView],
-    tasks: list[TaskView],
+    census: TaskCensus,
     work: Mapping[str, PodWork],
     now: dt.datetime,
     structure: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The SDRuntime's status: replicas, queue counts, the head of the queue, each pod, and the conditions."""
-    pending = [t for t in tasks if t.phase == Phase.PENDING]
-    head = queue_summary([QueuedTask(t.name, t.priority, t.created, t.model) for t in pending], QUEUE_HEAD_LENGTH)
+    pending = [*census.queued, *census.claimed]
+    # The head only, picked from the views: no sort, nor a QueuedTask per task, of a queue that may hold thousands.
+    nearest = heapq.nsmallest(QUEUE_HEAD_LENGTH, pending, key=lambda t: queue_position(t.priority, t.created, t.name))
+    head = queue_summary([QueuedTask(t.name, t.priority, t.created, t.model) for t in nearest], census.pending_by_model)
     return {
         **(structure or runtime_structure(runtime, desired, pods, now)),
         "queued": len(pending),
-        "running": sum(1 for t in tasks if t.phase in ACTIVE_PHASES),
+        "running": len(census.active),
         "queue": head,
         "pods": [
             {
@@ -327,3 +360,26 @@ def status_write_due(comparable: Mapping[str, Any], last: Mapping[str, Any], sec
         return False
     structural_unchanged = all(comparable.get(k) == last.get(k) for k in STRUCTURAL_STATUS_FIELDS)
     return not structural_unchanged or seconds_since_write >= STATUS_MIN_INTERVAL_SECONDS
+
+
+# A pass's rest after it fed no pod (see pass_rest).
+PASS_REST_FROM_SECONDS = 0.005
+PASS_REST_FACTOR = 8
+PASS_REST_PER_TASK_SECONDS = 0.00001
+MAX_PASS_REST_SECONDS = 0.25
+
+
+def pass_rest(spent: float, fed: int, unfinished: int) -> float:
+    """How long a runtime's loop rests after a pass that took `spent` seconds over `unfinished` tasks. A pass costs
+    O(queue), and every task event wakes the loop: with thousands queued, back-to-back passes would take the event
+    loop from admission. A pass that gave no pod a task rests several times as long as it took, and at least a
+    moment per task it walked (10 ms per 1,000: a cheap pass over a long queue is no reason to run one per event),
+    never more than a quarter second. The floor is next to nothing for a short queue, where a pod that frees is fed at
+    once. A pass that fed pods never rests: its length is mostly its own writes, and the next pass may have pods to
+    feed (the busy bench's pods waited a second for their second task while passes rested after dispatching)."""
+    if fed:
+        return 0.0
+    rest = max(
+        spent * PASS_REST_FACTOR if spent > PASS_REST_FROM_SECONDS else 0.0, unfinished * PASS_REST_PER_TASK_SECONDS
+    )
+    return min(rest, MAX_PASS_REST_SECONDS)

@@ -33,6 +33,7 @@ from sdtask.constants import (
     VERSION,
 )
 from sdtask.controller import metrics
+from sdtask.controller.decisions import pass_rest
 from sdtask.controller.housekeeping import TaskKey, Timers, next_housekeeping
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
@@ -271,9 +272,6 @@ async def runtime_event(namespace: str | None, name: str, memo: OperatorMemo, **
 
 
 # --- one loop per runtime -------------------------------------------------------------------------------------------
-PASS_REST_FROM_SECONDS = 0.005
-PASS_REST_FACTOR = 8
-MAX_PASS_REST_SECONDS = 0.25
 
 
 # The backoff (just over one tick) lets the loop see `stopped` and clean up before kopf cancels it; kopf re-checks
@@ -304,13 +302,15 @@ async def runtime_daemon(
         state.wake.clear()
         if body.get("metadata", {}).get("deletionTimestamp"):
             break
-        fed = 0
+        fed = unfinished = 0
         began = asyncio.get_running_loop().time()
         try:
             generations = list(deployment_generations_by_runtime.get(key, []))
+            tasks = list(tasks_by_runtime.get(key, []))
+            unfinished = len(tasks)
             fed = await loop.reconcile(
                 dict(body),
-                list(tasks_by_runtime.get(key, [])),
+                tasks,
                 with_models(list(pods_by_runtime.get(key, [])), dict(models_by_runtime.get(key, []))),
                 generations[0] if generations else None,
             )
@@ -319,15 +319,8 @@ async def runtime_daemon(
             failures += 1
             logger.warning("runtime %s/%s: reconcile failed (%s); retrying", namespace, name, error)
             await asyncio.sleep(min(2**failures, 30))
-        # A pass costs O(queue): with thousands queued, back-to-back passes (every task event wakes the loop) would
-        # take the whole event loop from admission. A pass that gave no pod a task rests several times as long as it
-        # took (at most a quarter second), which bounds such passes to a small share of the loop (the burst's profile
-        # had them at a sixth of the operator's CPU with a rest of one pass). A pass that fed pods never rests: its
-        # length is mostly its own writes, and the next pass may have pods to feed (the busy bench's pods waited a
-        # second for their second task while passes rested after dispatching).
-        spent = asyncio.get_running_loop().time() - began
-        if spent > PASS_REST_FROM_SECONDS and not fed:
-            await asyncio.sleep(min(spent * PASS_REST_FACTOR, MAX_PASS_REST_SECONDS))
+        if rest := pass_rest(asyncio.get_running_loop().time() - began, fed, unfinished):
+            await asyncio.sleep(rest)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wake.wait(), timeout=TICK_SECONDS)
     deleted = stopped.reason is not None and bool(stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)

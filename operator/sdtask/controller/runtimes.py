@@ -21,12 +21,13 @@ from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import CallbackPolicy, end_failed_attempt, running_on
 from sdtask.conditions import set_condition
 from sdtask.config import OperatorSettings
-from sdtask.constants import ACTIVE_PHASES, OPERATOR_NAME, POD_DELETION_COST, Phase
+from sdtask.constants import OPERATOR_NAME, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.decisions import (
     Claim,
     IdleSlot,
     PodWork,
+    TaskCensus,
     arrival_pod,
     busy_pods,
     comparable_status,
@@ -34,7 +35,6 @@ from sdtask.controller.decisions import (
     needs_apply,
     pod_work,
     pods_to_drain,
-    queued_by_model,
     runtime_status,
     runtime_structure,
     scaling_policy,
@@ -42,6 +42,7 @@ from sdtask.controller.decisions import (
     settled_claims,
     status_write_due,
     status_write_early,
+    task_census,
 )
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
@@ -121,15 +122,17 @@ class RuntimeLoop:
         now = dt.datetime.now(dt.UTC)
         spec = runtime.get("spec") or {}
         self._forget_settled_claims(tasks, now)
-        tasks = await self._requeue_tasks_of_lost_pods(tasks, pods, now)
+        census = task_census(tasks, self.state.claims)
+        if handled := await self._requeue_tasks_of_lost_pods(census.active, pods, now):
+            # Neither running nor queued in this pass: the index shows them as they were until their write is seen.
+            census = task_census([t for t in tasks if t.name not in handled], self.state.claims)
         live = [p for p in pods if not p.deleting]
-        work = pod_work(tasks, self.state.claims, {p.name: p.model for p in live})
+        work = pod_work(census.active, self.state.claims, {p.name: p.model for p in live})
         busy = busy_pods(work)
-        queued = [t for t in tasks if t.phase == Phase.PENDING and t.name not in self.state.claims]
-        running = [t for t in tasks if t.phase in ACTIVE_PHASES]
+        queued, running = census.queued, census.active
         policy = scaling_policy(spec)
         current = len(live)
-        models = len({t.model for t in tasks if t.model}) if spec.get("dynamicModel") else 0
+        models = census.models if spec.get("dynamicModel") else 0
         if demand(len(queued), len(running), policy.tasks_per_replica, models) >= current:
             self.state.last_needed = now  # the current size is still needed: the scale-down delay starts over
         desired = desired_replicas(
@@ -148,11 +151,11 @@ class RuntimeLoop:
         else:
             self.state.draining.clear()  # no scale-down (any more): every ready pod takes tasks again
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
-        assigned = await self._dispatch(spec, queued, tasks, live, work, now, scaling_up=desired > current)
+        assigned = await self._dispatch(spec, queued, census.active, live, work, now, scaling_up=desired > current)
         ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
         # Published before the status report, whose write an arrival would otherwise wait out in the queue.
         self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")), len(queued))
-        await self._report(runtime, desired, pods, tasks, work, now)
+        await self._report(runtime, desired, pods, census, work, now)
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
             runtime["metadata"]["name"],
@@ -160,7 +163,7 @@ class RuntimeLoop:
             running=len(running),
             desired=desired,
             ready=sum(1 for p in live if p.ready),
-            queued_by_model=queued_by_model(queued),
+            queued_by_model=census.queued_by_model,
         )
         return sum(assigned.values())
 
@@ -216,16 +219,16 @@ class RuntimeLoop:
 
     # --- tasks --------------------------------------------------------------------------------------------------------
     async def _requeue_tasks_of_lost_pods(
-        self, tasks: list[TaskView], pods: list[PodView], now: dt.datetime
-    ) -> list[TaskView]:
+        self, active: list[TaskView], pods: list[PodView], now: dt.datetime
+    ) -> set[str]:
         """A running task of a vanished pod ends its attempt (retried with back-off); a task only assigned ahead to
-        a pod that vanished or is going away goes back to the queue at once, as it never started. Returns `tasks`
-        without the ones handled, so this pass doesn't count them as running."""
+        a pod that vanished or is going away goes back to the queue at once, as it never started. Returns the names
+        of the tasks handled, so this pass doesn't count them as running. `active`: the Scheduled and Running ones."""
         existing = {p.name for p in pods}
         leaving = {p.name for p in pods if p.deleting}
         handled: set[str] = set()
-        for task in tasks:
-            if task.phase not in ACTIVE_PHASES or not task.pod:
+        for task in active:
+            if not task.pod:
                 continue
             try:
                 if task.phase == Phase.SCHEDULED and (task.pod not in existing or task.pod in leaving):
@@ -238,7 +241,7 @@ class RuntimeLoop:
                 if is_conflict(error) or is_not_found(error):
                     continue
                 raise
-        return [t for t in tasks if t.name not in handled] if handled else tasks
+        return handled
 
     async def _end_lost_attempt(self, task: TaskView) -> None:
         """Only while the task is still Running on that pod in that attempt, checked and written as one (the write
@@ -284,14 +287,14 @@ class RuntimeLoop:
         self,
         spec: Mapping[str, Any],
         queued: list[TaskView],
-        tasks: list[TaskView],
+        active: list[TaskView],
         live: list[PodView],
         work: Mapping[str, PodWork],
         now: dt.datetime,
         *,
         scaling_up: bool = False,
     ) -> dict[str, int]:
-        """Assign queued tasks to pods; returns how many went to each pod."""
+        """Assign queued tasks to pods (`active`: the Scheduled and Running ones); returns how many went to each pod."""
         if not queued:
             return {}
         settings = scheduling_settings(spec)
@@ -309,14 +312,14 @@ class RuntimeLoop:
         ]
         ahead = [
             AheadTask(t.name, t.pod, t.priority, t.created)
-            for t in tasks
+            for t in active
             if t.phase == Phase.SCHEDULED and t.pod in work and work[t.pod].load > 1 and work[t.pod].running
         ]
         if not ahead and not any(s.free > 0 for s in slots):
             return {}  # nothing to decide: don't even sort the queue (it may hold thousands)
         queue = [QueuedTask(t.name, t.priority, t.created, t.model if dynamic else None, t.not_before) for t in queued]
         if ahead:
-            await self._take_back_for_priority(queue, tasks, ahead, slots, now)
+            await self._take_back_for_priority(queue, active, ahead, slots, now)
         if not any(s.free > 0 for s in slots):
             return {}
         views = {t.name: t for t in queued}
@@ -407,7 +410,7 @@ class RuntimeLoop:
         runtime: dict[str, Any],
         desired: int,
         pods: list[PodView],
-        tasks: list[TaskView],
+        census: TaskCensus,
         work: Mapping[str, PodWork],
         now: dt.datetime,
     ) -> None:
@@ -415,7 +418,7 @@ class RuntimeLoop:
         since = time.monotonic() - self.state.last_status_at
         if not status_write_early(structure, self.state.last_status, since):
             return
-        status = runtime_status(runtime, desired, pods, tasks, work, now, structure)
+        status = runtime_status(runtime, desired, pods, census, work, now, structure)
         comparable = comparable_status(status)
         if not status_write_due(comparable, self.state.last_status, time.monotonic() - self.state.last_status_at):
             return

@@ -1,5 +1,6 @@
-"""`make kind` as far as these machines can run it (no Docker engine, no kind node image): its config and manifests
-agree with each other and with the examples, and its steps that need no Docker run against the local stack."""
+"""`make kind` as far as these machines can run it (their Docker refuses privileged containers and kind's node images
+are out of reach): its config and manifests agree with each other and with the examples, and its steps that need no
+kind node run against the local stack."""
 
 from __future__ import annotations
 

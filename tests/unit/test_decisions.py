@@ -5,13 +5,13 @@ import pytest
 
 from sdtask.controller.decisions import (
     STATUS_MIN_INTERVAL_SECONDS,
+    ArrivalSlot,
     Claim,
-    IdleSlot,
     PodWork,
     arrival_pod,
+    arrival_slots,
     busy_pods,
     comparable_status,
-    idle_slots,
     needs_apply,
     pass_rest,
     pod_work,
@@ -280,27 +280,51 @@ def test_a_task_dispatched_on_arrival_keeps_its_pod_until_the_index_shows_it() -
 # --- dispatch on arrival ------------------------------------------------------------------------------------------
 
 
-def test_only_ready_pods_holding_nothing_after_this_pass_take_arrivals() -> None:
+def test_without_tasks_ahead_only_ready_pods_holding_nothing_after_this_pass_take_arrivals() -> None:
     work = {"a": PodWork(0, "", "m1"), "b": PodWork(1, "t", "m2"), "c": PodWork(0, "", None), "d": PodWork(0, "", "m")}
     # d is not ready (or draining): left out by the caller; c got a task in this very pass.
-    assert idle_slots({"a", "b", "c"}, work, {"c": 1}, dynamic=True, queued=1) == [IdleSlot("a", "m1")]
-    assert idle_slots({"a", "c"}, work, {}, dynamic=False, queued=0) == [IdleSlot("a", None), IdleSlot("c", None)]
+    assert arrival_slots({"a", "b", "c"}, work, {"c": 1}, dynamic=True, queued=1, depth=1) == [ArrivalSlot("a", "m1")]
+    both = [ArrivalSlot("a", None), ArrivalSlot("c", None)]
+    assert arrival_slots({"a", "c"}, work, {}, dynamic=False, queued=0, depth=1) == both
+
+
+def test_with_tasks_ahead_arrivals_fill_idle_pods_first_then_the_queues_of_busy_ones() -> None:
+    # A burst on busy pods: the arrivals a pass would have given them ahead go there at once, in their one write,
+    # instead of a write to queue them and another when the next pass dispatches them.
+    work = {"a": PodWork(1, "t1", None), "b": PodWork(0, "", None), "c": PodWork(2, "t2", None)}
+    slots = arrival_slots({"a", "b", "c"}, work, {}, dynamic=False, queued=0, depth=2)
+    assert [s.pod for s in slots] == ["b", "a", "b"]  # c is full (running one, one ahead)
+    assert [s.pod for s in arrival_slots({"a", "b", "c"}, work, {"b": 1}, False, queued=1, depth=2)] == ["a", "b"]
+
+
+def test_on_a_dynamic_runtime_no_arrival_goes_behind_what_this_pass_gave_a_pod() -> None:
+    # The pass may have given pod a a switch to m2 that `work` doesn't show yet: an m1 task behind it would switch back.
+    work = {"a": PodWork(1, "t1", "m1"), "b": PodWork(1, "t2", "m1")}
+    slots = arrival_slots({"a", "b"}, work, {"a": 1}, dynamic=True, queued=1, depth=3)
+    assert slots == [ArrivalSlot("b", "m1", behind=True), ArrivalSlot("b", "m1", behind=True)]
+
+
+def test_an_arrival_goes_behind_a_busy_pod_only_with_the_model_it_will_have_loaded() -> None:
+    slots = [ArrivalSlot("a", "m1.safetensors", behind=True), ArrivalSlot("b", None, behind=True)]
+    assert arrival_pod(slots, "m1.safetensors") == slots[0]
+    assert arrival_pod(slots, "m2.safetensors") is None  # a switch is the loop's decision, and never queued ahead
+    assert arrival_pod(slots, None) == slots[0]
 
 
 def test_no_arrival_skips_the_queue_while_a_task_the_pass_saw_still_waits() -> None:
     # One task backing off (not assigned) or waiting for a pod with its model: pods idle, yet arrivals queue.
     work = {"a": PodWork(0, "", None), "b": PodWork(0, "", None)}
-    assert idle_slots({"a", "b"}, work, {}, dynamic=False, queued=1) == []
-    assert idle_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=2) == []
-    assert idle_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=1) == [IdleSlot("b", None)]
+    assert arrival_slots({"a", "b"}, work, {}, dynamic=False, queued=1, depth=2) == []
+    assert arrival_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=2, depth=2) == []
+    assert arrival_slots({"a", "b"}, work, {"a": 1}, dynamic=False, queued=1, depth=1) == [ArrivalSlot("b", None)]
 
 
 def test_an_arrival_goes_to_a_pod_with_its_model_else_to_one_without_any_never_to_a_switch() -> None:
-    idle = [IdleSlot("a", "other.safetensors [1]"), IdleSlot("b", None), IdleSlot("c", "want.safetensors [2]")]
-    assert arrival_pod(idle, "want.safetensors") == IdleSlot("c", "want.safetensors [2]")
-    assert arrival_pod(idle, "third.safetensors") == IdleSlot("b", None)
-    assert arrival_pod([IdleSlot("a", "other.safetensors")], "want.safetensors") is None
-    assert arrival_pod(idle, None) == IdleSlot("a", "other.safetensors [1]")  # no model asked: any pod
+    idle = [ArrivalSlot("a", "other.safetensors [1]"), ArrivalSlot("b", None), ArrivalSlot("c", "want.safetensors [2]")]
+    assert arrival_pod(idle, "want.safetensors") == ArrivalSlot("c", "want.safetensors [2]")
+    assert arrival_pod(idle, "third.safetensors") == ArrivalSlot("b", None)
+    assert arrival_pod([ArrivalSlot("a", "other.safetensors")], "want.safetensors") is None
+    assert arrival_pod(idle, None) == ArrivalSlot("a", "other.safetensors [1]")  # no model asked: any pod
     assert arrival_pod([], None) is None
 
 

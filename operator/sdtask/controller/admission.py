@@ -58,7 +58,7 @@ def admit(spec: Mapping[str, Any], runtimes: list[RuntimeInfo]) -> Admitted | Re
 
 
 def admission_status(decision: Admitted, now: dt.datetime, pod: str | None = None) -> dict[str, Any]:
-    """The status of an admitted task: queued on its runtime, or (`pod`) assigned on arrival to that idle pod, whose
+    """The status of an admitted task: queued on its runtime, or (`pod`) assigned on arrival to that pod, whose
     agent acts on this very write (attempt 1, as a dispatch from the queue would write it)."""
     model = f" (model {decision.model})" if decision.model else ""
     status: dict[str, Any] = {

@@ -167,37 +167,57 @@ def _generating(runs: list[TaskView]) -> str:
 
 
 @dataclass(frozen=True)
-class IdleSlot:
-    """A ready pod holding no task, with the model it has loaded (dynamic runtimes; None on a static one)."""
+class ArrivalSlot:
+    """A free place on a ready pod a new task may take on arrival: the pod itself when it holds nothing, else a place
+    in its queue behind what it holds. `model`: the model the pod will have loaded by then (dynamic runtimes; None on
+    a static one). `behind`: a place behind work on a dynamic runtime, for a task of that model only (a task needing
+    a switch is never queued ahead: a load can't overlap a generation, and the pod's queue would wait for it)."""
 
     pod: str
     model: str | None
+    behind: bool = False
 
 
-def idle_slots(
-    ready: Collection[str], work: Mapping[str, PodWork], assigned: Mapping[str, int], dynamic: bool, queued: int
-) -> list[IdleSlot]:
-    """The pods a new task may go to on arrival, as a pass leaves them: none while any of the `queued` tasks it saw
-    is still waiting (not assigned: backing off, or no pod for it), so an arrival never passes one; else the ready,
-    not draining (`ready` leaves those out) pods holding nothing once this pass's `assigned` tasks are counted."""
+def arrival_slots(
+    ready: Collection[str],
+    work: Mapping[str, PodWork],
+    assigned: Mapping[str, int],
+    dynamic: bool,
+    queued: int,
+    depth: int,
+) -> list[ArrivalSlot]:
+    """The places new tasks may take on arrival, as a pass leaves them, idle pods first: none while any of the
+    `queued` tasks it saw is still waiting (not assigned: backing off, or no pod for it), so an arrival never passes
+    one; else on the ready, not draining (`ready` leaves those out) pods, each place up to `depth` tasks a pod may
+    hold (the one it runs and those ahead: what a pass would give it), once this pass's `assigned` tasks are counted.
+    On a dynamic runtime, no place behind the tasks this pass gave a pod: their model, which may be a switch, is not
+    in `work` yet, and an arrival behind them must not force a switch back. Pure."""
     if sum(assigned.values()) < queued:
         return []
+    places: list[tuple[int, str]] = []
+    for pod in ready:
+        if pod not in work:
+            continue
+        if dynamic and assigned.get(pod, 0):
+            continue
+        held = work[pod].load + assigned.get(pod, 0)
+        places.extend((position, pod) for position in range(held, depth))
     return [
-        IdleSlot(pod, work[pod].model if dynamic else None)
-        for pod in sorted(ready)
-        if pod in work and work[pod].load + assigned.get(pod, 0) == 0
+        ArrivalSlot(pod, work[pod].model, position > 0) if dynamic else ArrivalSlot(pod, None)
+        for position, pod in sorted(places)
     ]
 
 
-def arrival_pod(idle: list[IdleSlot], model: str | None) -> IdleSlot | None:
+def arrival_pod(slots: list[ArrivalSlot], model: str | None) -> ArrivalSlot | None:
     """Where a task goes the moment it is admitted, skipping the queue: only when nothing waited in its runtime's
-    queue at the end of the last pass (`idle` is then published, else empty), so no older or higher-priority task is
-    passed over. On a dynamic runtime only to a pod that has its model loaded (else to one with no model yet, which
-    loads one anyway): whether a switch is worth it is the loop's decision (`scheduling.plan_assignments`). Pure."""
+    queue at the end of the last pass (`slots` are then published, else empty), so no older or higher-priority task
+    is passed over; the first slot that fits, so idle pods before queues. On a dynamic runtime only to a pod that will
+    have its model loaded (else to one with no model yet, which loads one anyway): whether a switch is worth it is the
+    loop's decision (`scheduling.plan_assignments`). Pure."""
     if model is None:
-        return idle[0] if idle else None
-    loaded = [slot for slot in idle if slot.model is not None and same_checkpoint(slot.model, model)]
-    empty = [slot for slot in idle if slot.model is None]
+        return slots[0] if slots else None
+    loaded = [slot for slot in slots if slot.model is not None and same_checkpoint(slot.model, model)]
+    empty = [slot for slot in slots if slot.model is None and not slot.behind]
     choices = loaded or empty
     return choices[0] if choices else None
 
@@ -375,8 +395,10 @@ def pass_rest(spent: float, fed: int, unfinished: int) -> float:
     loop from admission. A pass that gave no pod a task rests several times as long as it took, and at least a
     moment per task it walked (10 ms per 1,000: a cheap pass over a long queue is no reason to run one per event),
     never more than a quarter second. The floor is next to nothing for a short queue, where a pod that frees is fed at
-    once. A pass that fed pods never rests: its length is mostly its own writes, and the next pass may have pods to
-    feed (the busy bench's pods waited a second for their second task while passes rested after dispatching)."""
+    once. A pass that fed pods never rests: the next pass may have pods to feed (the busy bench's pods waited a second
+    for their second task while passes rested after dispatching). `spent` is the pass's own work: its dispatch and
+    status writes go on in the background (a status write it awaited made a pass of 1 ms look like 100, and rest
+    a quarter second, while pods freed in a burst)."""
     if fed:
         return 0.0
     rest = max(

@@ -87,10 +87,10 @@ class OperatorMemo:
         if namespace and runtime:
             self.state(namespace, runtime).wake.set()
 
-    # tasks.IdlePods: a new task may go straight to an idle pod of its runtime.
+    # tasks.ArrivalPods: a new task may go straight to a pod of its runtime, idle or with room ahead.
     def take(self, namespace: str, runtime: str, task: str, model: str | None) -> str | None:
         state = self.runtimes.get((namespace, runtime))  # no loop yet: no pod it knows to be idle
-        return state.take_idle(task, model, dt.datetime.now(dt.UTC)) if state else None
+        return state.take_slot(task, model, dt.datetime.now(dt.UTC)) if state else None
 
     def give_back(self, namespace: str, runtime: str, task: str) -> None:
         state = self.runtimes.get((namespace, runtime))

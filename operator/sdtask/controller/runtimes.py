@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +24,14 @@ from sdtask.config import OperatorSettings
 from sdtask.constants import OPERATOR_NAME, POD_DELETION_COST, Phase
 from sdtask.controller import metrics
 from sdtask.controller.decisions import (
+    ArrivalSlot,
     Claim,
-    IdleSlot,
     PodWork,
     TaskCensus,
     arrival_pod,
+    arrival_slots,
     busy_pods,
     comparable_status,
-    idle_slots,
     needs_apply,
     pod_work,
     pods_to_drain,
@@ -67,20 +67,21 @@ class RuntimeState:
     last_needed: dt.datetime | None = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     last_status: dict[str, Any] = field(default_factory=dict)
     last_status_at: float = 0.0
-    # The idle pods a new task may be dispatched to on arrival, in its one admission write (see
-    # decisions.arrival_pod): published at the end of a pass that left nothing queued, emptied when a pass starts
+    # The places on pods a new task may be dispatched to on arrival, in its one admission write (see
+    # decisions.arrival_slots): published at the end of a pass that left nothing queued, emptied when a pass starts
     # (a pass in progress decides itself) and as arrivals take them.
-    idle: list[IdleSlot] = field(default_factory=list)
+    slots: list[ArrivalSlot] = field(default_factory=list)
     writes: set[asyncio.Task[None]] = field(default_factory=set)  # dispatch writes in flight (see _dispatch)
+    reporting: asyncio.Task[None] | None = None  # the status write in flight (see RuntimeLoop._report)
 
-    def take_idle(self, task: str, model: str | None, now: dt.datetime) -> str | None:
+    def take_slot(self, task: str, model: str | None, now: dt.datetime) -> str | None:
         """A pod for a task just admitted, claimed at once (before its write: a pass meanwhile counts it)."""
-        slot = arrival_pod(self.idle, model)
+        slot = arrival_pod(self.slots, model)
         if slot is None:
             # It waits in the queue now: no later arrival may pass it on a pod the next pass might give it.
-            self.idle = []
+            self.slots = []
             return None
-        self.idle.remove(slot)
+        self.slots.remove(slot)
         self.claims[task] = Claim(slot.pod, model or slot.model, now, arriving=True)
         return slot.pod
 
@@ -118,7 +119,7 @@ class RuntimeLoop:
     ) -> int:
         """`tasks` are the runtime's unfinished tasks (the index holds no finished ones). Returns how many tasks this
         pass gave to pods."""
-        self.state.idle = []  # this pass decides; arrivals meanwhile wait in the queue
+        self.state.slots = []  # this pass decides; arrivals meanwhile wait in the queue
         now = dt.datetime.now(dt.UTC)
         spec = runtime.get("spec") or {}
         self._forget_settled_claims(tasks, now)
@@ -151,10 +152,15 @@ class RuntimeLoop:
         else:
             self.state.draining.clear()  # no scale-down (any more): every ready pod takes tasks again
         await self._apply_workloads(runtime, None if external else desired, deployment_generation)
-        assigned = await self._dispatch(spec, queued, census.active, live, work, now, scaling_up=desired > current)
         ready = {p.name for p in live if p.ready and p.name not in self.state.draining}
+        # While pods are still coming (scaling up, or starting), nothing is assigned ahead to a busy pod: a new pod
+        # will be idle sooner than a busy one.
+        coming = any(not p.ready and p.name not in self.state.draining for p in live)
+        depth = 1 if desired > current or coming else scheduling_settings(spec).depth
+        assigned = await self._dispatch(spec, queued, census.active, ready, work, depth, now)
         # Published before the status report, whose write an arrival would otherwise wait out in the queue.
-        self.state.idle = idle_slots(ready, work, assigned, bool(spec.get("dynamicModel")), len(queued))
+        dynamic = bool(spec.get("dynamicModel"))
+        self.state.slots = arrival_slots(ready, work, assigned, dynamic, len(queued), depth)
         await self._report(runtime, desired, pods, census, work, now)
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
@@ -288,27 +294,22 @@ class RuntimeLoop:
         spec: Mapping[str, Any],
         queued: list[TaskView],
         active: list[TaskView],
-        live: list[PodView],
+        ready: Collection[str],
         work: Mapping[str, PodWork],
+        depth: int,
         now: dt.datetime,
-        *,
-        scaling_up: bool = False,
     ) -> dict[str, int]:
-        """Assign queued tasks to pods (`active`: the Scheduled and Running ones); returns how many went to each pod."""
+        """Assign queued tasks to the `ready` pods, up to `depth` tasks each (`active`: the Scheduled and Running
+        ones); returns how many went to each pod."""
         if not queued:
             return {}
         settings = scheduling_settings(spec)
-        ready = [p for p in live if p.ready and p.name not in self.state.draining]
-        # While pods are still coming (scaling up, or starting), nothing is assigned ahead to a busy pod: a new pod
-        # will be idle sooner than a busy one.
-        coming = [p for p in live if not p.ready and p.name not in self.state.draining]
-        depth = 1 if scaling_up or coming else settings.depth
         # Models matter only where pods switch them: on a static runtime every task fits every pod.
         dynamic = bool(spec.get("dynamicModel"))
         slots = [
-            IdlePod(p.name, work[p.name].model if dynamic else None, depth - work[p.name].load, work[p.name].load)
-            for p in ready
-            if p.name in work
+            IdlePod(pod, work[pod].model if dynamic else None, depth - work[pod].load, work[pod].load)
+            for pod in sorted(ready)
+            if pod in work
         ]
         ahead = [
             AheadTask(t.name, t.pod, t.priority, t.created)
@@ -414,6 +415,11 @@ class RuntimeLoop:
         work: Mapping[str, PodWork],
         now: dt.datetime,
     ) -> None:
+        if self.state.reporting is not None and not self.state.reporting.done():
+            # One status write at a time, in the background: awaited, it held up the pass (and the next one, which
+            # feeds pods) for a round trip that takes a tenth of a second in a burst. A pass after it writes what
+            # changed meanwhile.
+            return
         structure = runtime_structure(runtime, desired, pods, now)
         since = time.monotonic() - self.state.last_status_at
         if not status_write_early(structure, self.state.last_status, since):
@@ -422,11 +428,17 @@ class RuntimeLoop:
         comparable = comparable_status(status)
         if not status_write_due(comparable, self.state.last_status, time.monotonic() - self.state.last_status_at):
             return
+        namespace, name = runtime["metadata"]["namespace"], runtime["metadata"]["name"]
+        self.state.reporting = asyncio.create_task(self._write_status(namespace, name, status, comparable))
+
+    async def _write_status(
+        self, namespace: str, name: str, status: dict[str, Any], comparable: dict[str, Any]
+    ) -> None:
         try:
-            await self.kube.patch_runtime_status(runtime["metadata"]["namespace"], runtime["metadata"]["name"], status)
-        except Exception as error:
-            if is_not_found(error):
-                return
-            raise
+            await self.kube.patch_runtime_status(namespace, name, status)
+        except Exception as error:  # the next pass writes it again: only a written status counts as the last one
+            if not is_not_found(error):
+                log.warning("runtime %s/%s: writing its status failed: %s", namespace, name, error)
+            return
         self.state.last_status = comparable
         self.state.last_status_at = time.monotonic()

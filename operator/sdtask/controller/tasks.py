@@ -20,8 +20,9 @@ from sdtask.routing import RuntimeInfo
 log = logging.getLogger(__name__)
 
 
-class IdlePods(Protocol):
-    """The runtimes' idle pods a task may go to the moment it is admitted (controller/runtimes.RuntimeState)."""
+class ArrivalPods(Protocol):
+    """The runtimes' pods a task may go to the moment it is admitted, idle or with room in their queue ahead
+    (controller/runtimes.RuntimeState)."""
 
     def take(self, namespace: str, runtime: str, task: str, model: str | None) -> str | None: ...
 
@@ -29,10 +30,11 @@ class IdlePods(Protocol):
 
 
 async def admit_task(
-    kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInfo], policy: CallbackPolicy, idle: IdlePods
+    kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInfo], policy: CallbackPolicy, idle: ArrivalPods
 ) -> None:
-    """One request for a well-formed task: its status, queued on its runtime, or already assigned to an idle pod
-    when nothing waits in that queue (one write instead of two, and no pass of the runtime loop in between). The
+    """One request for a well-formed task: its status, queued on its runtime, or already assigned to a pod (idle, or
+    with room ahead) when nothing waits in that queue (one write instead of two, and no pass of the runtime loop in
+    between). The
     conditions (with their times) tell what an Event per step would: Events are for outcomes and problems."""
     meta = task["metadata"]
     namespace, name = meta["namespace"], meta["name"]

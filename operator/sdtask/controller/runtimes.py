@@ -27,6 +27,7 @@ from sdtask.controller.decisions import (
     ArrivalSlot,
     Claim,
     PodWork,
+    SchedulingSettings,
     TaskCensus,
     arrival_pod,
     arrival_slots,
@@ -132,8 +133,11 @@ class RuntimeLoop:
         busy = busy_pods(work)
         queued, running = census.queued, census.active
         policy = scaling_policy(spec)
+        scheduling = scheduling_settings(spec)
+        # Models matter only where pods switch them: on a static runtime every task fits every pod.
+        dynamic = bool(spec.get("dynamicModel"))
         current = len(live)
-        models = census.models if spec.get("dynamicModel") else 0
+        models = census.models if dynamic else 0
         if demand(len(queued), len(running), policy.tasks_per_replica, models) >= current:
             self.state.last_needed = now  # the current size is still needed: the scale-down delay starts over
         desired = desired_replicas(
@@ -156,10 +160,9 @@ class RuntimeLoop:
         # While pods are still coming (scaling up, or starting), nothing is assigned ahead to a busy pod: a new pod
         # will be idle sooner than a busy one.
         coming = any(not p.ready and p.name not in self.state.draining for p in live)
-        depth = 1 if desired > current or coming else scheduling_settings(spec).depth
-        assigned = await self._dispatch(spec, queued, census.active, ready, work, depth, now)
+        depth = 1 if desired > current or coming else scheduling.depth
+        assigned = await self._dispatch(scheduling, dynamic, queued, census.active, ready, work, depth, now)
         # Published before the status report, whose write an arrival would otherwise wait out in the queue.
-        dynamic = bool(spec.get("dynamicModel"))
         self.state.slots = arrival_slots(ready, work, assigned, dynamic, len(queued), depth)
         await self._report(runtime, desired, pods, census, work, now)
         metrics.observe_runtime(
@@ -291,7 +294,8 @@ class RuntimeLoop:
 
     async def _dispatch(
         self,
-        spec: Mapping[str, Any],
+        scheduling: SchedulingSettings,
+        dynamic: bool,
         queued: list[TaskView],
         active: list[TaskView],
         ready: Collection[str],
@@ -300,12 +304,9 @@ class RuntimeLoop:
         now: dt.datetime,
     ) -> dict[str, int]:
         """Assign queued tasks to the `ready` pods, up to `depth` tasks each (`active`: the Scheduled and Running
-        ones); returns how many went to each pod."""
+        ones; `dynamic`: the pods switch models); returns how many went to each pod."""
         if not queued:
             return {}
-        settings = scheduling_settings(spec)
-        # Models matter only where pods switch them: on a static runtime every task fits every pod.
-        dynamic = bool(spec.get("dynamicModel"))
         slots = [
             IdlePod(pod, work[pod].model if dynamic else None, depth - work[pod].load, work[pod].load)
             for pod in sorted(ready)
@@ -328,10 +329,10 @@ class RuntimeLoop:
             queue,
             slots,
             now,
-            policy=settings.policy,
+            policy=scheduling.policy,
             window=self.settings.affinity_window,
             starvation_limit=dt.timedelta(seconds=self.settings.starvation_limit_seconds),
-            min_switch_tasks=settings.min_switch_tasks,
+            min_switch_tasks=scheduling.min_switch_tasks,
         )
         # The writes go on in the background, claimed first: the pass ends at once, and the next one (a pod that
         # freed meanwhile) needn't wait for them, as each takes a round trip and more under load. Pods concurrently;

@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# ruff, then the import contracts of pyproject.toml's [tool.importlinter] (the layers of README "How it is built").
+# ruff (lint and format), then the import contracts of pyproject.toml's [tool.importlinter] (the layers of README "How it is built").
 lint: $(STAMP)
 	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)

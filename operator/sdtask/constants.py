@@ -32,4 +32,3 @@ POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # busy pods ar
 AGENT_CONTAINER = "agent"
 MODEL_FETCH_CONTAINER = "fetch-model"  # init container of a static runtime whose checkpoint comes from models.s3Prefix
 WEBUI_CONTAINER = "webui"
-

@@ -87,7 +87,11 @@ def test_run_shows_the_task_running_prints_the_response_and_downloads_the_output
     assert re.search(r"cli-one\s+Running", screen), screen  # the live display while it ran
     assert re.search(r"cli-one\s+Succeeded\s+.*100%", screen), screen
     response = json.loads(next(line for line in screen.splitlines() if line.startswith("{")))
-    assert response == {"id": "cli-one", "runtime": "cli-rt", "output_location": f"s3://{cluster.stack.bucket}/cli/cli-one"}
+    assert response == {
+        "id": "cli-one",
+        "runtime": "cli-rt",
+        "output_location": f"s3://{cluster.stack.bucket}/cli/cli-one",
+    }
     saved = sorted(p.name for p in (tmp_path / "out" / "cli-one").iterdir())
     assert saved == sorted([f"image-{n}.png" for n in range(1, 33)] + ["cli-one.out"])
     assert (tmp_path / "out" / "cli-one" / "image-1.png").read_bytes().startswith(b"\x89PNG")
@@ -123,9 +127,7 @@ def test_run_shows_the_task_running_prints_the_response_and_downloads_the_output
     assert re.search(rf"sdruntime-cli-rt-\S+\s+Running\s+yes\s+no\s+-\s+{re.escape(MODEL)}", screen), screen
 
 
-def test_many_files_legacy_and_envelope_piped_output_is_only_the_responses(
-    term: Terminal, cluster: Cluster
-) -> None:
+def test_many_files_legacy_and_envelope_piped_output_is_only_the_responses(term: Terminal, cluster: Cluster) -> None:
     legacy = {
         "prompt": "legacy body",
         "steps": 4,

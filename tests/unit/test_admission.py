@@ -22,14 +22,19 @@ def test_an_admitted_task_is_queued_or_assigned_on_arrival_in_its_one_status_wri
     decision = Admitted("sdruntime", "v1-5.safetensors")
     queued = admission_status(decision, now)
     assert (queued["phase"], queued["attempts"], queued["runtime"], queued["model"]) == (
-        "Pending", 0, "sdruntime", "v1-5.safetensors"
+        "Pending",
+        0,
+        "sdruntime",
+        "v1-5.safetensors",
     )
     assert "pod" not in queued and queued["conditions"][0]["status"] == "False"
     assigned = admission_status(decision, now, "sdruntime-abc")
     # What the pod's agent needs in that one write: its pod, the attempt it starts, the model and runtime.
     assert (assigned["phase"], assigned["pod"], assigned["attempts"]) == ("Scheduled", "sdruntime-abc", 1)
     assert (assigned["runtime"], assigned["model"], assigned["queuedTime"]) == (
-        "sdruntime", "v1-5.safetensors", "2026-01-01T00:00:00Z"
+        "sdruntime",
+        "v1-5.safetensors",
+        "2026-01-01T00:00:00Z",
     )
     conditions = [(c["type"], c["status"], c["reason"]) for c in assigned["conditions"]]
     assert conditions == [("Scheduled", "True", "Assigned")]

@@ -143,7 +143,7 @@ def test_api_server_rejection_names_the_field() -> None:
     body = json.dumps(
         {
             "kind": "Status",
-            "message": "SDTask.sdtask.io \"x\" is invalid",
+            "message": 'SDTask.sdtask.io "x" is invalid',
             "details": {"causes": [{"field": "spec.task.metadata.runtime", "message": "must be set"}]},
         }
     )

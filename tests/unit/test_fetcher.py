@@ -494,6 +494,8 @@ def test_inlined_link_data_is_taken_out_of_what_is_stored() -> None:
     assert data not in text and b64(b"mask bytes") not in text
     assert stored["init_images"] == ["s3://inputs/cat.png?x=1", "aGVsbG8="]  # the author's own inline data stays
     assert stored["mask"] == "https://example.com/m.png?sig=***"  # signatures are secrets
-    assert stored["alwayson_scripts"]["controlnet"]["args"][0]["image"] == "data:image/png;base64,s3://inputs/cat.png?x=1"
+    assert (
+        stored["alwayson_scripts"]["controlnet"]["args"][0]["image"] == "data:image/png;base64,s3://inputs/cat.png?x=1"
+    )
     assert stored["steps"] == 20
     assert restore_links(echo, {}) is echo

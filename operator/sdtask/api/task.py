@@ -43,7 +43,6 @@ TASK_TYPES: tuple[TaskType, ...] = (
 )
 
 
-
 class Phase(StrEnum):
     """A task's phase: the one enum of the code. Its members are strings, so they compare equal to the status values."""
 

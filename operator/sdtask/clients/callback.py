@@ -124,9 +124,7 @@ async def send_callback(
                 if outcome.delivered:
                     return CallbackResult(delivered=True, attempts=attempt, last_error="")
                 last_error = outcome.error
-                log.warning(
-                    "callback to %s failed (attempt %d/%d): %s", redact_url(url), attempt, attempts, last_error
-                )
+                log.warning("callback to %s failed (attempt %d/%d): %s", redact_url(url), attempt, attempts, last_error)
                 if not outcome.retryable or attempt >= attempts:
                     break
                 delay = outcome.retry_after

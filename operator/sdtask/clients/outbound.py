@@ -311,9 +311,7 @@ class Outbound(AsyncClosable):
                     body = b""  # never read: a redirect's body is not what was asked for
                 else:
                     body = await _read_capped(response, limit)
-                return OutboundResponse(
-                    response.status_code, response.reason_phrase, response.headers, body, str(url)
-                )
+                return OutboundResponse(response.status_code, response.reason_phrase, response.headers, body, str(url))
         except OutboundError:
             raise
         except httpx.ConnectTimeout:

@@ -65,6 +65,8 @@ S3_RELAY_PORT = 9000
 CONTAINERD_NAMESPACE = "k8s.io"
 START_TIMEOUT = 120.0
 GPU_RESOURCE = "nvidia.com/gpu"
+
+
 class RealNode(LocalPart):
     def __init__(
         self,

@@ -140,4 +140,3 @@ class DevStack(LocalPart):
             self.control_plane = None
         if self._owns_workdir and not os.environ.get("SDTASK_KEEP_STACK"):  # kept: its logs, to read after a failure
             shutil.rmtree(self.workdir, ignore_errors=True)
-

@@ -96,4 +96,3 @@ class LocalSystem(LocalPart):
     def stop(self) -> None:
         self.sidecars.stop()
         self.operator.stop()
-

@@ -427,7 +427,7 @@ class RuntimeLoop:
             return
         status = runtime_status(runtime, desired, pods, census, work, now, structure)
         comparable = comparable_status(status)
-        if not status_write_due(comparable, self.state.last_status, time.monotonic() - self.state.last_status_at):
+        if not status_write_due(comparable, self.state.last_status, since):
             return
         namespace, name = runtime["metadata"]["namespace"], runtime["metadata"]["name"]
         self.state.reporting = asyncio.create_task(self._write_status(namespace, name, status, comparable))

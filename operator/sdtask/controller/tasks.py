@@ -30,12 +30,12 @@ class ArrivalPods(Protocol):
 
 
 async def admit_task(
-    kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInfo], policy: CallbackPolicy, idle: ArrivalPods
+    kube: Kube, task: dict[str, Any], runtimes: list[RuntimeInfo], policy: CallbackPolicy, arrivals: ArrivalPods
 ) -> None:
     """One request for a well-formed task: its status, queued on its runtime, or already assigned to a pod (idle, or
     with room ahead) when nothing waits in that queue (one write instead of two, and no pass of the runtime loop in
-    between). The
-    conditions (with their times) tell what an Event per step would: Events are for outcomes and problems."""
+    between). The conditions (with their times) tell what an Event per step would: Events are for outcomes and
+    problems."""
     meta = task["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     decision = admit(task.get("spec") or {}, runtimes)
@@ -44,12 +44,12 @@ async def admit_task(
         await finish_task(kube, task, Outcome(Phase.FAILED, decision.reason, decision.message), OPERATOR_NAME, policy)
         return
     now = dt.datetime.now(dt.UTC)
-    pod = idle.take(namespace, decision.runtime, name, decision.model)
+    pod = arrivals.take(namespace, decision.runtime, name, decision.model)
     try:
         await kube.write_task_status(namespace, name, admission_status(decision, now, pod), meta.get("resourceVersion"))
     except Exception as error:
         if pod:
-            idle.give_back(namespace, decision.runtime, name)
+            arrivals.give_back(namespace, decision.runtime, name)
         if is_conflict(error) or is_not_found(error):
             return  # changed or deleted meanwhile; the next event brings the new state
         raise

@@ -107,12 +107,14 @@ class BenchCluster:
         api = self._thread_custom().api_client
         url = f"{api.configuration.host}/apis/{GROUP}/{VERSION}/namespaces/{namespace or self.namespace}/sdtasks"
         self.created[name] = time.monotonic()
-        # The POST itself on the client's own connection pool (its certificates), without the client's request and
+        # The POST itself on the client's own connection pool and credentials, without the client's request and
         # answer (de)serialisation: the benchmark's creator shares the 2 cores with what it measures, and a user's
         # kubectl or GitOps controller would not run there at all.
-        answer = api.rest_client.pool_manager.request(
-            "POST", url, body=data, headers={"Content-Type": "application/json", "Accept": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        for setting in api.configuration.auth_settings().values():  # the kubeconfig's bearer token
+            if setting["in"] == "header" and setting["value"]:
+                headers[setting["key"]] = setting["value"]
+        answer = api.rest_client.pool_manager.request("POST", url, body=data, headers=headers)
         if answer.status >= 300:
             raise RuntimeError(f"creating task {name}: HTTP {answer.status}: {answer.data[:300]!r}")
 

@@ -630,7 +630,9 @@ def _token_client(kube_api: client.ApiClient, namespace: str, account: str, boun
         }
     token = client.CoreV1Api(kube_api).create_namespaced_service_account_token(account, namespace, {"spec": spec})
     configuration = copy.copy(kube_api.configuration)
-    configuration.api_key = {"authorization": f"Bearer {token.status.token}"}
+    configuration.api_key = {"BearerToken": f"Bearer {token.status.token}"}
+    # The copy would otherwise put the kubeconfig's admin token back before every request, and send its certificate.
+    configuration.refresh_api_key_hook = None
     configuration.cert_file = configuration.key_file = None
     return client.CoreV1Api(client.ApiClient(configuration))
 

@@ -102,24 +102,26 @@ NOT_FINISHED = Expect(frozenset({None, Phase.PENDING.value, Phase.SCHEDULED.valu
 
 async def patch_status_if(
     kube: Kube, task: Mapping[str, Any], status: dict[str, Any], expect: Expect | None, *, tries: int = 5
-) -> dict[str, Any] | None:
-    """Patch the status only while `expect` holds: the task as written, None when it no longer held (nothing
-    written).
+) -> bool:
+    """Patch the status only while `expect` holds; False when it no longer held (nothing written).
 
     The check and the write are one: the patch carries the resourceVersion of the read that passed the check, so
-    a deadline failure written meanwhile makes it fail (409) instead of being overwritten by a success.
+    a deadline failure written meanwhile makes it fail (409) instead of being overwritten by a success. The task as
+    written is not decoded: no caller needs it, and decoding the answer was a good part of what a write cost.
     """
     meta = task["metadata"]
     if expect is None:
-        return await kube.patch_task_status(meta["namespace"], meta["name"], status)
+        await kube.write_task_status(meta["namespace"], meta["name"], status)
+        return True
     if expect.holds(task) and meta.get("resourceVersion"):
         # The caller's copy passes the check: if the task is still that version (usually: the agent's own Running
         # write), one guarded write does it, without reading the task first.
         try:
-            return await kube.patch_task_status(meta["namespace"], meta["name"], status, meta["resourceVersion"])
+            await kube.write_task_status(meta["namespace"], meta["name"], status, meta["resourceVersion"])
+            return True
         except Exception as error:
             if is_not_found(error):
-                return None
+                return False
             if not is_conflict(error):
                 raise
     for _ in range(tries):
@@ -127,20 +129,21 @@ async def patch_status_if(
             current = await kube.get_task(meta["namespace"], meta["name"])
         except Exception as error:
             if is_not_found(error):
-                return None
+                return False
             raise
         if not expect.holds(current):
-            return None
+            return False
         try:
-            return await kube.patch_task_status(
+            await kube.write_task_status(
                 meta["namespace"], meta["name"], status, current["metadata"]["resourceVersion"]
             )
+            return True
         except Exception as error:
             if is_not_found(error):
-                return None
+                return False
             if not is_conflict(error):
                 raise
-    return None
+    return False
 
 
 async def finish_task(
@@ -158,7 +161,7 @@ async def finish_task(
     meta = task["metadata"]
     now = dt.datetime.now(dt.UTC)
     status = final_status(task, outcome, now)
-    if await patch_status_if(kube, task, status, expect) is None:
+    if not await patch_status_if(kube, task, status, expect):
         log.info("%s/%s: no longer %s; its end is not written", meta["namespace"], meta["name"], expect)
         return None
     event_type = "Normal" if outcome.phase == Phase.SUCCEEDED else "Warning"
@@ -210,7 +213,7 @@ async def end_failed_attempt(
         "conditions": conditions,
     }
     # status.pod emptied in the same write: the pod's agent no longer sees the task, and nothing is left to undo.
-    if await patch_status_if(kube, task, requeue, expect) is None:
+    if not await patch_status_if(kube, task, requeue, expect):
         return None
     await kube.post_event(task, "Warning", reason, message, component)
     return Phase.PENDING

@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 
+from sdtask.constants import Phase
 from sdtask.controller.decisions import (
     STATUS_MIN_INTERVAL_SECONDS,
     ArrivalSlot,
@@ -13,9 +14,11 @@ from sdtask.controller.decisions import (
     busy_pods,
     comparable_status,
     needs_apply,
+    needs_prompt_pass,
     pass_rest,
     pod_work,
     pods_to_drain,
+    queue_settled_up_to,
     runtime_conditions,
     runtime_status,
     runtime_structure,
@@ -326,6 +329,36 @@ def test_an_arrival_goes_to_a_pod_with_its_model_else_to_one_without_any_never_t
     assert arrival_pod([ArrivalSlot("a", "other.safetensors")], "want.safetensors") is None
     assert arrival_pod(idle, None) == ArrivalSlot("a", "other.safetensors [1]")  # no model asked: any pod
     assert arrival_pod([], None) is None
+
+
+def test_arrivals_wake_the_loop_unless_they_can_only_join_a_queue_no_pod_has_room_for() -> None:
+    full = {"a": PodWork(2, "t1", None), "b": PodWork(2, "t2", None)}
+    # Tasks left waiting, every place taken, one task of priority 5 assigned ahead: only an arrival above 5 needs a
+    # pass now (to take that one back); the rest join the queue, and the next tick counts them.
+    bound = queue_settled_up_to({"a", "b"}, full, {}, queued=3, depth=2, ahead_priorities=[5, 7])
+    assert bound == 5
+    assert not needs_prompt_pass(None, 5, bound)  # a new task
+    assert not needs_prompt_pass(Phase.PENDING, 0, bound)  # the echo of its admission, or a requeued one
+    assert needs_prompt_pass(None, 6, bound)
+    # Nothing assigned ahead: no arrival can take a place back; any priority joins the queue.
+    assert not needs_prompt_pass(None, 1000, queue_settled_up_to({"a"}, full, {}, 3, 2, []))
+    # Scale from zero: no pods at all, tasks queued.
+    assert not needs_prompt_pass(None, 0, queue_settled_up_to(set(), {}, {}, 1, 2, []))
+    # A task ending, starting or failing always wakes the loop (it frees or takes a place).
+    for phase in (Phase.SCHEDULED, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED):
+        assert needs_prompt_pass(phase, 0, bound)
+
+
+def test_every_arrival_wakes_the_loop_while_a_pass_could_place_it() -> None:
+    room = {"a": PodWork(1, "t1", None), "b": PodWork(2, "t2", None)}
+    assert queue_settled_up_to({"a", "b"}, room, {}, queued=3, depth=2, ahead_priorities=[]) is None  # a has room
+    # b is full, a is not ready (draining or starting): no place a pass could give
+    assert queue_settled_up_to({"b"}, room, {}, queued=3, depth=2, ahead_priorities=[]) is not None
+    assert queue_settled_up_to({"b"}, room, {}, queued=0, depth=2, ahead_priorities=[]) is None  # an empty queue
+    # This pass gave pods tasks: their priorities are not among those ahead yet.
+    full = {"a": PodWork(2, "t1", None)}
+    assert queue_settled_up_to({"a"}, full, {"a": 1}, queued=3, depth=2, ahead_priorities=[]) is None
+    assert needs_prompt_pass(None, 0, None)
 
 
 # --- spec parts through the models -------------------------------------------------------------------------------

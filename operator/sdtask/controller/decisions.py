@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -206,6 +207,36 @@ def arrival_slots(
         ArrivalSlot(pod, work[pod].model, position > 0) if dynamic else ArrivalSlot(pod, None)
         for position, pod in sorted(places)
     ]
+
+
+def queue_settled_up_to(
+    ready: Collection[str],
+    work: Mapping[str, PodWork],
+    assigned: Mapping[str, int],
+    queued: int,
+    depth: int,
+    ahead_priorities: Collection[int],
+) -> float | None:
+    """After a pass: the highest priority an arriving task may have and still need no pass of its own, or None when
+    every arrival needs one. An arrival can only join the queue when the pass left tasks waiting, gave no pod a task
+    (its tasks' priorities are not in `ahead_priorities` yet) and left no place free on a ready pod: the place that
+    frees later comes with an event of its own (a task ending, a pod becoming ready), which wakes the loop. Only a
+    task that outranks one assigned ahead needs the loop at once, to take that one back. Anything else waits for the
+    next tick (at most a second, while the queue only grows): with thousands queued, a pass per arrival walked the
+    queue for nothing and took the event loop from admission. Pure."""
+    if queued == 0 or sum(assigned.values()) > 0:
+        return None
+    if any(work[pod].load < depth for pod in ready if pod in work):
+        return None
+    return min(ahead_priorities, default=math.inf)
+
+
+def needs_prompt_pass(phase: Phase | None, priority: int, settled_up_to: float | None) -> bool:
+    """Whether a task's event should wake its runtime's loop at once (see queue_settled_up_to): yes unless it is an
+    arrival or a queued task (phase None or Pending) that can only join a settled queue. Pure."""
+    if settled_up_to is None or phase not in (None, Phase.PENDING):
+        return True
+    return priority > settled_up_to
 
 
 def arrival_pod(slots: list[ArrivalSlot], model: str | None) -> ArrivalSlot | None:

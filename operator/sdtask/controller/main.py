@@ -33,7 +33,7 @@ from sdtask.constants import (
     VERSION,
 )
 from sdtask.controller import metrics
-from sdtask.controller.decisions import pass_rest
+from sdtask.controller.decisions import needs_prompt_pass, pass_rest
 from sdtask.controller.housekeeping import TaskKey, Timers, next_housekeeping
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
@@ -86,6 +86,15 @@ class OperatorMemo:
     def wake(self, namespace: str | None, runtime: str | None) -> None:
         if namespace and runtime:
             self.state(namespace, runtime).wake.set()
+
+    def wake_for_task(self, type: str, view: TaskView) -> None:
+        """A task's event wakes its runtime's loop, unless it only joins a queue no pod has room for (the loop's
+        next tick counts it; see decisions.queue_settled_up_to)."""
+        if not view.namespace or not view.runtime:
+            return
+        state = self.state(view.namespace, view.runtime)
+        if type == "DELETED" or needs_prompt_pass(view.phase, view.priority, state.settled_up_to):
+            state.wake.set()
 
     # tasks.ArrivalPods: a new task may go straight to a pod of its runtime, idle or with room ahead.
     def take(self, namespace: str, runtime: str, task: str, model: str | None) -> str | None:
@@ -241,7 +250,7 @@ async def task_event(
     elif view.runtime and (state := memo.runtimes.get((view.namespace, view.runtime))):
         state.seen(view.name)  # the echo of an arrival's write, if it was one
     if view.phase not in FINISHED_PHASES or type == "DELETED":
-        memo.wake(namespace, view.runtime)
+        memo.wake_for_task(type, view)
 
 
 def _set_timer(memo: OperatorMemo, type: str, view: TaskView) -> None:

@@ -36,6 +36,7 @@ from sdtask.controller.decisions import (
     needs_apply,
     pod_work,
     pods_to_drain,
+    queue_settled_up_to,
     runtime_status,
     runtime_structure,
     scaling_policy,
@@ -72,6 +73,8 @@ class RuntimeState:
     # decisions.arrival_slots): published at the end of a pass that left nothing queued, emptied when a pass starts
     # (a pass in progress decides itself) and as arrivals take them.
     slots: list[ArrivalSlot] = field(default_factory=list)
+    # Arrivals of at most this priority need no pass of their own (see decisions.queue_settled_up_to); None: all do.
+    settled_up_to: float | None = None
     writes: set[asyncio.Task[None]] = field(default_factory=set)  # dispatch writes in flight (see _dispatch)
     reporting: asyncio.Task[None] | None = None  # the status write in flight (see RuntimeLoop._report)
 
@@ -164,6 +167,7 @@ class RuntimeLoop:
         assigned = await self._dispatch(scheduling, dynamic, queued, census.active, ready, work, depth, now)
         # Published before the status report, whose write an arrival would otherwise wait out in the queue.
         self.state.slots = arrival_slots(ready, work, assigned, dynamic, len(queued), depth)
+        self.state.settled_up_to = self._settled_up_to(census, ready, work, assigned, depth)
         await self._report(runtime, desired, pods, census, work, now)
         metrics.observe_runtime(
             runtime["metadata"]["namespace"],
@@ -175,6 +179,20 @@ class RuntimeLoop:
             queued_by_model=census.queued_by_model,
         )
         return sum(assigned.values())
+
+    def _settled_up_to(
+        self,
+        census: TaskCensus,
+        ready: Collection[str],
+        work: Mapping[str, PodWork],
+        assigned: Mapping[str, int],
+        depth: int,
+    ) -> float | None:
+        ahead = [t for t in census.active if t.phase == Phase.SCHEDULED] + census.claimed
+        shown = {t.name for t in census.active} | {t.name for t in census.claimed}
+        if any(name not in shown for name in self.state.claims):
+            return None  # an arrival's claim the index doesn't show yet: its priority is unknown
+        return queue_settled_up_to(ready, work, assigned, len(census.queued), depth, [t.priority for t in ahead])
 
     # --- claims: dispatches the task index hasn't caught up with yet --------------------------------------------------
     def _forget_settled_claims(self, tasks: list[TaskView], now: dt.datetime) -> None:

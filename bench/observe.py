@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 from kubernetes.client import CustomObjectsApi
 
+from sdtask.clients.kube import RawWatch
 from sdtask.constants import GROUP, VERSION
 from sdtask.devcluster.stack import DevStack
 
@@ -95,7 +95,7 @@ class Observer:
         version = ""
         while not self.stop.is_set():
             try:
-                stream = kubernetes.watch.Watch().stream(
+                stream = RawWatch().stream(
                     self.custom.list_namespaced_custom_object,
                     GROUP,
                     VERSION,

@@ -34,6 +34,18 @@ from sdtask.constants import GROUP, MANAGER, OPERATOR_NAME, RUNTIME_PLURAL, TASK
 THREADS = 32
 
 
+class RawWatch(kubernetes.watch.Watch):  # type: ignore[misc]  # the client has no type hints
+    """kubernetes' Watch, handing over each event's object as the dict the JSON line decodes to.
+
+    For a custom object the stock Watch encodes that dict again and decodes it a second time (it has no model to
+    build), three JSON passes over every event where one is needed (two thirds of the 4% of an agent's CPU that
+    decoding events took in its profile).
+    ERROR events still raise ApiException (a 410 included), as with the stock Watch."""
+
+    def get_return_type(self, func: Callable[..., Any]) -> None:
+        return None
+
+
 def user_agent(component: str, product: str = OPERATOR_NAME) -> str:
     """`<product>/<version> (<component>)`: what the API server's audit log shows of our requests, and the field
     manager of our writes (the API server takes it from the user agent up to the first "/"). The operator and its
@@ -145,7 +157,7 @@ class Kube:
         self, namespace: str, field_selector: str, resource_version: str, timeout: int
     ) -> Iterator[dict[str, Any]]:
         """A blocking generator of watch events (run it in a thread): {"type": ..., "object": the task's dict}."""
-        events: Iterator[dict[str, Any]] = kubernetes.watch.Watch().stream(
+        events: Iterator[dict[str, Any]] = RawWatch().stream(
             self.custom.list_namespaced_custom_object,
             GROUP,
             VERSION,

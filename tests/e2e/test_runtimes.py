@@ -186,6 +186,18 @@ def test_editing_the_runtime_image_rolls_its_pods(cluster: Cluster) -> None:
     )
 
 
+def test_editing_the_runtime_scaling_resizes_it(cluster: Cluster) -> None:
+    """The loop reads its spec's settings once per generation of the spec: an edit still takes effect."""
+    static_runtime(cluster, "resized", "pool-b", minReplicas=1, maxReplicas=2)
+    wait_for(lambda: len(running_pods(cluster, "resized")) == 1, 30, "1 pod")
+
+    cluster.custom.patch_namespaced_custom_object(
+        "sdtask.io", "v1alpha1", cluster.namespace, "sdruntimes", "resized", {"spec": {"scaling": {"minReplicas": 2}}}
+    )
+
+    wait_for(lambda: len(running_pods(cluster, "resized")) == 2, 30, "a second pod")
+
+
 def test_a_manual_edit_of_the_deployment_is_put_back(cluster: Cluster) -> None:
     static_runtime(cluster, "declared", "pool-b", minReplicas=1, maxReplicas=1)
     apps = AppsV1Api(cluster.core.api_client)

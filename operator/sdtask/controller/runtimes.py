@@ -49,7 +49,7 @@ from sdtask.controller.decisions import (
 from sdtask.controller.views import PodView, TaskView
 from sdtask.deployment import build_agent_access, build_deployment, build_service, manifest_hash
 from sdtask.logs import log_context
-from sdtask.scaling import demand, desired_replicas
+from sdtask.scaling import ScalingPolicy, demand, desired_replicas
 from sdtask.scheduling import AheadTask, IdlePod, QueuedTask, plan_assignments, reclaims
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ class RuntimeLoop:
         # The workloads of the last pass and their digests, by what they are built from: building and hashing the
         # Deployment every pass was a twentieth of the operator's CPU under load, for an answer that rarely changes.
         self._workloads: tuple[tuple[str, str, int | None], list[tuple[dict[str, Any], str]]] | None = None
+        # The settings read from the spec through its models, by the spec's generation: read every pass, they were 3%
+        # of the operator's CPU with 400 tasks on 4 pods (py-spy).
+        self._spec_settings: tuple[tuple[str, int], ScalingPolicy, SchedulingSettings] | None = None
 
     async def reconcile(
         self,
@@ -135,8 +138,7 @@ class RuntimeLoop:
         work = pod_work(census.active, self.state.claims, {p.name: p.model for p in live})
         busy = busy_pods(work)
         queued, running = census.queued, census.active
-        policy = scaling_policy(spec)
-        scheduling = scheduling_settings(spec)
+        policy, scheduling = self._settings_of(runtime)
         # Models matter only where pods switch them: on a static runtime every task fits every pod.
         dynamic = bool(spec.get("dynamicModel"))
         current = len(live)
@@ -179,6 +181,16 @@ class RuntimeLoop:
             queued_by_model=census.queued_by_model,
         )
         return sum(assigned.values())
+
+    def _settings_of(self, runtime: dict[str, Any]) -> tuple[ScalingPolicy, SchedulingSettings]:
+        meta, spec = runtime["metadata"], runtime.get("spec") or {}
+        generation = meta.get("generation")
+        if not isinstance(generation, int):  # no generation to know a change by: read each time
+            return scaling_policy(spec), scheduling_settings(spec)
+        key = (str(meta.get("uid", "")), generation)
+        if self._spec_settings is None or self._spec_settings[0] != key:
+            self._spec_settings = (key, scaling_policy(spec), scheduling_settings(spec))
+        return self._spec_settings[1], self._spec_settings[2]
 
     def _settled_up_to(
         self,

@@ -167,7 +167,8 @@ class LocalControlPlane(LocalPart):
     def _start(self) -> None:
         ports = self.requested_ports.resolved()
         tls = certs.generate(self.workdir / "pki")
-        admin_token = write_token_file(self.workdir / "pki" / "tokens.csv")
+        token_file = self.workdir / "pki" / "tokens.csv"
+        admin_token = write_token_file(token_file)
         admin_tls = ssl.create_default_context(cafile=str(tls.ca_cert))
         admin_tls.load_cert_chain(str(tls.admin_cert), str(tls.admin_key))
         insecure = ssl.create_default_context()
@@ -202,7 +203,7 @@ class LocalControlPlane(LocalPart):
                 f"--tls-cert-file={tls.serving_cert}",
                 f"--tls-private-key-file={tls.serving_key}",
                 f"--client-ca-file={tls.ca_cert}",
-                f"--token-auth-file={self.workdir / 'pki' / 'tokens.csv'}",
+                f"--token-auth-file={token_file}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={tls.service_account_pub}",
                 f"--service-account-signing-key-file={tls.service_account_key}",

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 from typing import Any, Protocol
 
+from sdtask import logs
 from sdtask.clients.kube import Kube, is_conflict, is_not_found
 from sdtask.completion import NOT_FINISHED, CallbackPolicy, Outcome, finish_task
 from sdtask.constants import FINISHED_PHASES, OPERATOR_NAME, Phase
@@ -43,6 +44,7 @@ async def admit_task(
         log.info("task %s/%s rejected: %s", namespace, name, decision.message)
         await finish_task(kube, task, Outcome(Phase.FAILED, decision.reason, decision.message), OPERATOR_NAME, policy)
         return
+    logs.bind(runtime=decision.runtime)  # the status names it only once this write is seen; the lines name it now
     now = dt.datetime.now(dt.UTC)
     pod = arrivals.take(namespace, decision.runtime, name, decision.model)
     try:

@@ -6,6 +6,7 @@ collection, and kwok playing the kubelets.
 
 from __future__ import annotations
 
+import os
 import secrets
 import ssl
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from sdtask.devcluster.binaries import Binaries
 from sdtask.devcluster.processes import LocalPart, ManagedProcess, StackError, ensure_port_free, free_port, http_ok
 
 START_TIMEOUT = 90.0
+# The control plane shares the machine's cores with the runtimes it serves (a real cluster's runs on machines of its
+# own), so its Go processes collect garbage less often: memory for the collector's CPU. In the bench, the API server
+# ran 2 collections instead of 7 and took 15% less CPU with 200 tasks, and 22% less with 10,000, peaking at 2.9 GB
+# instead of 1.3 GB (a 2 GiB limit gave the CPU back). The limit bounds the trade; a caller's GOGC or GOMEMLIMIT wins.
+GO_RUNTIME_ENV = {"GOGC": "400", "GOMEMLIMIT": "4GiB"}
 
 # The kwok stages that make nodes Ready and keep their leases, and move pods through Running and deletion.
 KWOK_STAGE_FILES = (
@@ -163,6 +169,10 @@ class LocalControlPlane(LocalPart):
         self.processes: list[ManagedProcess] = []
         self.kubeconfig = self.workdir / "kubeconfig"
         self.server = ""
+
+    def _spawn(self, component: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        go_runtime = {name: value for name, value in GO_RUNTIME_ENV.items() if name not in os.environ}
+        return super()._spawn(component, argv, {**go_runtime, **(env or {})})
 
     def _start(self) -> None:
         ports = self.requested_ports.resolved()

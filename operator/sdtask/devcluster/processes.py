@@ -156,8 +156,8 @@ class LocalPart:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def _spawn(self, component: str, argv: list[str]) -> ManagedProcess:
-        process = ManagedProcess(component, argv, self.workdir / "logs" / f"{component}.log").start()
+    def _spawn(self, component: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        process = ManagedProcess(component, argv, self.workdir / "logs" / f"{component}.log", env).start()
         self.processes.append(process)
         return process
 

@@ -85,6 +85,17 @@ def is_not_found(error: BaseException) -> bool:
     return isinstance(error, ApiException) and error.status == 404
 
 
+def is_api_error(error: BaseException) -> bool:
+    return isinstance(error, ApiException)
+
+
+def describe_error(error: BaseException) -> str:
+    """One short line for a status or a log: an API error's code and reason, never its headers or body."""
+    if isinstance(error, ApiException):
+        return f"Kubernetes API {error.status} {error.reason}"
+    return f"{type(error).__name__}: {str(error)[:200]}"
+
+
 def _status_patch(status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {"status": status}
     if resource_version:

@@ -33,11 +33,12 @@ from sdtask.constants import (
     VERSION,
 )
 from sdtask.controller import metrics
+from sdtask.controller.admission_queue import AdmissionQueue
 from sdtask.controller.decisions import needs_prompt_pass, pass_rest
 from sdtask.controller.housekeeping import TaskKey, Timers, next_housekeeping
 from sdtask.controller.recovery import recover
 from sdtask.controller.runtimes import TICK_SECONDS, RuntimeLoop, RuntimeState
-from sdtask.controller.tasks import admit_task, fail_orphans, run_due
+from sdtask.controller.tasks import admit_task, fail_orphans, fail_unadmitted, run_due
 from sdtask.controller.views import PodView, TaskView, pod_view, runtime_info, task_view, with_models
 from sdtask.deployment import deployment_name
 from sdtask.modelreport import LEASE_GROUP, LEASE_PLURAL, LEASE_SELECTOR, LEASE_VERSION, reported_model
@@ -61,11 +62,11 @@ class OperatorMemo:
     config: OperatorSettings
     kube: Kube
     callbacks: CallbackPolicy
-    admissions: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(THREADS // 2))
     timers: Timers = field(default_factory=Timers)
     runtimes: dict[RuntimeKey, RuntimeState] = field(default_factory=dict)
     outcomes: metrics.OutcomeRecorder = field(default_factory=metrics.OutcomeRecorder)
     housekeeper: asyncio.Task[None] | None = None
+    admission_queue: AdmissionQueue | None = None
 
     @classmethod
     def for_settings(cls, config: OperatorSettings) -> OperatorMemo:
@@ -79,6 +80,26 @@ class OperatorMemo:
 
     def __copy__(self) -> OperatorMemo:
         return self
+
+    def start_background(
+        self, tasks_by_runtime: kopf.Index[RuntimeKey, TaskView], runtimes_by_namespace: kopf.Index[str, RuntimeInfo]
+    ) -> AdmissionQueue:
+        """The housekeeper and the admission workers, started by the first task event (see task_event). The indices
+        are live views: both read them as they change."""
+        if self.admission_queue is None:
+
+            async def admit(body: dict[str, Any]) -> None:
+                runtimes = list(runtimes_by_namespace.get(body["metadata"]["namespace"], []))
+                await admit_task(self.kube, body, runtimes, self.callbacks, self)
+
+            async def give_up(body: dict[str, Any], error: Exception) -> None:
+                await fail_unadmitted(self.kube, body, error, self.callbacks)
+
+            # Half the Kubernetes client's threads: the runtime loops' dispatches keep the other half.
+            self.admission_queue = AdmissionQueue(admit, give_up, THREADS // 2, self.config.retry_backoff_seconds)
+            self.admission_queue.start()
+            self.housekeeper = asyncio.create_task(housekeeper(self, tasks_by_runtime, runtimes_by_namespace))
+        return self.admission_queue
 
     def state(self, namespace: str, runtime: str) -> RuntimeState:
         return self.runtimes.setdefault((namespace, runtime), RuntimeState())
@@ -153,6 +174,8 @@ async def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any)
 
 @kopf.on.cleanup()
 async def cleanup(memo: OperatorMemo, **_: Any) -> None:
+    if memo.admission_queue:
+        await memo.admission_queue.stop()
     task = memo.housekeeper
     if task:
         task.cancel()
@@ -233,21 +256,19 @@ async def task_event(
     runtimes_by_namespace: kopf.Index[str, RuntimeInfo],
     **_: Any,
 ) -> None:
-    if memo.housekeeper is None:
-        # Started by the first task event, not at startup: kopf calls resource handlers only once every index is
-        # filled, and the housekeeper must not take a half-filled runtime index for deleted runtimes. The indices
-        # are live views: the housekeeper reads them as they change.
-        memo.housekeeper = asyncio.create_task(housekeeper(memo, tasks_by_runtime, runtimes_by_namespace))
+    # Started by the first task event, not at startup: kopf calls resource handlers only once every index is filled,
+    # and neither the housekeeper nor an admission may take a half-filled runtime index for deleted runtimes.
+    admission_queue = memo.start_background(tasks_by_runtime, runtimes_by_namespace)
     view = task_view(body)
     logs.bind(namespace=namespace, task=view.name, runtime=view.runtime)  # kopf's worker task of this object
     memo.outcomes.observe(type, body)
     _set_timer(memo, type, view)
     if type != "DELETED" and view.phase is None:
-        async with memo.admissions:
-            await admit_task(
-                memo.kube, dict(body), list(runtimes_by_namespace.get(namespace or "", [])), memo.callbacks, memo
-            )
-    elif view.runtime and (state := memo.runtimes.get((view.namespace, view.runtime))):
+        # Queued, not awaited: a waiting handler would hold kopf's worker of this task (see admission_queue).
+        admission_queue.submit(view.uid, dict(body))
+        return
+    admission_queue.drop(view.uid)  # deleted, or admitted meanwhile
+    if view.runtime and (state := memo.runtimes.get((view.namespace, view.runtime))):
         state.seen(view.name)  # the echo of an arrival's write, if it was one
     if view.phase not in FINISHED_PHASES or type == "DELETED":
         memo.wake_for_task(type, view)

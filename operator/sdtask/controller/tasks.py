@@ -9,11 +9,12 @@ import logging
 from typing import Any, Protocol
 
 from sdtask import logs
-from sdtask.clients.kube import Kube, is_conflict, is_not_found
-from sdtask.completion import NOT_FINISHED, CallbackPolicy, Outcome, finish_task
+from sdtask.clients.kube import Kube, describe_error, is_conflict, is_not_found
+from sdtask.completion import NOT_FINISHED, CallbackPolicy, Expect, Outcome, finish_task
 from sdtask.constants import FINISHED_PHASES, OPERATOR_NAME, Phase
 from sdtask.controller import metrics
 from sdtask.controller.admission import Admitted, admission_status, admit
+from sdtask.controller.admission_queue import MAX_ADMISSION_FAILURES
 from sdtask.controller.housekeeping import TaskKey, deadline_passed, orphaned
 from sdtask.controller.views import TaskView, task_view
 from sdtask.routing import RuntimeInfo
@@ -59,6 +60,18 @@ async def admit_task(
     if pod:
         metrics.task_dispatched(namespace, decision.runtime, (now - task_view(task).created).total_seconds())
         log.info("task %s/%s assigned to pod %s on arrival", namespace, name, pod)
+
+
+UNADMITTED = Expect(frozenset({None}))
+
+
+async def fail_unadmitted(kube: Kube, task: dict[str, Any], error: Exception, policy: CallbackPolicy) -> None:
+    """A task whose admission kept failing ends with the error as its reason, unless it was admitted meanwhile."""
+    message = f"admission failed {MAX_ADMISSION_FAILURES} times, last with {describe_error(error)}"
+    log.warning("task %s/%s: %s", task["metadata"]["namespace"], task["metadata"]["name"], message)
+    await finish_task(
+        kube, task, Outcome(Phase.FAILED, "AdmissionFailed", message), OPERATOR_NAME, policy, expect=UNADMITTED
+    )
 
 
 async def run_due(kube: Kube, due: list[tuple[TaskKey, str, str]], policy: CallbackPolicy) -> None:

@@ -228,6 +228,8 @@ class Bench(BenchCluster):
             admitted_seconds = float("inf")
         stop.set()
         sampler.join()
+        # The sampler sleeps between samples: its last one may predate the last admission.
+        samples.append((time.monotonic() - began, self.admitted(namespace), rss_mib(operator)))
         self.finish_profile(profiler)
         admission_cpu = self.meter.stop() if self.meter else None  # creation and admission, before the history
         rss_queued = rss_mib(operator)

@@ -209,9 +209,12 @@ class Bench(BenchCluster):
         stop = threading.Event()
         began = time.monotonic()
 
+        def take_sample() -> None:
+            samples.append((time.monotonic() - began, self.admitted(namespace), rss_mib(operator)))
+
         def sample() -> None:
             while not stop.is_set():
-                samples.append((time.monotonic() - began, self.admitted(namespace), rss_mib(operator)))
+                take_sample()
                 stop.wait(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -228,8 +231,7 @@ class Bench(BenchCluster):
             admitted_seconds = float("inf")
         stop.set()
         sampler.join()
-        # The sampler sleeps between samples: its last one may predate the last admission.
-        samples.append((time.monotonic() - began, self.admitted(namespace), rss_mib(operator)))
+        take_sample()  # the sampler sleeps between samples: its last one may predate the last admission
         self.finish_profile(profiler)
         admission_cpu = self.meter.stop() if self.meter else None  # creation and admission, before the history
         rss_queued = rss_mib(operator)
